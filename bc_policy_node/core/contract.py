@@ -1,0 +1,384 @@
+"""The observation/action contract: one declarative spec from recording to deployment.
+
+A contract (YAML, versioned) says which topic/field becomes which slice of the observation
+vector, what the action is (joint names, kind, limits, per-tick step), the control rate and
+the chunk length. The dataset builder, the trainer, the exporter (which embeds it in the ONNX
+metadata) and the policy node all read it through this module, and the policy node refuses a
+model whose contract does not match the robot it is attached to.
+
+Example (config/contracts/planar3_curved_reach.yaml)::
+
+    contract_version: 1
+    name: planar3_curved_reach
+    robot: planar3
+    task: curved_reach
+    control_rate_hz: 50.0        # Hz
+    chunk_length: 20             # actions per chunk
+    stale_after_s: 0.1           # s; older observations make the policy hold
+    observation:
+      - {name: joint_pos, topic: /joint_states, type: sensor_msgs/msg/JointState,
+         field: position, joints: [j1, j2, j3]}
+      - {name: goal, topic: /task_state, type: bc_msgs/msg/TaskState, field: goal, size: 2}
+    action:
+      kind: joint_position
+      topic: /forward_position_controller/commands
+      type: std_msgs/msg/Float64MultiArray
+      joints: [j1, j2, j3]
+      lower: [-3.0, -2.6, -2.6]   # rad
+      upper: [3.0, 2.6, 2.6]      # rad
+      max_step: [0.08, 0.08, 0.08]  # rad per control tick
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+CONTRACT_VERSION = 1
+ACTION_KINDS = ("joint_position",)
+COMMAND_TYPES = ("std_msgs/msg/Float64MultiArray", "trajectory_msgs/msg/JointTrajectory")
+
+
+class ContractError(ValueError):
+    """A contract is malformed, or data/model/robot does not match it."""
+
+
+@dataclass(frozen=True)
+class ObsTerm:
+    """One slice of the observation vector: `field` of the messages on `topic`."""
+
+    name: str
+    topic: str
+    msg_type: str
+    field: str
+    size: int
+    joints: Optional[Tuple[str, ...]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {"name": self.name, "topic": self.topic, "type": self.msg_type,
+             "field": self.field, "size": self.size}
+        if self.joints is not None:
+            d["joints"] = list(self.joints)
+        return d
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    kind: str
+    topic: str
+    msg_type: str
+    joints: Tuple[str, ...]
+    lower: Tuple[float, ...]
+    upper: Tuple[float, ...]
+    max_step: Tuple[float, ...]
+
+    @property
+    def dim(self) -> int:
+        return len(self.joints)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "topic": self.topic, "type": self.msg_type,
+                "joints": list(self.joints), "lower": list(self.lower),
+                "upper": list(self.upper), "max_step": list(self.max_step)}
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    robot: str
+    task: str
+    control_rate_hz: float
+    chunk_length: int
+    stale_after_s: float
+    observation: Tuple[ObsTerm, ...]
+    action: ActionSpec
+    version: int = CONTRACT_VERSION
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def dt(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(t.size for t in self.observation)
+
+    @property
+    def act_dim(self) -> int:
+        return self.action.dim
+
+    def slices(self) -> Dict[str, slice]:
+        out, i = {}, 0
+        for t in self.observation:
+            out[t.name] = slice(i, i + t.size)
+            i += t.size
+        return out
+
+    def obs_slice(self, name: str) -> slice:
+        try:
+            return self.slices()[name]
+        except KeyError:
+            raise ContractError(f"contract {self.name!r} has no observation term {name!r}; "
+                                f"it has {[t.name for t in self.observation]}") from None
+
+    def topics(self) -> Dict[str, str]:
+        """Every topic the contract reads or writes -> its message type."""
+        out = {t.topic: t.msg_type for t in self.observation}
+        out[self.action.topic] = self.action.msg_type
+        return out
+
+    def observation_topics(self) -> Dict[str, str]:
+        return {t.topic: t.msg_type for t in self.observation}
+
+    # ------------------------------------------------------------ serialization
+    def to_dict(self) -> Dict[str, Any]:
+        return {"contract_version": self.version, "name": self.name, "robot": self.robot,
+                "task": self.task, "control_rate_hz": self.control_rate_hz,
+                "chunk_length": self.chunk_length, "stale_after_s": self.stale_after_s,
+                "observation": [t.to_dict() for t in self.observation],
+                "action": self.action.to_dict()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """Short hash of the canonical form; equal fingerprints mean identical contracts."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_json(cls, text: str) -> "Contract":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path) -> "Contract":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ContractError(f"contract file not found: {path}")
+        with path.open() as f:
+            data = yaml.safe_load(f)
+        try:
+            return cls.from_dict(data)
+        except ContractError as e:
+            raise ContractError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Contract":
+        if not isinstance(d, Mapping):
+            raise ContractError("contract must be a mapping")
+        version = d.get("contract_version")
+        if version != CONTRACT_VERSION:
+            raise ContractError(f"contract_version {version!r} is not supported "
+                                f"(this package reads version {CONTRACT_VERSION})")
+        for key in ("name", "robot", "task", "control_rate_hz", "chunk_length",
+                    "observation", "action"):
+            if key not in d:
+                raise ContractError(f"missing key {key!r}")
+        rate = float(d["control_rate_hz"])
+        if not (math.isfinite(rate) and rate > 0):
+            raise ContractError(f"control_rate_hz must be > 0, got {rate}")
+        chunk = int(d["chunk_length"])
+        if chunk < 1:
+            raise ContractError(f"chunk_length must be >= 1, got {chunk}")
+        stale = float(d.get("stale_after_s", 5.0 / rate))
+        if not stale > 0:
+            raise ContractError(f"stale_after_s must be > 0, got {stale}")
+        terms = tuple(_parse_term(t) for t in d["observation"])
+        if not terms:
+            raise ContractError("observation has no terms")
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ContractError(f"duplicate observation term names: {names}")
+        return cls(name=str(d["name"]), robot=str(d["robot"]), task=str(d["task"]),
+                   control_rate_hz=rate, chunk_length=chunk, stale_after_s=stale,
+                   observation=terms, action=_parse_action(d["action"]), version=version)
+
+    # --------------------------------------------------------------- matching
+    def mismatches(self, other: "Contract") -> List[str]:
+        """Human-readable differences that make a model trained on `self` unusable on `other`.
+
+        The chunk length is a property of the model, not of the robot, so it is not compared.
+        """
+        out = []
+        if self.robot != other.robot:
+            out.append(f"robot: model {self.robot!r} vs robot {other.robot!r}")
+        if abs(self.control_rate_hz - other.control_rate_hz) > 1e-9:
+            out.append(f"control_rate_hz: model {self.control_rate_hz} vs robot {other.control_rate_hz}")
+        mine = [t.to_dict() for t in self.observation]
+        theirs = [t.to_dict() for t in other.observation]
+        if mine != theirs:
+            for i in range(max(len(mine), len(theirs))):
+                a = mine[i] if i < len(mine) else None
+                b = theirs[i] if i < len(theirs) else None
+                if a != b:
+                    out.append(f"observation[{i}]: model {a} vs robot {b}")
+        a, b = self.action, other.action
+        for key in ("kind", "joints"):
+            if getattr(a, key) != getattr(b, key):
+                out.append(f"action.{key}: model {list(getattr(a, key)) if key == 'joints' else getattr(a, key)}"
+                           f" vs robot {list(getattr(b, key)) if key == 'joints' else getattr(b, key)}")
+        return out
+
+    def check_robot_joints(self, joint_names: Sequence[str]) -> None:
+        """Raise unless every joint the contract reads or commands exists on the robot."""
+        have = set(joint_names)
+        need = set(self.action.joints)
+        for t in self.observation:
+            if t.joints:
+                need.update(t.joints)
+        missing = sorted(need - have)
+        if missing:
+            raise ContractError(f"contract {self.name!r} needs joints {missing} that the robot "
+                                f"does not have (robot joints: {list(joint_names)})")
+
+
+def _parse_term(t: Mapping[str, Any]) -> ObsTerm:
+    for key in ("name", "topic", "type", "field"):
+        if key not in t:
+            raise ContractError(f"observation term {t!r} is missing {key!r}")
+    joints = tuple(str(j) for j in t["joints"]) if t.get("joints") is not None else None
+    size = t.get("size", len(joints) if joints else None)
+    if size is None:
+        raise ContractError(f"observation term {t['name']!r} needs 'size' (or 'joints')")
+    size = int(size)
+    if joints is not None and size != len(joints):
+        raise ContractError(f"observation term {t['name']!r}: size {size} != {len(joints)} joints")
+    if size < 1:
+        raise ContractError(f"observation term {t['name']!r}: size must be >= 1")
+    if not str(t["topic"]).startswith("/"):
+        raise ContractError(f"observation term {t['name']!r}: topic must be absolute, got {t['topic']!r}")
+    return ObsTerm(name=str(t["name"]), topic=str(t["topic"]), msg_type=str(t["type"]),
+                   field=str(t["field"]), size=size, joints=joints)
+
+
+def _parse_action(a: Mapping[str, Any]) -> ActionSpec:
+    for key in ("kind", "topic", "type", "joints", "lower", "upper", "max_step"):
+        if key not in a:
+            raise ContractError(f"action is missing {key!r}")
+    if a["kind"] not in ACTION_KINDS:
+        raise ContractError(f"action.kind {a['kind']!r} not supported (supported: {ACTION_KINDS})")
+    if a["type"] not in COMMAND_TYPES:
+        raise ContractError(f"action.type {a['type']!r} not supported (supported: {COMMAND_TYPES})")
+    joints = tuple(str(j) for j in a["joints"])
+    n = len(joints)
+    if n == 0 or len(set(joints)) != n:
+        raise ContractError(f"action.joints must be non-empty and unique, got {list(joints)}")
+    vec = {}
+    for key in ("lower", "upper", "max_step"):
+        v = a[key]
+        v = [float(v)] * n if np.isscalar(v) else [float(x) for x in v]
+        if len(v) != n or not all(math.isfinite(x) for x in v):
+            raise ContractError(f"action.{key} must be {n} finite numbers, got {a[key]!r}")
+        vec[key] = tuple(v)
+    if any(lo >= hi for lo, hi in zip(vec["lower"], vec["upper"])):
+        raise ContractError("action.lower must be < action.upper for every joint")
+    if any(s <= 0 for s in vec["max_step"]):
+        raise ContractError("action.max_step must be > 0")
+    return ActionSpec(kind=str(a["kind"]), topic=str(a["topic"]), msg_type=str(a["type"]),
+                      joints=joints, **vec)
+
+
+# ---------------------------------------------------------------------------- extraction
+def _get_field(msg: Any, path: str) -> Any:
+    obj = msg
+    for part in path.split("."):
+        if isinstance(obj, Mapping):
+            obj = obj[part]
+        else:
+            obj = getattr(obj, part)
+    return obj
+
+
+class ObservationAssembler:
+    """Builds observation vectors from messages, the same way everywhere.
+
+    Feed it every message of the contract's observation topics with `update(topic, msg,
+    stamp)`; `vector()` concatenates the latest value of every term in contract order.
+    Works on rclpy messages, on rosbags-deserialized messages and on `core.types` data alike
+    (fields are read by name).
+    """
+
+    def __init__(self, contract: Contract):
+        self.contract = contract
+        self._by_topic: Dict[str, List[Tuple[int, ObsTerm]]] = {}
+        for i, t in enumerate(contract.observation):
+            self._by_topic.setdefault(t.topic, []).append((i, t))
+        self._slices = [contract.slices()[t.name] for t in contract.observation]
+        self._vec = np.zeros(contract.obs_dim)
+        self._stamps = np.full(len(contract.observation), -np.inf)
+        self._index_cache: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], np.ndarray] = {}
+
+    @property
+    def topics(self) -> Tuple[str, ...]:
+        return tuple(self._by_topic)
+
+    def extract(self, term: ObsTerm, msg: Any) -> np.ndarray:
+        """The term's value in `msg`; ContractError if missing, wrong size or non-finite."""
+        try:
+            raw = _get_field(msg, term.field)
+        except (AttributeError, KeyError):
+            raise ContractError(f"{term.topic}: message has no field {term.field!r} "
+                                f"(observation term {term.name!r})") from None
+        arr = np.atleast_1d(np.asarray(raw, dtype=float))
+        if term.joints is not None:
+            names = tuple(_get_field(msg, "name"))
+            key = (names, term.joints)
+            idx = self._index_cache.get(key)
+            if idx is None:
+                missing = [j for j in term.joints if j not in names]
+                if missing:
+                    raise ContractError(f"{term.topic}: joints {missing} not in message names {list(names)}")
+                idx = np.array([names.index(j) for j in term.joints])
+                self._index_cache[key] = idx
+            if arr.shape[0] != len(names):
+                raise ContractError(f"{term.topic}: field {term.field!r} has {arr.shape[0]} values "
+                                    f"for {len(names)} names")
+            arr = arr[idx]
+        if arr.shape != (term.size,):
+            raise ContractError(f"{term.topic}: field {term.field!r} has shape {arr.shape}, "
+                                f"contract term {term.name!r} expects ({term.size},)")
+        if not np.all(np.isfinite(arr)):
+            raise ContractError(f"{term.topic}: field {term.field!r} contains NaN/inf")
+        return arr
+
+    def update(self, topic: str, msg: Any, stamp: float) -> bool:
+        """Take a message; returns False if the topic is not part of the observation.
+
+        On a malformed message raises ContractError and keeps the previous values intact.
+        """
+        terms = self._by_topic.get(topic)
+        if terms is None:
+            return False
+        values = [(i, self.extract(t, msg)) for i, t in terms]  # all-or-nothing
+        for i, v in values:
+            self._vec[self._slices[i]] = v
+            self._stamps[i] = stamp
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return bool(np.all(np.isfinite(self._stamps)))
+
+    def missing_terms(self) -> List[str]:
+        return [t.name for t, s in zip(self.contract.observation, self._stamps) if not np.isfinite(s)]
+
+    def oldest_stamp(self) -> float:
+        """Stamp of the stalest term (-inf until every term has been seen)."""
+        return float(self._stamps.min())
+
+    def vector(self) -> np.ndarray:
+        if not self.ready:
+            raise ContractError(f"observation incomplete: no data yet for {self.missing_terms()}")
+        return self._vec.copy()
+
+    def assemble(self, messages: Mapping[str, Any], stamp: float = 0.0) -> np.ndarray:
+        """One-shot: {topic: msg} -> observation vector (used by the in-process evaluator)."""
+        for topic, msg in messages.items():
+            self.update(topic, msg, stamp)
+        return self.vector()

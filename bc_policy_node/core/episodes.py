@@ -1,0 +1,170 @@
+"""Episode arrays and the on-disk training dataset (numpy only).
+
+A dataset directory holds `data.npz` (all frames, concatenated) and `meta.json` (the
+contract, per-episode metadata, normalization stats, content hash). The dataset builder
+writes it from bags, the in-process collectors write it directly, the trainer reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .contract import Contract, ContractError
+
+DATASET_FORMAT = 1
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, empty, malformed or does not match its contract."""
+
+
+@dataclass
+class Episode:
+    """One episode at the contract's control rate: obs[t] was seen, act[t] was commanded."""
+
+    obs: np.ndarray                      # (T, obs_dim)
+    act: np.ndarray                      # (T, act_dim)
+    t: np.ndarray                        # (T,) seconds since episode start
+    meta: Dict[str, Any] = field(default_factory=dict)   # task, seed, source, success, ...
+    labelled: Optional[np.ndarray] = None  # (T,) bool; False = no expert label (excluded from loss)
+
+    def __post_init__(self):
+        self.obs = np.asarray(self.obs, dtype=np.float64)
+        self.act = np.asarray(self.act, dtype=np.float64)
+        self.t = np.asarray(self.t, dtype=np.float64)
+        if self.labelled is None:
+            self.labelled = np.ones(len(self.obs), dtype=bool)
+        self.labelled = np.asarray(self.labelled, dtype=bool)
+        n = len(self.obs)
+        if not (self.act.shape[0] == self.t.shape[0] == self.labelled.shape[0] == n):
+            raise DatasetError(f"episode arrays disagree in length: obs {self.obs.shape}, "
+                               f"act {self.act.shape}, t {self.t.shape}")
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+
+@dataclass
+class NormStats:
+    obs_mean: np.ndarray
+    obs_std: np.ndarray
+    act_mean: np.ndarray
+    act_std: np.ndarray
+
+    def to_dict(self) -> Dict[str, List[float]]:
+        return {k: np.asarray(getattr(self, k)).tolist()
+                for k in ("obs_mean", "obs_std", "act_mean", "act_std")}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Sequence[float]]) -> "NormStats":
+        return cls(**{k: np.asarray(d[k], dtype=np.float64)
+                      for k in ("obs_mean", "obs_std", "act_mean", "act_std")})
+
+
+class Dataset:
+    """A list of episodes that share one contract."""
+
+    def __init__(self, contract: Contract, episodes: Sequence[Episode]):
+        self.contract = contract
+        self.episodes: List[Episode] = list(episodes)
+        for i, ep in enumerate(self.episodes):
+            if ep.obs.ndim != 2 or ep.obs.shape[1] != contract.obs_dim:
+                raise DatasetError(f"episode {i}: obs shape {ep.obs.shape} does not match contract "
+                                   f"{contract.name!r} obs_dim {contract.obs_dim}")
+            if ep.act.ndim != 2 or ep.act.shape[1] != contract.act_dim:
+                raise DatasetError(f"episode {i}: act shape {ep.act.shape} does not match contract "
+                                   f"{contract.name!r} act_dim {contract.act_dim}")
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(e) for e in self.episodes)
+
+    def check_trainable(self) -> None:
+        """Clear errors for data that must not reach a training loop."""
+        if not self.episodes or self.num_frames == 0:
+            raise DatasetError("dataset is empty: no episodes with frames")
+        for i, ep in enumerate(self.episodes):
+            if not (np.all(np.isfinite(ep.obs)) and np.all(np.isfinite(ep.act[ep.labelled]))):
+                raise DatasetError(f"episode {i} ({ep.meta.get('episode_id', '?')}) contains NaN/inf")
+
+    def stats(self, eps: float = 1e-6) -> NormStats:
+        obs = np.concatenate([e.obs for e in self.episodes])
+        act = np.concatenate([e.act[e.labelled] for e in self.episodes])
+        return NormStats(obs.mean(0), np.maximum(obs.std(0), eps),
+                         act.mean(0), np.maximum(act.std(0), eps))
+
+    def split(self, val_fraction: float, seed: int = 0) -> Tuple["Dataset", "Dataset"]:
+        """Split by whole episodes (never frames of one episode on both sides)."""
+        n = len(self.episodes)
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = int(round(val_fraction * n)) if n > 1 else 0
+        n_val = min(max(n_val, 1 if val_fraction > 0 and n > 1 else 0), n - 1)
+        val = set(order[:n_val].tolist())
+        return (Dataset(self.contract, [e for i, e in enumerate(self.episodes) if i not in val]),
+                Dataset(self.contract, [e for i, e in enumerate(self.episodes) if i in val]))
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256(self.contract.fingerprint().encode())
+        for e in self.episodes:
+            for a in (e.obs, e.act, e.labelled):
+                h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+    def merged(self, other: "Dataset") -> "Dataset":
+        if other.contract.fingerprint() != self.contract.fingerprint():
+            raise DatasetError("cannot merge datasets with different contracts: "
+                               + "; ".join(self.contract.mismatches(other.contract)))
+        return Dataset(self.contract, self.episodes + other.episodes)
+
+    # ---------------------------------------------------------------------- io
+    def save(self, directory) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        lengths = np.array([len(e) for e in self.episodes], dtype=np.int64)
+        cat = lambda name, dim: (np.concatenate([getattr(e, name) for e in self.episodes])  # noqa: E731
+                                 if self.episodes else np.zeros((0,) + dim))
+        tmp = d / "data.tmp.npz"
+        np.savez(tmp, obs=cat("obs", (self.contract.obs_dim,)), act=cat("act", (self.contract.act_dim,)),
+                 t=cat("t", ()), labelled=cat("labelled", ()).astype(bool), lengths=lengths)
+        tmp.replace(d / "data.npz")
+        meta = {"format": DATASET_FORMAT, "contract": self.contract.to_dict(),
+                "episodes": [e.meta for e in self.episodes], "hash": self.content_hash(),
+                "num_frames": self.num_frames}
+        if self.episodes:
+            meta["stats"] = self.stats().to_dict()
+        (d / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        return d
+
+    @classmethod
+    def load(cls, directory) -> "Dataset":
+        d = Path(directory)
+        if not (d / "meta.json").is_file() or not (d / "data.npz").is_file():
+            raise DatasetError(f"no dataset at {d} (expected meta.json and data.npz)")
+        meta = json.loads((d / "meta.json").read_text())
+        if meta.get("format") != DATASET_FORMAT:
+            raise DatasetError(f"{d}: dataset format {meta.get('format')!r} not supported")
+        try:
+            contract = Contract.from_dict(meta["contract"])
+        except ContractError as e:
+            raise DatasetError(f"{d}: bad contract: {e}") from None
+        z = np.load(d / "data.npz")
+        bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
+        eps = [Episode(z["obs"][a:b], z["act"][a:b], z["t"][a:b], dict(m), z["labelled"][a:b])
+               for a, b, m in zip(bounds[:-1], bounds[1:], meta["episodes"])]
+        return cls(contract, eps)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o)}")
