@@ -1,0 +1,118 @@
+"""`bc-policy`: the command-line face of the pipeline.
+
+Each subcommand imports its implementation lazily, so `bc-policy eval` never loads torch and
+`bc-policy train` never loads rclpy.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+ROBOTS = ("planar3", "arm7")
+TASKS = ("curved_reach", "bimodal", "long_horizon")
+
+
+def _robot_task(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--robot", default="planar3", choices=ROBOTS, help="robot model (models/<robot>.xml)")
+    p.add_argument("--task", default="curved_reach", choices=TASKS, help="sim task")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bc-policy", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, target, help_):
+        p = sub.add_parser(name, help=help_, description=help_,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(_target=target)
+        return p
+
+    p = add("demo", "bc_policy_node.pipeline.demo:main",
+            "main job: collect -> dataset -> train -> export -> policy node closed loop -> DAgger -> summary")
+    _robot_task(p)
+    p.add_argument("--quick", action="store_true", help="smaller run (within ~3 minutes)")
+    p.add_argument("--out", default="runs/demo", help="run folder (stages already finished are reused)")
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--episodes", type=int, default=None, help="expert demonstrations to collect")
+    p.add_argument("--dagger-rounds", type=int, default=None, help="DAgger rounds")
+
+    p = add("collect", "bc_policy_node.pipeline.collect:main",
+            "record N seeded expert episodes through the ROS graph (bridge + expert + recorder, lock-step)")
+    _robot_task(p)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (then seed+1, ...)")
+    p.add_argument("--out", default="data/bags", help="folder for the episode bags")
+
+    p = add("dataset", "bc_policy_node.pipeline.dataset_cli:main", "build / inspect / edit datasets")
+    p.add_argument("action", choices=("build", "info", "plot", "merge", "delete", "export-lerobot", "recover"))
+    p.add_argument("paths", nargs="*", help="bag folders or dataset folders (see the action)")
+    p.add_argument("--contract", default=None, help="contract YAML (build; default: from the bags' task)")
+    p.add_argument("--out", default=None, help="output folder / file")
+    p.add_argument("--episodes", default=None, help="episode indices, e.g. 0,3,5-7 (delete/plot)")
+    p.add_argument("--gap-tolerance", type=float, default=None, help="s; longer holes flag an episode")
+
+    p = add("train", "bc_policy_node.learning.cli:train_main", "train a BC policy on a dataset")
+    p.add_argument("dataset", help="dataset folder (bc-policy dataset build)")
+    p.add_argument("--config", default=None, help="model/train config YAML (config/train/*.yaml)")
+    p.add_argument("--kind", default=None, help="override model kind: mlp | chunk_mlp | gmm | transformer")
+    p.add_argument("--chunk-length", type=int, default=None)
+    p.add_argument("--out", default="runs/train", help="run folder")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+
+    p = add("export", "bc_policy_node.learning.cli:export_main", "export a trained run to one ONNX file")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", default=None, help="ONNX path (default: <run>/policy.onnx)")
+
+    p = add("eval", "bc_policy_node.pipeline.evaluate:main",
+            "evaluate an ONNX policy in-process (core sim + onnxruntime, many seeds)")
+    p.add_argument("model", help="ONNX policy file")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=10_000, help="first evaluation seed")
+    p.add_argument("--execution-mode", default="temporal_ensembling",
+                   choices=("temporal_ensembling", "receding_horizon", "latency_aware", "mode_consistent"))
+    p.add_argument("--m", type=float, default=0.01, help="temporal ensembling weight exp(-m i)")
+    p.add_argument("--plot", default=None, help="PNG of rollouts (planar robots)")
+    p.add_argument("--json", default=None, help="write the metrics as JSON")
+
+    p = add("dagger", "bc_policy_node.pipeline.dagger_loop:main",
+            "DAgger rounds through the ROS graph: rollout -> label -> aggregate -> retrain -> export -> hot-swap")
+    _robot_task(p)
+    p.add_argument("--dataset", required=False, default=None, help="initial (expert) dataset folder")
+    p.add_argument("--model", default=None, help="initial ONNX policy")
+    p.add_argument("--variant", default="classic", choices=("classic", "robot_gated", "human_gated"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--episodes-per-round", type=int, default=10)
+    p.add_argument("--out", default="runs/dagger")
+
+    p = add("experiments", "bc_policy_node.experiments.runner:main",
+            "reproduce BC's known behaviours on the sim tasks (report + PNG figures)")
+    p.add_argument("--only", default=None, help="comma-separated experiment names")
+    p.add_argument("--quick", action="store_true", help="fewer seeds (smoke run)")
+    p.add_argument("--out", default="results", help="results folder (report.md + figures)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.version:
+        from . import __version__
+        print(__version__)
+        return 0
+    if not getattr(args, "_target", None):
+        ap.print_help()
+        return 2
+    module, func = args._target.split(":")
+    try:
+        return int(getattr(importlib.import_module(module), func)(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

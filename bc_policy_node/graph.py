@@ -1,0 +1,108 @@
+"""The ROS graphs this package starts, defined once (no rclpy, no launch imports).
+
+`launch/*.launch.py` turn these specs into launch_ros `Node` actions; `procs.py` turns the same
+specs into real processes for the CLI and the process-level tests. So every node name,
+executable, parameter and remapping a launch file uses is exercised in CI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+PACKAGE = "bc_policy_node"
+
+
+@dataclass(frozen=True)
+class LaunchArg:
+    name: str
+    default: str
+    description: str
+
+
+@dataclass
+class NodeSpec:
+    executable: str
+    name: str
+    parameters: Dict[str, object] = field(default_factory=dict)
+    remappings: List[Tuple[str, str]] = field(default_factory=list)
+    param_file: Optional[str] = None     # config/<file>.yaml keyed by node name
+
+
+def share_dir() -> Path:
+    """share/bc_policy_node of the install, or the source tree when run from a checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception:
+        return Path(__file__).resolve().parents[1]
+
+
+def config_path(*parts: str) -> Path:
+    return share_dir() / "config" / Path(*parts)
+
+
+def model_path(*parts: str) -> Path:
+    return share_dir() / "models" / Path(*parts)
+
+
+def contract_path(robot: str, task: str) -> Path:
+    return config_path("contracts", f"{robot}_{task}.yaml")
+
+
+# ------------------------------------------------------------------------ launch args
+SIM_ARGS = [
+    LaunchArg("robot", "planar3", "Robot model: planar3 (3-link planar) or arm7 (7-DoF); MJCF from models/<robot>.xml"),
+    LaunchArg("task", "curved_reach", "Sim task: curved_reach | bimodal | long_horizon"),
+    LaunchArg("mode", "free", "Bridge stepping: free (real time x rate) or lockstep (advance per command)"),
+    LaunchArg("real_time_factor", "1.0", "Free-run speed as a multiple of real time"),
+    LaunchArg("seed", "0", "Seed of the first episode"),
+    LaunchArg("controller", "forward_position_controller", "ros2_control controller name: commands on <controller>/commands"),
+]
+EXPERT_ARGS = [
+    LaunchArg("drive", "true", "true: the expert drives the arm (demonstrations); false: label service only"),
+]
+RECORD_ARGS = [
+    LaunchArg("output_dir", "bags", "Folder for episode bags (one rosbag2/MCAP per episode)"),
+    LaunchArg("contract", "", "Contract YAML naming the topics to record (default: config/contracts/<robot>_<task>.yaml)"),
+]
+POLICY_ARGS = [
+    LaunchArg("model", "", "Exported ONNX policy (default: models/policies/<robot>_<task>.onnx)"),
+    LaunchArg("execution_mode", "temporal_ensembling",
+              "temporal_ensembling | receding_horizon | latency_aware | mode_consistent"),
+    LaunchArg("autostart", "true", "Configure and activate the lifecycle node at start"),
+]
+
+
+def _bool(v) -> bool:
+    return str(v).lower() in ("1", "true", "yes", "on")
+
+
+def sim_nodes(robot="planar3", task="curved_reach", mode="free", real_time_factor=1.0, seed=0,
+              controller="forward_position_controller", drive=True, **_) -> List[NodeSpec]:
+    bridge = NodeSpec("mujoco_bridge", "mujoco_bridge", param_file="mujoco_bridge.yaml", parameters={
+        "robot": robot, "task": task, "mode": mode, "real_time_factor": float(real_time_factor),
+        "seed": int(seed), "controller": controller})
+    expert = NodeSpec("expert_node", "expert", param_file="expert.yaml", parameters={
+        "robot": robot, "task": task, "drive": _bool(drive), "controller": controller})
+    return [bridge, expert]
+
+
+def record_nodes(robot="planar3", task="curved_reach", output_dir="bags", contract="", **_) -> List[NodeSpec]:
+    return [NodeSpec("recorder_node", "recorder", param_file="recorder.yaml", parameters={
+        "contract": contract or str(contract_path(robot, task)), "output_dir": output_dir})]
+
+
+def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode="temporal_ensembling",
+                 autostart=True, controller="forward_position_controller", **_) -> List[NodeSpec]:
+    return [NodeSpec("policy_node", "policy", param_file="policy.yaml", parameters={
+        "model_path": model or str(model_path("policies", f"{robot}_{task}.onnx")),
+        "contract": str(contract_path(robot, task)), "execution_mode": execution_mode,
+        "autostart": _bool(autostart), "controller": controller})]
+
+
+GRAPHS = {
+    "sim": (SIM_ARGS + EXPERT_ARGS, sim_nodes),
+    "record": (SIM_ARGS[:2] + RECORD_ARGS, record_nodes),
+    "policy": (SIM_ARGS[:2] + POLICY_ARGS, policy_nodes),
+}

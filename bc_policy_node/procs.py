@@ -1,0 +1,138 @@
+"""Start the graph's nodes as real processes (CLI and process-level tests; no rclpy here).
+
+The same `graph.NodeSpec`s feed the launch files, so what CI starts here is what
+`ros2 launch` starts on a robot.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+from .graph import NodeSpec, config_path
+
+
+def executable_path(name: str) -> List[str]:
+    """Command prefix of an installed executable (lib/bc_policy_node/<name>)."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+        exe = Path(get_package_prefix("bc_policy_node")) / "lib" / "bc_policy_node" / name
+        if exe.is_file():
+            return [str(exe)]
+    except Exception:
+        pass
+    found = shutil.which(name)
+    if found:
+        return [found]
+    # Not installed: run the module directly from the source tree.
+    return [sys.executable, "-m", f"bc_policy_node.nodes.{name}"]
+
+
+def _param_arg(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_param_arg(v) for v in value) + "]"
+    if isinstance(value, str):
+        return value if value else "''"
+    return repr(value)
+
+
+def ros_args(spec: NodeSpec, extra: Optional[Dict[str, object]] = None) -> List[str]:
+    args = ["--ros-args", "-r", f"__node:={spec.name}"]
+    if spec.param_file:
+        path = config_path(spec.param_file)
+        if path.is_file():
+            args += ["--params-file", str(path)]
+    for k, v in {**spec.parameters, **(extra or {})}.items():
+        args += ["-p", f"{k}:={_param_arg(v)}"]
+    for a, b in spec.remappings:
+        args += ["-r", f"{a}:={b}"]
+    return args
+
+
+class NodeProcess:
+    """One node in its own process; stdout/stderr go to a log file."""
+
+    def __init__(self, spec: NodeSpec, log_dir: Path, extra_params: Optional[Dict[str, object]] = None,
+                 env: Optional[Dict[str, str]] = None):
+        self.spec = spec
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{spec.name}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = dict(os.environ if env is None else env)
+        full_env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.cmd = executable_path(spec.executable) + ros_args(spec, extra_params)
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGINT (clean shutdown), then SIGTERM, then SIGKILL. Returns the exit code."""
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+class Graph:
+    """A set of node processes started together and stopped in reverse order."""
+
+    def __init__(self, specs: Iterable[NodeSpec], log_dir: Path, extra_params: Optional[Dict[str, Dict]] = None):
+        self.procs: Dict[str, NodeProcess] = {}
+        extra_params = extra_params or {}
+        try:
+            for s in specs:
+                self.procs[s.name] = NodeProcess(s, log_dir, extra_params.get(s.name))
+        except Exception:
+            self.stop()
+            raise
+
+    def __getitem__(self, name: str) -> NodeProcess:
+        return self.procs[name]
+
+    def check_alive(self) -> None:
+        dead = [n for n, p in self.procs.items() if not p.alive()]
+        if dead:
+            details = "\n".join(f"--- {n} (exit {self.procs[n].proc.returncode}):\n{self.procs[n].log()[-3000:]}"
+                                for n in dead)
+            raise RuntimeError(f"node process(es) died: {dead}\n{details}")
+
+    def stop(self) -> Dict[str, int]:
+        return {n: p.stop() for n, p in reversed(list(self.procs.items()))}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
