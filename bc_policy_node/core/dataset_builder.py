@@ -1,0 +1,343 @@
+"""Episode bags -> time-aligned training arrays (`core.episodes.Dataset`), numpy + rosbags.
+
+Observations are assembled by `core.contract.ObservationAssembler`, the same object the
+policy node feeds with live messages; this module only decides *which* message of every
+observation topic is current at each sample time (zero-order hold) and which command is
+the label. Nothing is interpolated: a stream with a hole longer than `gap_tolerance_s`
+(default: the contract's `stale_after_s`, the age at which the policy node would hold) flags
+the episode, which is excluded unless `keep_flagged=True` (then `meta["flags"]` says why).
+
+Time base (per episode): observation times are header stamps when the message has a
+Header, receive times otherwise; commands (Float64MultiArray: no header) always use receive
+times. If the header clock disagrees with the receive clock by more than
+`max_clock_skew_s` (median over the episode, e.g. sim time stamps vs wall-clock recording)
+the episode falls back to receive times for everything (`time_base="receive"`, reported).
+"ZOH at t" means: for every observation topic, the newest message with time <= t.
+
+Alignment rules (the report says which one each episode used):
+
+* ``frame_tag`` - the bag has a `bc_msgs/msg/FrameTag` topic (policy / DAgger /
+  intervention rollouts): one frame per FrameTag (sorted by time); obs = its `observation`
+  (or ZOH of the observation topics at its time if that field is empty); label =
+  `expert_action` where `labelled` is true (and it has act_dim values), otherwise the
+  `executed_action` with labelled=False (kept as context, excluded from the loss).
+* ``command`` - one frame per command on the contract's action topic: act[j] = command j,
+  obs[j] = ZOH at the command's receive time c_j, i.e. the newest observation that existed
+  when the command was issued: in lock-step, the observation this command answered.
+  t[j] = c_j - c_0. Commands before every observation term has a value are dropped.
+* ``grid`` - uniform samples t_k = t_0 + round(k * 1e9 / rate) ns from the first time t_0
+  at which every term has a value; obs[k] = ZOH at t_k; act[k] = the first command received
+  in (t_k, t_{k+1}]. A window without a command holds the previous command with
+  labelled=False; leading windows before the first command are trimmed; the episode ends
+  with the window of the last command.
+* ``auto`` (default) - ``command`` when the command stream's median period is within
+  `rate_tolerance` of the contract's dt (a controller running at the control rate), else
+  ``grid`` (e.g. teleop devices publishing at their own rate).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta,
+                      read_messages, recover_bag, topic_types)
+from .contract import Contract, ContractError, ObservationAssembler
+from .episodes import Dataset, Episode
+from .rostypes import HEADER_TYPE, stamp_to_ns
+
+FRAME_TAG_TYPE = "bc_msgs/msg/FrameTag"
+ALIGNMENTS = ("auto", "command", "grid")
+_META_KEYS = ("episode_id", "task", "seed", "source", "success", "outcome", "complete",
+              "recovered", "notes")
+
+
+class BuildError(ValueError):
+    """One episode cannot be turned into frames (reason in the message)."""
+
+
+class _Stream:
+    """All messages of one topic, ordered by the time used for alignment."""
+
+    def __init__(self, topic: str, msgtype: str, items: List[Tuple[int, Optional[int], Any]],
+                 use_header: bool):
+        self.topic, self.msgtype = topic, msgtype
+        recv = np.array([r for r, _, _ in items], dtype=np.int64)
+        hdr = np.array([h if h is not None else r for r, h, _ in items], dtype=np.int64)
+        times = hdr if use_header else recv
+        order = np.argsort(times, kind="stable")
+        self.times = times[order]
+        self.recv = recv[order]
+        self.header = hdr[order]
+        self.msgs = [items[i][2] for i in order]
+
+    def __len__(self) -> int:
+        return len(self.msgs)
+
+
+def command_vector(contract: Contract, msg: Any) -> np.ndarray:
+    """The action in a command message of the contract's action type."""
+    spec = contract.action
+    if spec.msg_type == "trajectory_msgs/msg/JointTrajectory":
+        names = list(msg.joint_names)
+        if not msg.points:
+            raise ContractError(f"{spec.topic}: JointTrajectory without points")
+        pos = np.asarray(msg.points[0].positions, dtype=float)
+        missing = [j for j in spec.joints if j not in names]
+        if missing or len(pos) != len(names):
+            raise ContractError(f"{spec.topic}: trajectory joints {names} do not cover {missing}")
+        vec = pos[[names.index(j) for j in spec.joints]]
+    else:
+        vec = np.asarray(msg.data, dtype=float).reshape(-1)
+    if vec.shape != (spec.dim,) or not np.all(np.isfinite(vec)):
+        raise ContractError(f"{spec.topic}: command has shape {vec.shape} / non-finite values, "
+                            f"contract expects ({spec.dim},) finite")
+    return vec
+
+
+def _max_gap(times: np.ndarray, t0: int, t1: int) -> float:
+    """Longest interval (s) without a message over [t0, t1], counting the held value at t0."""
+    if len(times) == 0:
+        return (t1 - t0) * 1e-9
+    before = times[times <= t0]
+    inside = times[(times > t0) & (times <= t1)]
+    seq = np.concatenate([[before[-1] if len(before) else t0], inside, [t1]])
+    return float(np.max(np.diff(seq))) * 1e-9 if len(seq) > 1 else 0.0
+
+
+def _zoh_obs(contract: Contract, streams: Dict[str, _Stream], samples: np.ndarray) -> np.ndarray:
+    """obs[k] = ObservationAssembler fed with the newest message of every topic at samples[k]."""
+    asm = ObservationAssembler(contract)
+    idx = {t: np.searchsorted(s.times, samples, side="right") - 1 for t, s in streams.items()}
+    fed = {t: -1 for t in streams}
+    out = np.empty((len(samples), contract.obs_dim))
+    for k in range(len(samples)):
+        for t, s in streams.items():
+            i = int(idx[t][k])
+            if i < 0:
+                raise BuildError(f"no {t} message at or before sample {k}")
+            if i != fed[t]:
+                asm.update(t, s.msgs[i], s.times[i] * 1e-9)
+                fed[t] = i
+        out[k] = asm.vector()
+    return out
+
+
+def _header_of(msg: Any) -> Optional[int]:
+    h = getattr(msg, "header", None)
+    if h is None or getattr(h, "__msgtype__", HEADER_TYPE) != HEADER_TYPE:
+        return None
+    return stamp_to_ns(h.stamp)
+
+
+def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[float] = None, *,
+                     alignment: str = "auto", time_base: str = "auto",
+                     max_clock_skew_s: float = 0.5, rate_tolerance: float = 0.1,
+                     frame_topic: Optional[str] = None) -> Tuple[Episode, Dict[str, Any]]:
+    """One bag -> (Episode, report entry). Raises BuildError/ContractError/BagReadError."""
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    tol = contract.stale_after_s if gap_tolerance_s is None else float(gap_tolerance_s)
+    bag = Path(bag_dir)
+    types = topic_types(bag)
+    obs_topics = contract.observation_topics()
+    frame_topics = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
+    if frame_topic is None and len(frame_topics) > 1:
+        raise BuildError(f"several FrameTag topics {frame_topics}; pass frame_topic")
+    frame_topic = frame_topic or (frame_topics[0] if frame_topics else None)
+    act_topic = contract.action.topic
+    for t, ty in list(obs_topics.items()) + ([] if frame_topic else [(act_topic, contract.action.msg_type)]):
+        if t not in types:
+            if frame_topic:  # FrameTag carries the observation; raw topics are optional
+                continue
+            raise BuildError(f"topic {t} ({ty}) is not in the bag (bag has {sorted(types)})")
+        if types[t] != ty:
+            raise BuildError(f"topic {t} has type {types[t]} in the bag, contract says {ty}")
+    wanted = [t for t in obs_topics if t in types] + [act_topic, frame_topic]
+    raw: Dict[str, List[Tuple[int, Optional[int], Any]]] = {t: [] for t in wanted if t in types}
+    for m in read_messages(bag, [t for t in raw]):
+        raw[m.topic].append((m.log_ns, _header_of(m.msg), m.msg))
+
+    # ---- time base: header stamps unless their clock disagrees with the receive clock
+    skews = [float(np.median([r - h for r, h, _ in raw[t]])) * 1e-9
+             for t in raw if raw[t] and raw[t][0][1] is not None]
+    worst = max((abs(s) for s in skews), default=0.0)
+    if time_base == "auto":
+        time_base = "header" if worst <= max_clock_skew_s else "receive"
+    use_header = time_base == "header"
+    streams = {t: _Stream(t, types[t], raw[t], use_header) for t in raw}
+    obs_streams = {t: streams[t] for t in obs_topics if t in streams and len(streams[t])}
+    rep: Dict[str, Any] = {"path": str(bag), "time_base": time_base,
+                           "header_clock_skew_s": worst, "flags": [], "warnings": []}
+
+    labelled = None
+    if frame_topic:
+        fr = streams[frame_topic]
+        if not len(fr):
+            raise BuildError(f"FrameTag topic {frame_topic} has no messages")
+        samples = fr.times
+        given = [np.asarray(m.observation, float) for m in fr.msgs]
+        have = np.array([o.shape == (contract.obs_dim,) for o in given])
+        zoh = None
+        if len(obs_streams) == len(obs_topics):  # raw topics present: fallback + cross-check
+            ready = max(int(s.times[0]) for s in obs_streams.values())
+            ok = samples >= ready
+            zoh = np.full((len(samples), contract.obs_dim), np.nan)
+            if ok.any():
+                zoh[ok] = _zoh_obs(contract, obs_streams, samples[ok])
+        if not have.all() and (zoh is None or np.isnan(zoh[~have]).any()):
+            raise BuildError("FrameTag frames without observation and no raw observation "
+                             "topics to assemble it from")
+        obs = np.stack([given[i] if have[i] else zoh[i] for i in range(len(given))])
+        if zoh is not None:
+            both = have & ~np.isnan(zoh).any(axis=1)
+            diff = np.abs(obs[both] - zoh[both]).max(axis=1) if both.any() else np.zeros(0)
+            rep["frame_obs_mismatch"] = int((diff > 1e-9).sum())
+            if rep["frame_obs_mismatch"]:  # FrameTag is authoritative: warn, don't exclude
+                rep["warnings"].append(f"FrameTag.observation differs from the contract's assembly "
+                                    f"in {rep['frame_obs_mismatch']} frames (max {diff.max():.3g})")
+        act = np.zeros((len(samples), contract.act_dim))
+        labelled = np.zeros(len(samples), dtype=bool)
+        actors: Dict[str, int] = {}
+        prev = None
+        for i, m in enumerate(fr.msgs):
+            e = np.asarray(m.expert_action, float)
+            x = np.asarray(m.executed_action, float)
+            if bool(m.labelled) and e.shape == (contract.act_dim,) and np.all(np.isfinite(e)):
+                act[i], labelled[i] = e, True
+            elif x.shape == (contract.act_dim,) and np.all(np.isfinite(x)):
+                act[i] = x
+            elif prev is not None:
+                act[i] = prev
+            prev = act[i]
+            actors[str(int(m.actor))] = actors.get(str(int(m.actor)), 0) + 1
+        steps = np.array([int(m.step) for m in fr.msgs])
+        rep.update(alignment="frame_tag", label_source=frame_topic, actor_counts=actors,
+                   missing_steps=int(np.sum(np.clip(np.diff(steps) - 1, 0, None))) if len(steps) > 1 else 0)
+        gap_streams = {frame_topic: fr.times}
+    else:
+        cmd = streams[act_topic]
+        if not len(cmd):
+            raise BuildError(f"no commands on {act_topic}")
+        missing = [t for t in obs_topics if t not in obs_streams]
+        if missing:
+            raise BuildError(f"no messages on observation topics {missing}")
+        ready = max(int(s.times[0]) for s in obs_streams.values())
+        ct = cmd.times
+        period = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else contract.dt
+        rep["command_rate_hz"] = 1.0 / period if period > 0 else float("inf")
+        mode = alignment
+        if mode == "auto":
+            mode = "command" if abs(period / contract.dt - 1.0) <= rate_tolerance else "grid"
+        rep["alignment"] = mode
+        rep["label_source"] = act_topic
+        vec = [None] * len(cmd)
+
+        def cvec(j: int) -> np.ndarray:
+            if vec[j] is None:
+                vec[j] = command_vector(contract, cmd.msgs[j])
+            return vec[j]
+
+        if mode == "command":
+            keep = np.nonzero(ct >= ready)[0]
+            rep["commands_before_ready"] = int(len(ct) - len(keep))
+            if not len(keep):
+                raise BuildError("no command after every observation term had a value")
+            samples = ct[keep]
+            act = np.stack([cvec(int(j)) for j in keep])
+            labelled = np.ones(len(samples), dtype=bool)
+            if abs(period / contract.dt - 1.0) > rate_tolerance:
+                rep["flags"].append(f"command rate {rep['command_rate_hz']:.2f} Hz vs contract "
+                                    f"{contract.control_rate_hz} Hz")
+        else:
+            last = int(ct[-1])
+            n = int(np.floor((last - ready) * contract.control_rate_hz / 1e9)) + 1
+            grid = ready + np.round(np.arange(n + 1) * 1e9 / contract.control_rate_hz).astype(np.int64)
+            first = np.searchsorted(ct, grid[:-1], side="right")       # first command > t_k
+            has = (first < len(ct)) & (ct[np.minimum(first, len(ct) - 1)] <= grid[1:])
+            held = np.searchsorted(ct, grid[:-1], side="right") - 1    # newest command <= t_k
+            ok = has | (held >= 0)
+            start = int(np.argmax(ok)) if ok.any() else n
+            end = int(np.nonzero(has)[0][-1]) + 1 if has.any() else start
+            if end <= start:
+                raise BuildError("no command falls into any sample window")
+            ks = np.arange(start, end)
+            samples = grid[ks]
+            act = np.stack([cvec(int(first[k])) if has[k] else cvec(int(held[k])) for k in ks])
+            labelled = has[ks].copy()
+            rep["windows_empty"] = int((~has[ks]).sum())
+            rep["windows_multi"] = int(np.sum((np.searchsorted(ct, grid[ks + 1], side="right")
+                                               - first[ks]) > 1))
+            rep["trimmed_leading"] = int(start)
+        obs = _zoh_obs(contract, obs_streams, samples)
+        gap_streams = {act_topic: ct}
+
+    # ---- gaps: every observation stream and the label stream, over the frames' span
+    t0, t1 = int(samples[0]), int(samples[-1])
+    gap_streams.update({t: s.times for t, s in obs_streams.items()})
+    gaps = {t: _max_gap(ts, t0, t1) for t, ts in gap_streams.items()}
+    rep["max_gap_s"] = gaps
+    for t, g in gaps.items():
+        if g > tol:
+            rep["flags"].append(f"gap of {g:.3f} s on {t} (tolerance {tol:.3f} s)")
+    em = read_episode_meta(bag)
+    meta = {k: em.get(k) for k in _META_KEYS}
+    meta.update(bag=str(bag), alignment=rep["alignment"], time_base=time_base,
+                label_source=rep["label_source"], start_time_ns=t0, flags=list(rep["flags"]),
+                duration_s=(t1 - t0) * 1e-9)
+    ep = Episode(obs=obs, act=act, t=(samples - t0) * 1e-9, meta=meta, labelled=labelled)
+    rep.update(frames=len(ep), duration_s=meta["duration_s"], labelled=int(ep.labelled.sum()))
+    return ep, rep
+
+
+def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
+                  gap_tolerance_s: Optional[float] = None, *, keep_flagged: bool = False,
+                  include_incomplete: bool = False, recover: bool = False,
+                  **episode_opts: Any) -> Tuple[Dataset, Dict[str, Any]]:
+    """Bags (episode dirs, or folders of them) -> (Dataset, report).
+
+    Excluded (listed in the report with reasons, never silently): incomplete episodes unless
+    include_incomplete; flagged episodes (gaps, rate mismatch, FrameTag/contract mismatch)
+    unless keep_flagged; bags that fail to parse or do not match the contract. Truncated bags
+    are recovered first when `recover=True`, else excluded with 'needs recovery'.
+    With `out_dir`, the dataset is saved there (`Dataset.save`) with `build_report.json`.
+    """
+    bags = find_bags(bag_dirs)
+    episodes: List[Episode] = []
+    entries: List[Dict[str, Any]] = []
+    for bag in bags:
+        entry: Dict[str, Any] = {"path": str(bag)}
+        try:
+            if needs_recovery(bag):
+                if not recover:
+                    raise BagReadError("needs recovery (not closed cleanly); run recover_bag()")
+                entry["recovery"] = recover_bag(bag)
+            em = read_episode_meta(bag)
+            entry.update(episode_id=em.get("episode_id"), source=em.get("source"),
+                         complete=em.get("complete"), success=em.get("success"))
+            if em.get("complete") is False and not include_incomplete:
+                entry.update(status="excluded", reasons=["incomplete episode"])
+                entries.append(entry)
+                continue
+            ep, rep = episode_from_bag(bag, contract, gap_tolerance_s, **episode_opts)
+            entry.update(rep)
+            if rep["flags"] and not keep_flagged:
+                entry.update(status="excluded", reasons=list(rep["flags"]))
+            else:
+                entry["status"] = "included"
+                episodes.append(ep)
+        except (BuildError, ContractError, BagReadError, OSError) as e:
+            entry.update(status="excluded", reasons=[f"{type(e).__name__}: {e}"])
+        entries.append(entry)
+    ds = Dataset(contract, episodes)
+    report = {"contract": contract.name, "contract_fingerprint": contract.fingerprint(),
+              "gap_tolerance_s": contract.stale_after_s if gap_tolerance_s is None else gap_tolerance_s,
+              "bags": len(bags), "included": len(episodes),
+              "excluded": sum(e["status"] == "excluded" for e in entries),
+              "frames": ds.num_frames, "hash": ds.content_hash(), "episodes": entries}
+    if out_dir is not None:
+        ds.save(out_dir)
+        (Path(out_dir) / "build_report.json").write_text(json.dumps(report, indent=1, default=str))
+    return ds, report
