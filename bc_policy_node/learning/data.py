@@ -1,0 +1,122 @@
+"""Chunk targets from a `core.episodes.Dataset`, held in memory as torch tensors.
+
+For frame t of an episode of length T, target k (k = 0..K-1) is ``act[t+k]``. Past the end
+of the episode the target is the last action (the arm holds) with ``mask = 0``, so it does
+not enter the loss (ACT's ``is_pad``). Frames with ``labelled = False`` are never samples,
+and as chunk targets of an earlier frame they are masked out too (their value is replaced
+by the previous valid target so the tensors stay finite).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..core.contract import Contract, ContractError
+from ..core.episodes import Dataset, DatasetError
+
+
+@dataclass
+class ChunkData:
+    """All training samples of a dataset split, one row per labelled frame.
+
+    Attributes:
+        obs: (N, obs_dim) float32 raw observations.
+        target: (N, K, act_dim) float32 raw action targets.
+        mask: (N, K) float32, 1 where the target enters the loss.
+        episode: (N,) int64 index of the episode each sample comes from.
+    """
+
+    obs: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    episode: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    @property
+    def chunk_length(self) -> int:
+        return int(self.target.shape[1])
+
+    def batches(self, batch_size: int, generator: Optional[torch.Generator] = None,
+                shuffle: bool = True, drop_last: bool = False
+                ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (obs, target, mask) minibatches by index arrays (no per-sample Python)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if (drop_last and n >= batch_size) else n
+        for i in range(0, stop, batch_size):
+            idx = order[i:i + batch_size]
+            yield self.obs[idx], self.target[idx], self.mask[idx]
+
+
+def episode_chunks(act: np.ndarray, labelled: np.ndarray, k: int
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chunk targets of one episode.
+
+    Returns (frames, target, mask): ``frames`` (N,) indices of the labelled frames,
+    ``target`` (N, k, act_dim) and ``mask`` (N, k) bool.
+    """
+    t_len = len(act)
+    frames = np.flatnonzero(labelled)
+    steps = np.arange(k)
+    raw = frames[:, None] + steps[None, :]                 # (N, k) unclipped indices
+    idx = np.minimum(raw, t_len - 1)
+    lab = labelled[idx]
+    mask = (raw < t_len) & lab
+    # Unlabelled future frames may hold anything (even NaN): forward-fill from the previous
+    # labelled target of the same chunk (k=0 is always labelled). Past the end this keeps the
+    # last action when the last frame is labelled, as the design requires.
+    src = np.maximum.accumulate(np.where(lab, steps[None, :], 0), axis=1)
+    idx = np.take_along_axis(idx, src, axis=1)
+    return frames, act[idx], mask
+
+
+def check_dataset(ds: Dataset, chunk_length: int, contract: Optional[Contract] = None) -> None:
+    """Raise a clear error for data that must not reach the training loop.
+
+    Checks: contract match (when ``contract`` is given), empty dataset, no labelled frames,
+    NaN/inf in observations or labelled actions, chunk length longer than every episode.
+    """
+    if contract is not None:
+        diffs = contract.mismatches(ds.contract)
+        if contract.obs_dim != ds.contract.obs_dim or contract.act_dim != ds.contract.act_dim:
+            diffs.append(f"dims: expected obs {contract.obs_dim}/act {contract.act_dim}, dataset has "
+                         f"obs {ds.contract.obs_dim}/act {ds.contract.act_dim}")
+        if diffs:
+            raise ContractError(f"dataset contract {ds.contract.name!r} does not match contract "
+                                f"{contract.name!r}: " + "; ".join(diffs))
+    ds.check_trainable()  # empty, NaN/inf
+    if sum(int(e.labelled.sum()) for e in ds.episodes) == 0:
+        raise DatasetError("dataset has no labelled frames to train on")
+    longest = max(len(e) for e in ds.episodes)
+    if chunk_length > longest:
+        raise DatasetError(f"chunk_length {chunk_length} is longer than every episode "
+                           f"(longest has {longest} frames); use a shorter chunk or longer episodes")
+
+
+def build_chunks(ds: Dataset, chunk_length: int, episode_offset: int = 0) -> ChunkData:
+    """Stack the chunk targets of every labelled frame of ``ds`` into tensors."""
+    if len(ds) == 0:
+        raise DatasetError("cannot build training samples from an empty dataset")
+    obs, tgt, msk, epi = [], [], [], []
+    for i, ep in enumerate(ds.episodes):
+        frames, target, mask = episode_chunks(ep.act, ep.labelled, chunk_length)
+        obs.append(ep.obs[frames])
+        tgt.append(target)
+        msk.append(mask)
+        epi.append(np.full(len(frames), i + episode_offset, dtype=np.int64))
+    return ChunkData(obs=torch.from_numpy(np.concatenate(obs).astype(np.float32)),
+                     target=torch.from_numpy(np.concatenate(tgt).astype(np.float32)),
+                     mask=torch.from_numpy(np.concatenate(msk).astype(np.float32)),
+                     episode=torch.from_numpy(np.concatenate(epi)))
+
+
+def load_dataset(source) -> Dataset:
+    """A `Dataset` as is, or loaded from a dataset directory."""
+    if isinstance(source, Dataset):
+        return source
+    return Dataset.load(source)
