@@ -101,7 +101,7 @@ class ChunkExecutor:
         return ("chunks_added", "skipped_actions", "held_ticks", "rejected_nonfinite")
 
     def _check_chunk(self, chunk, t_index) -> Optional[np.ndarray]:
-        chunk = np.asarray(chunk, dtype=np.float64)
+        chunk = np.array(chunk, dtype=np.float64)  # a copy: callers may reuse their buffer
         if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] < 1:
             raise ValueError(f"chunk must be (K, A), got shape {chunk.shape}")
         if self._shape is None:
@@ -113,7 +113,7 @@ class ChunkExecutor:
             raise ValueError(f"chunk start ticks must strictly increase: got {t_index} after "
                              f"{self._last_offered} (call reset() for a new episode)")
         self._last_offered = int(t_index)
-        if not np.all(np.isfinite(chunk)):
+        if not np.isfinite(chunk).all():
             self.rejected_nonfinite += 1
             return None
         self.last_delay_ticks = self._due(int(t_index))
@@ -145,10 +145,13 @@ class TemporalEnsembler(ChunkExecutor):
     predict tick t, with ``w_i = exp(-m * i)`` and ``i = 0`` the *oldest* such chunk
     (m > 0 favours old predictions, m = 0 is the plain mean, m < 0 favours new ones).
 
-    Implementation: a ring of K per-tick accumulators (numerator, denominator, count) indexed
-    by ``tick % K``. Because the i-th contributor to a tick always arrives after the first
-    i-1, its weight is known on arrival (``exp(-m * count[tick])``), so ``add`` costs
-    O(K*A) and ``action`` O(A) — no loop over the history.
+    Implementation: per-tick accumulators (numerator, denominator, count) on a timeline
+    buffer of 2K ticks starting at tick ``_base``. Because the i-th contributor to a tick
+    always arrives after the first i-1, its weight is known on arrival
+    (``exp(-m * count[tick])``), so ``add`` is a few contiguous slice updates, O(K*A), and
+    ``action`` is O(A) — no loop over the history. When a chunk would run past the buffer
+    end, the window slides forward (one O(K*A) copy every >= K ticks); ticks before the
+    newest chunk's start are never read again, so nothing needed is lost.
 
     Args:
         m: ensembling temperature (ACT uses 0.01).
@@ -170,35 +173,49 @@ class TemporalEnsembler(ChunkExecutor):
             self._clear_accumulators()
 
     def _on_shape(self, k: int, a: int) -> None:
-        self._num = np.zeros((k, a))
-        self._den = np.zeros(k)
-        self._count = np.zeros(k, dtype=np.int64)
-        self._tick = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
+        self._num = np.zeros((2 * k, a))
+        self._den = np.zeros(2 * k)
+        self._count = np.zeros(2 * k, dtype=np.int64)
         self._weights = np.exp(-self.m * np.arange(k + 1))
-        self._arange = np.arange(k, dtype=np.int64)
+        self._base: Optional[int] = None
 
     def _clear_accumulators(self) -> None:
         self._num.fill(0.0)
         self._den.fill(0.0)
         self._count.fill(0)
-        self._tick.fill(np.iinfo(np.int64).min)
+        self._base = None
+
+    def _slide(self, start: int) -> None:
+        """Make `start` the first tick of the buffer, keeping the accumulators of later ticks."""
+        shift, n = start - self._base, len(self._den)
+        if shift >= n:
+            self._num.fill(0.0)
+            self._den.fill(0.0)
+            self._count.fill(0)
+        else:
+            for buf in (self._num, self._den, self._count):
+                buf[:n - shift] = buf[shift:]
+                buf[n - shift:] = 0
+        self._base = start
 
     def _accumulate(self, chunk: np.ndarray, start: int) -> None:
         k = chunk.shape[0]
-        ticks = start + self._arange
-        slots = ticks % k
-        # Slots holding ticks before `start` are dead (ticks only move forward): recycle them.
-        old = self._tick[slots] != ticks
-        if old.any():
-            dead = slots[old]
-            self._num[dead] = 0.0
-            self._den[dead] = 0.0
-            self._count[dead] = 0
-            self._tick[dead] = ticks[old]
-        w = self._weights[self._count[slots]]
-        self._num[slots] += w[:, None] * chunk
-        self._den[slots] += w
-        self._count[slots] += 1
+        if self._base is None:
+            self._base = start
+        elif start - self._base + k > len(self._den):
+            self._slide(start)
+        sl = slice(start - self._base, start - self._base + k)
+        w = self._weights[self._count[sl]]
+        self._num[sl] += w[:, None] * chunk
+        self._den[sl] += w
+        self._count[sl] += 1
+
+    def _index(self, t: int) -> int:
+        """Buffer index of tick t, or -1 if nothing accumulated there."""
+        if self._base is None:
+            return -1
+        i = t - self._base
+        return i if 0 <= i < len(self._den) and self._count[i] > 0 else -1
 
     def _add(self, chunk: np.ndarray, start: int) -> bool:
         self._accumulate(chunk, start)
@@ -206,10 +223,10 @@ class TemporalEnsembler(ChunkExecutor):
         return True
 
     def _action(self, t: int) -> Tuple[np.ndarray, int]:
-        slot = t % self._shape[0]
-        if self._tick[slot] != t or self._count[slot] == 0:
+        i = self._index(t)
+        if i < 0:
             return None, 0
-        return self._num[slot] / self._den[slot], int(self._count[slot])
+        return self._num[i] / self._den[i], int(self._count[i])
 
     def planned(self, t_index: int) -> Optional[np.ndarray]:
         """The current ensembled action for a future tick (None if nothing covers it)."""
@@ -276,10 +293,9 @@ class ModeConsistentEnsembler(TemporalEnsembler):
             self.last_distance = float("nan")
             self._adopt(chunk, start)
             return True
-        ticks = np.arange(first, end + 1)
-        slots = ticks % k
-        plan = self._num[slots] / self._den[slots][:, None]
-        diff = chunk[ticks - start] - plan
+        sl = slice(first - self._base, end + 1 - self._base)
+        plan = self._num[sl] / self._den[sl][:, None]
+        diff = chunk[first - start:end + 1 - start] - plan
         if self.scale is not None:
             diff = diff / self.scale
         self.last_distance = float(np.sqrt(np.mean(diff * diff)))

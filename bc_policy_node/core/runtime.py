@@ -174,6 +174,10 @@ class OnnxPolicy:
         for key, value in (("obs_dim", contract.obs_dim), ("act_dim", contract.act_dim)):
             if meta[key] != value:
                 raise self._fail(f"meta {key}={meta[key]} but the embedded contract says {value}")
+        rate = meta.get("control_rate_hz", contract.control_rate_hz)
+        if not isinstance(rate, (int, float)) or abs(rate - contract.control_rate_hz) > 1e-9:
+            raise self._fail(f"meta control_rate_hz={rate!r} but the embedded contract says "
+                             f"{contract.control_rate_hz}")
         if not isinstance(meta["chunk_length"], int) or meta["chunk_length"] < 1:
             raise self._fail(f"meta chunk_length must be an int >= 1, got {meta['chunk_length']!r}")
         return contract, meta

@@ -89,6 +89,7 @@ class SafetyFilter:
         self._lower = np.asarray(limits.lower, dtype=float)
         self._upper = np.asarray(limits.upper, dtype=float)
         self._max_step = np.asarray(limits.max_step, dtype=float)
+        self._neg_step = -self._max_step
         self.counts: Dict[str, int] = {e: 0 for e in EVENTS}
         self.ticks = 0
         self.holds = 0
@@ -152,22 +153,22 @@ class SafetyFilter:
         if p is None or p.shape != (self.dim,):
             self._count(events, EVENT_SHAPE)
             hold = True
-        elif not np.all(np.isfinite(p)):
+        elif not np.isfinite(p).all():
             self._count(events, EVENT_NONFINITE)
             hold = True
         if hold:
             self.holds += 1
             cmd = ref.copy()
-        else:
-            cmd = np.clip(p, self._lower, self._upper)
-            if np.any(cmd != p):
+        else:  # np.minimum/maximum: same result as np.clip, several times faster on 7 floats
+            cmd = np.minimum(np.maximum(p, self._lower), self._upper)
+            if (cmd != p).any():
                 self._count(events, EVENT_JOINT_LIMIT)
             step = cmd - ref
-            clipped = np.clip(step, -self._max_step, self._max_step)
-            if np.any(clipped != step):
+            clipped = np.minimum(np.maximum(step, self._neg_step), self._max_step)
+            if (clipped != step).any():
+                # ref + clipped can land one ulp outside a bound: nudge back exactly.
                 self._count(events, EVENT_STEP_LIMIT)
-                cmd = ref + clipped
-            cmd = _toward_inside(cmd, ref, self._lower, self._upper, self._max_step)
+                cmd = _toward_inside(ref + clipped, ref, self._lower, self._upper, self._max_step)
         self._last = cmd
         return cmd.copy(), tuple(events)
 

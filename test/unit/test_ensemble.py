@@ -121,6 +121,14 @@ def test_plan_runs_out_holds_last_action_and_errors():
     np.testing.assert_allclose(ex.action(0), chunk[0])
 
 
+def test_chunk_is_copied_on_add():
+    ex = RecedingHorizon(n_execute=2)
+    buf = np.zeros((K, A))
+    ex.add(buf, 0)
+    buf[:] = 99.0  # the caller reuses its output buffer
+    np.testing.assert_array_equal(ex.action(1), np.zeros(A))
+
+
 def test_nonfinite_chunk_is_refused():
     ex = TemporalEnsembler()
     good = np.zeros((K, A))

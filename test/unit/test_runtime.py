@@ -147,6 +147,7 @@ GOOD_META = {"format": META_FORMAT, "kind": "chunk_mlp", "chunk_length": K, "obs
     ("meta_missing_key", "lacks \\['model_id'\\]"),
     ("meta_kind", "kind 'diffusion' not supported"),
     ("meta_obs_dim", "obs_dim=9 but the embedded contract says 5"),
+    ("meta_rate", "control_rate_hz=100.0 but the embedded contract says 50.0"),
     ("input_name", "expected one input 'obs'"),
     ("input_dim", "input 'obs' must be float32"),
     ("output_name", "must have outputs \\['actions'\\]"),
@@ -177,6 +178,8 @@ def test_load_errors(tmp_path, case, match):
         path = save(with_props(make_model(), cj, {**GOOD_META, "kind": "diffusion"}), tmp_path)
     elif case == "meta_obs_dim":
         path = save(with_props(make_model(), cj, {**GOOD_META, "obs_dim": 9}), tmp_path)
+    elif case == "meta_rate":
+        path = save(with_props(make_model(), cj, {**GOOD_META, "control_rate_hz": 100.0}), tmp_path)
     elif case == "input_name":
         path = save(with_props(make_model(in_name="x"), cj, GOOD_META), tmp_path)
     elif case == "input_dim":
