@@ -1,0 +1,198 @@
+"""In-process simulated environment: ArmSim + Task at the control rate (numpy + mujoco only).
+
+`SimEnv.reset()` / `step()` return the messages the ROS bridge would publish, as
+`core.types` data keyed by the bridge's default topic names, so the same
+`ObservationAssembler` turns them into observation vectors everywhere::
+
+    env = SimEnv("planar3", "bimodal")
+    msgs = env.reset(seed=3)
+    while not env.done:
+        msgs = env.step(expert.act_messages(msgs))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from .contract import Contract
+from .experts import ScriptedExpert, make_expert
+from .sim import ArmSim, SimDiverged, SimError
+from .tasks import Task, make_task
+from .types import STATUS_DIVERGED, JointStateData, TaskStateData
+
+JOINT_STATES_TOPIC = "/joint_states"
+TASK_STATE_TOPIC = "/task_state"
+COMMAND_TOPIC = "/forward_position_controller/commands"
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+MODELS_DIR = PACKAGE_ROOT / "models"
+CONTRACTS_DIR = PACKAGE_ROOT / "config" / "contracts"
+ROBOTS = {"planar3": MODELS_DIR / "planar3.xml", "arm7": MODELS_DIR / "arm7.xml"}
+
+
+def robot_mjcf(robot: str) -> Path:
+    """MJCF path of a shipped robot."""
+    try:
+        return ROBOTS[robot]
+    except KeyError:
+        raise SimError(f"unknown robot {robot!r} (shipped: {sorted(ROBOTS)}); pass mjcf=<path>") from None
+
+
+def contract_path(robot: str, task: str) -> Path:
+    return CONTRACTS_DIR / f"{robot}_{task}.yaml"
+
+
+def load_contract(robot: str, task: str) -> Contract:
+    """The shipped contract `config/contracts/<robot>_<task>.yaml`."""
+    return Contract.load(contract_path(robot, task))
+
+
+class SimEnv:
+    """Simulated robot + task stepped at the control rate.
+
+    Args:
+        robot: name of a shipped robot (`planar3`, `arm7`), used for the default MJCF and the
+            contract name.
+        task: `curved_reach`, `bimodal` or `long_horizon`.
+        mjcf: MJCF path overriding the shipped model.
+        control_rate_hz: control rate; physics substeps = round(1 / (rate * timestep)).
+
+    `step()` after the episode is done is a no-op returning the final messages (the bridge
+    keeps receiving commands between episodes); `step()` before `reset()` raises.
+    """
+
+    def __init__(self, robot: str = "planar3", task: str = "curved_reach",
+                 mjcf: Optional[str] = None, control_rate_hz: float = 50.0):
+        self.robot = robot
+        self.sim = ArmSim(mjcf if mjcf is not None else robot_mjcf(robot))
+        self.task_name = task
+        self.control_rate_hz = float(control_rate_hz)
+        if not self.control_rate_hz > 0:
+            raise ValueError(f"control_rate_hz must be > 0, got {control_rate_hz}")
+        self.substeps = max(1, int(round(1.0 / (self.control_rate_hz * self.sim.timestep))))
+        self.task: Task = make_task(task, self.sim)
+        self._episode_id = 0
+        self._step = 0
+        self._started = False
+        self._diverged_reason = ""
+        self._last_command = self.sim.home_q.copy()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def joint_names(self) -> Tuple[str, ...]:
+        return self.sim.joint_names
+
+    @property
+    def done(self) -> bool:
+        return self._started and self.task.done
+
+    @property
+    def episode_id(self) -> int:
+        return self._episode_id
+
+    @property
+    def step_count(self) -> int:
+        return self._step
+
+    @property
+    def horizon(self) -> int:
+        return self.task.horizon
+
+    @property
+    def last_command(self) -> np.ndarray:
+        return self._last_command.copy()
+
+    @property
+    def task_state(self) -> TaskStateData:
+        t = self.task
+        return TaskStateData(
+            stamp=self.sim.time, task=t.name, episode_id=self._episode_id, seed=t.seed,
+            variant=t.variant, goal=t.goal.copy(), obstacle=t.obstacle.copy(),
+            waypoints=t.waypoints.reshape(-1).copy(), phase=int(t.phase),
+            num_phases=int(t.num_phases), mode=int(t.mode), step=self._step, status=t.status,
+            success=t.status == "success", done=t.done, reason=t.reason,
+            ee_position=self.sim.ee_position()[:t.dim])
+
+    @property
+    def joint_state(self) -> JointStateData:
+        s = self.sim
+        return JointStateData(stamp=s.time, name=list(s.joint_names), position=s.qpos,
+                              velocity=s.qvel, effort=s.effort)
+
+    def messages(self) -> Dict[str, object]:
+        return {JOINT_STATES_TOPIC: self.joint_state, TASK_STATE_TOPIC: self.task_state}
+
+    def robot_contract_limits(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) joint limits from the MJCF, in `joint_names` order."""
+        return self.sim.lower.copy(), self.sim.upper.copy()
+
+    def make_expert(self, max_step=None, speed: Optional[float] = None,
+                    own_kinematics: bool = True) -> ScriptedExpert:
+        """The task's scripted expert; by default on its own ArmSim (thread-safe w.r.t. env).
+
+        max_step defaults to the shipped contract's (0.05 rad/tick if there is none).
+        """
+        kin = ArmSim(self.sim.path) if own_kinematics else self.sim
+        if max_step is None:
+            max_step = 0.05
+            if contract_path(self.robot, self.task_name).is_file():
+                c = load_contract(self.robot, self.task_name)
+                if set(c.action.joints) == set(kin.joint_names):
+                    step = dict(zip(c.action.joints, c.action.max_step))
+                    max_step = np.array([step[j] for j in kin.joint_names])
+        return make_expert(self.task_name, kin, max_step=max_step, speed=speed,
+                           control_rate_hz=self.control_rate_hz)
+
+    # ---------------------------------------------------------------- episode
+    def reset(self, seed: int, variant: str = "") -> Dict[str, object]:
+        """Start episode `seed` (deterministic) and return its first messages."""
+        if variant != self.task.variant:
+            self.task = make_task(self.task_name, self.sim, variant)
+        q0 = self.task.reset(seed)
+        self.sim.reset(q0)
+        oc = self.task.obstacle_center()
+        self.sim.set_obstacle(oc, float(self.task.obstacle[-1]) if oc is not None else 0.0)
+        self.sim.set_goal_marker(self.task.goal)
+        self._episode_id += 1
+        self._step = 0
+        self._started = True
+        self._diverged_reason = ""
+        self._last_command = q0.copy()
+        return self.messages()
+
+    def step(self, action) -> Dict[str, object]:
+        """Apply joint position targets (joint_names order), run one control tick."""
+        if not self._started:
+            raise RuntimeError("SimEnv.step() called before reset()")
+        if self.task.done:
+            return self.messages()
+        self._last_command = self.sim.set_command(action)
+        self._step += 1
+        try:
+            self.sim.step(self.substeps)
+        except SimDiverged as e:
+            self.task.status, self.task.reason = STATUS_DIVERGED, e.reason
+            return self.messages()
+        self.task.update(self.sim.ee_position(), bool(self.sim.last_contacts), self._step)
+        return self.messages()
+
+    def run_expert(self, seed: int, expert: Optional[ScriptedExpert] = None, variant: str = "",
+                   record: bool = False):
+        """Roll the expert for one episode; returns (final TaskStateData, trajectory dict or None)."""
+        expert = expert or self.make_expert()
+        msgs = self.reset(seed, variant)
+        traj = {"q": [], "ee": [], "act": []} if record else None
+        while not self.done:
+            ts = msgs[TASK_STATE_TOPIC]
+            a = expert.act_task(self.sim.qpos, self.sim.qvel, ts)
+            if traj is not None:
+                traj["q"].append(self.sim.qpos)
+                traj["ee"].append(ts.ee_position)
+                traj["act"].append(a)
+            msgs = self.step(a)
+        if traj is not None:
+            traj = {k: np.array(v) for k, v in traj.items()}
+            traj["ee"] = np.vstack([traj["ee"], msgs[TASK_STATE_TOPIC].ee_position[None]])
+        return msgs[TASK_STATE_TOPIC], traj
