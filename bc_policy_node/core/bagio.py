@@ -19,6 +19,10 @@ CDR bytes without deserializing), else the receive time (rosbag2's send_timestam
 Crash safety: chunks are closed and flushed to the OS every `flush_interval_s` (default
 0.2 s) or `chunk_size` bytes, so a `kill -9` loses at most that much; the episode stays marked
 complete=false and `recover_bag()` rewrites the truncated MCAP into a valid bag.
+`fsync=True` also survives power loss at each flush (costs a disk sync per flush); close()
+always fsyncs. Writes only trigger the time-based flush, so a recorder should also call
+`flush_if_due()` from a timer. SIGINT: a recorder should stop feeding the writer and call
+`close(complete=False)`; used as a context manager, a KeyboardInterrupt does exactly that.
 Episode metadata is stored three times: `episode.yaml` (authoritative), MCAP metadata records
 named `bc_policy.episode` (one at start, one at close; the last one wins) and
 `metadata.yaml` custom_data (keys `bc_policy.*`).
@@ -294,6 +298,14 @@ class EpisodeBagWriter:
             except OSError as e:
                 self._fail(e)
             self._last_flush = time.monotonic()
+
+    def flush_if_due(self) -> bool:
+        """Flush if `flush_interval_s` has passed since the last flush (call from a timer so
+        that data written just before a pause in traffic reaches the OS too)."""
+        if time.monotonic() - self._last_flush < self._flush_interval:
+            return False
+        self.flush(self._fsync)
+        return True
 
     def _flush_locked(self, fsync: bool) -> None:
         self._w.flush()

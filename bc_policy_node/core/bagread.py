@@ -258,6 +258,11 @@ def recover_bag(bag_dir, keep_original: bool = False, chunk_size: int = 256 * 10
             "bytes_dropped": max(0, size - good), "reason": error or "no footer"}
 
 
+def recover_all(paths: Iterable, **kwargs: Any) -> List[Dict[str, Any]]:
+    """recover_bag() on every bag under `paths` that needs it (e.g. at recorder start-up)."""
+    return [recover_bag(b, **kwargs) for b in find_bags(paths) if needs_recovery(b)]
+
+
 # ------------------------------------------------------------------------------ messages
 def _reader(bag_dir):
     from rosbags.highlevel import AnyReader
@@ -282,6 +287,23 @@ def read_messages(bag_dir, topics: Optional[Sequence[str]] = None) -> Iterator[B
             return
         for conn, t_ns, raw in r.messages(connections=conns):
             yield BagMessage(conn.topic, conn.msgtype, int(t_ns), r.deserialize(raw, conn.msgtype))
+
+
+def read_raw(bag_dir, topics: Sequence[str]):
+    """({topic: (msgtype, [(receive ns, CDR bytes)])}, typestore able to deserialize them).
+
+    For callers that deserialize only the messages they use (the dataset builder).
+    """
+    out: Dict[str, Tuple[str, List[Tuple[int, bytes]]]] = {}
+    with _reader(bag_dir) as r:
+        conns = [c for c in r.connections if c.topic in topics]
+        for c in conns:
+            out.setdefault(c.topic, (c.msgtype, []))
+        if conns:
+            for conn, t_ns, raw in r.messages(connections=conns):
+                out[conn.topic][1].append((int(t_ns), raw))
+        store = r.typestore
+    return out, store
 
 
 def receive_times(bag_dir) -> Dict[str, Any]:

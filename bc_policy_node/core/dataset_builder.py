@@ -42,11 +42,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta,
-                      read_messages, recover_bag, topic_types)
+from .bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta, read_raw,
+                      recover_bag, topic_types)
 from .contract import Contract, ContractError, ObservationAssembler
 from .episodes import Dataset, Episode
-from .rostypes import HEADER_TYPE, stamp_to_ns
+from .rostypes import HEADER_TYPE, header_stamp_ns
 
 FRAME_TAG_TYPE = "bc_msgs/msg/FrameTag"
 ALIGNMENTS = ("auto", "command", "grid")
@@ -59,22 +59,40 @@ class BuildError(ValueError):
 
 
 class _Stream:
-    """All messages of one topic, ordered by the time used for alignment."""
+    """All messages of one topic, ordered by the time used for alignment.
 
-    def __init__(self, topic: str, msgtype: str, items: List[Tuple[int, Optional[int], Any]],
+    Messages stay CDR bytes until used (`msg(i)`): at 1 kHz most are never looked at.
+    """
+
+    def __init__(self, topic: str, msgtype: str, items: List[Tuple[int, bytes]], store,
                  use_header: bool):
-        self.topic, self.msgtype = topic, msgtype
-        recv = np.array([r for r, _, _ in items], dtype=np.int64)
-        hdr = np.array([h if h is not None else r for r, h, _ in items], dtype=np.int64)
+        self.topic, self.msgtype, self._store = topic, msgtype, store
+        fields = store.fielddefs[msgtype][1]
+        has_header = bool(fields) and fields[0][0] == "header" and fields[0][1][1] == HEADER_TYPE
+        recv = np.array([r for r, _ in items], dtype=np.int64)
+        hdr = np.array([header_stamp_ns(b) for _, b in items], dtype=np.int64) if has_header \
+            else recv.copy()
+        self.has_header = has_header
         times = hdr if use_header else recv
         order = np.argsort(times, kind="stable")
         self.times = times[order]
         self.recv = recv[order]
         self.header = hdr[order]
-        self.msgs = [items[i][2] for i in order]
+        self._raw = [items[i][1] for i in order]
+        self._cache: Dict[int, Any] = {}
+
+    def msg(self, i: int) -> Any:
+        m = self._cache.get(i)
+        if m is None:
+            m = self._cache[i] = self._store.deserialize_cdr(self._raw[i], self.msgtype)
+        return m
+
+    @property
+    def msgs(self) -> List[Any]:
+        return [self.msg(i) for i in range(len(self))]
 
     def __len__(self) -> int:
-        return len(self.msgs)
+        return len(self._raw)
 
 
 def command_vector(contract: Contract, msg: Any) -> np.ndarray:
@@ -119,17 +137,10 @@ def _zoh_obs(contract: Contract, streams: Dict[str, _Stream], samples: np.ndarra
             if i < 0:
                 raise BuildError(f"no {t} message at or before sample {k}")
             if i != fed[t]:
-                asm.update(t, s.msgs[i], s.times[i] * 1e-9)
+                asm.update(t, s.msg(i), s.times[i] * 1e-9)
                 fed[t] = i
         out[k] = asm.vector()
     return out
-
-
-def _header_of(msg: Any) -> Optional[int]:
-    h = getattr(msg, "header", None)
-    if h is None or getattr(h, "__msgtype__", HEADER_TYPE) != HEADER_TYPE:
-        return None
-    return stamp_to_ns(h.stamp)
 
 
 def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[float] = None, *,
@@ -156,18 +167,18 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
         if types[t] != ty:
             raise BuildError(f"topic {t} has type {types[t]} in the bag, contract says {ty}")
     wanted = [t for t in obs_topics if t in types] + [act_topic, frame_topic]
-    raw: Dict[str, List[Tuple[int, Optional[int], Any]]] = {t: [] for t in wanted if t in types}
-    for m in read_messages(bag, [t for t in raw]):
-        raw[m.topic].append((m.log_ns, _header_of(m.msg), m.msg))
+    raw, store = read_raw(bag, [t for t in wanted if t in types])
+    streams = {t: _Stream(t, typ, items, store, time_base != "receive")
+               for t, (typ, items) in raw.items()}
 
     # ---- time base: header stamps unless their clock disagrees with the receive clock
-    skews = [float(np.median([r - h for r, h, _ in raw[t]])) * 1e-9
-             for t in raw if raw[t] and raw[t][0][1] is not None]
-    worst = max((abs(s) for s in skews), default=0.0)
+    skews = [float(np.median(s.recv - s.header)) * 1e-9
+             for s in streams.values() if s.has_header and len(s)]
+    worst = max((abs(x) for x in skews), default=0.0)
     if time_base == "auto":
         time_base = "header" if worst <= max_clock_skew_s else "receive"
-    use_header = time_base == "header"
-    streams = {t: _Stream(t, types[t], raw[t], use_header) for t in raw}
+        if time_base == "receive":
+            streams = {t: _Stream(t, typ, items, store, False) for t, (typ, items) in raw.items()}
     obs_streams = {t: streams[t] for t in obs_topics if t in streams and len(streams[t])}
     rep: Dict[str, Any] = {"path": str(bag), "time_base": time_base,
                            "header_clock_skew_s": worst, "flags": [], "warnings": []}
@@ -178,7 +189,8 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
         if not len(fr):
             raise BuildError(f"FrameTag topic {frame_topic} has no messages")
         samples = fr.times
-        given = [np.asarray(m.observation, float) for m in fr.msgs]
+        frames = fr.msgs
+        given = [np.asarray(m.observation, float) for m in frames]
         have = np.array([o.shape == (contract.obs_dim,) for o in given])
         zoh = None
         if len(obs_streams) == len(obs_topics):  # raw topics present: fallback + cross-check
@@ -202,7 +214,7 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
         labelled = np.zeros(len(samples), dtype=bool)
         actors: Dict[str, int] = {}
         prev = None
-        for i, m in enumerate(fr.msgs):
+        for i, m in enumerate(frames):
             e = np.asarray(m.expert_action, float)
             x = np.asarray(m.executed_action, float)
             if bool(m.labelled) and e.shape == (contract.act_dim,) and np.all(np.isfinite(e)):
@@ -213,7 +225,7 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
                 act[i] = prev
             prev = act[i]
             actors[str(int(m.actor))] = actors.get(str(int(m.actor)), 0) + 1
-        steps = np.array([int(m.step) for m in fr.msgs])
+        steps = np.array([int(m.step) for m in frames])
         rep.update(alignment="frame_tag", label_source=frame_topic, actor_counts=actors,
                    missing_steps=int(np.sum(np.clip(np.diff(steps) - 1, 0, None))) if len(steps) > 1 else 0)
         gap_streams = {frame_topic: fr.times}
@@ -237,7 +249,7 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
 
         def cvec(j: int) -> np.ndarray:
             if vec[j] is None:
-                vec[j] = command_vector(contract, cmd.msgs[j])
+                vec[j] = command_vector(contract, cmd.msg(j))
             return vec[j]
 
         if mode == "command":

@@ -297,3 +297,22 @@ def test_disk_full_raises_bag_write_error_and_keeps_earlier_episodes(tmp_path):
     rep = recover_bag(tmp_path / "ep_001")
     n = rep["counts"]["/cmd"]
     assert n > 0 and len(rosbags_read(tmp_path / "ep_001")["/cmd"]) == n
+
+
+def test_recover_all_only_touches_crashed_bags(tmp_path):
+    write_episode(tmp_path / "ep_000", n=5)
+    before = (tmp_path / "ep_000" / "ep_000_0.mcap").read_bytes()
+    w = EpisodeBagWriter(tmp_path / "ep_001", TOPICS, flush_interval_s=0.0)
+    w.write(CMD, {"data": [1.0, 2.0, 3.0]}, 10)
+    w.write(CMD, {"data": [4.0, 5.0, 6.0]}, 20)      # each write flushed (interval 0)
+    w._file.close()                                   # crash without close()
+    lazy = EpisodeBagWriter(tmp_path / "ep_002", TOPICS, flush_interval_s=3600.0)
+    lazy.write(CMD, {"data": [7.0, 8.0, 9.0]}, 30)
+    assert lazy.flush_if_due() is False               # not due: the chunk stays in memory
+    lazy._file.close()
+    reps = bagread.recover_all([tmp_path])
+    assert reps[1]["messages"] == 0                   # ... and was lost by the "crash"
+    reps = reps[:1]
+    assert [r["path"] for r in reps] == [str(tmp_path / "ep_001")] and reps[0]["messages"] == 2
+    assert (tmp_path / "ep_000" / "ep_000_0.mcap").read_bytes() == before
+    assert [list(m.data) for _t, m in rosbags_read(tmp_path / "ep_001")[CMD]] == [[1, 2, 3], [4, 5, 6]]
