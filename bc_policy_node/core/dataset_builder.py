@@ -191,14 +191,25 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
         samples = fr.times
         frames = fr.msgs
         given = [np.asarray(m.observation, float) for m in frames]
-        have = np.array([o.shape == (contract.obs_dim,) for o in given])
+        have = np.array([o.shape == (contract.obs_dim,) and bool(np.all(np.isfinite(o)))
+                         for o in given])
+        odd = sorted({o.shape[0] for o, h in zip(given, have) if not h and o.size})
+        if odd:
+            rep["warnings"].append(f"FrameTag.observation of size {odd} or non-finite (contract "
+                                   f"obs_dim {contract.obs_dim}): assembled from raw topics")
         zoh = None
         if len(obs_streams) == len(obs_topics):  # raw topics present: fallback + cross-check
             ready = max(int(s.times[0]) for s in obs_streams.values())
             ok = samples >= ready
             zoh = np.full((len(samples), contract.obs_dim), np.nan)
-            if ok.any():
-                zoh[ok] = _zoh_obs(contract, obs_streams, samples[ok])
+            try:
+                if ok.any():
+                    zoh[ok] = _zoh_obs(contract, obs_streams, samples[ok])
+            except ContractError as e:
+                if not have.all():
+                    raise
+                rep["warnings"].append(f"raw observation topics unusable for cross-check: {e}")
+                zoh = None
         if not have.all() and (zoh is None or np.isnan(zoh[~have]).any()):
             raise BuildError("FrameTag frames without observation and no raw observation "
                              "topics to assemble it from")
