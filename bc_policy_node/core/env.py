@@ -26,7 +26,20 @@ JOINT_STATES_TOPIC = "/joint_states"
 TASK_STATE_TOPIC = "/task_state"
 COMMAND_TOPIC = "/forward_position_controller/commands"
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+def _share_root() -> Path:
+    """The source checkout when run from one, else the installed share/bc_policy_node."""
+    src = Path(__file__).resolve().parents[2]
+    if (src / "models" / "planar3.xml").is_file():
+        return src
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("bc_policy_node"))
+    except Exception:  # not installed with ament either: report paths under the source root
+        return src
+
+
+PACKAGE_ROOT = _share_root()
 MODELS_DIR = PACKAGE_ROOT / "models"
 CONTRACTS_DIR = PACKAGE_ROOT / "config" / "contracts"
 ROBOTS = {"planar3": MODELS_DIR / "planar3.xml", "arm7": MODELS_DIR / "arm7.xml"}
@@ -57,7 +70,8 @@ class SimEnv:
             contract name.
         task: `curved_reach`, `bimodal` or `long_horizon`.
         mjcf: MJCF path overriding the shipped model.
-        control_rate_hz: control rate; physics substeps = round(1 / (rate * timestep)).
+        control_rate_hz: control rate; physics substeps = round(1 / (rate * timestep)). Task
+            horizons keep their duration in seconds (ticks are given at 50 Hz).
 
     `step()` after the episode is done is a no-op returning the final messages (the bridge
     keeps receiving commands between episodes); `step()` before `reset()` raises.
@@ -73,6 +87,7 @@ class SimEnv:
             raise ValueError(f"control_rate_hz must be > 0, got {control_rate_hz}")
         self.substeps = max(1, int(round(1.0 / (self.control_rate_hz * self.sim.timestep))))
         self.task: Task = make_task(task, self.sim)
+        self._default_horizon = self._scaled_horizon()
         self._episode_id = 0
         self._step = 0
         self._started = False
@@ -98,7 +113,8 @@ class SimEnv:
 
     @property
     def horizon(self) -> int:
-        return self.task.horizon
+        """Control ticks of the current episode (the default one before the first reset)."""
+        return self.task.horizon if self._started else self._default_horizon
 
     @property
     def last_command(self) -> np.ndarray:
@@ -146,10 +162,19 @@ class SimEnv:
                            control_rate_hz=self.control_rate_hz)
 
     # ---------------------------------------------------------------- episode
-    def reset(self, seed: int, variant: str = "") -> Dict[str, object]:
-        """Start episode `seed` (deterministic) and return its first messages."""
+    def _scaled_horizon(self) -> int:
+        """Task horizons are written in ticks at 50 Hz; keep the same duration at other rates."""
+        return int(round(self.task.horizon * self.control_rate_hz / 50.0))
+
+    def reset(self, seed: int, variant: str = "", horizon: Optional[int] = None) -> Dict[str, object]:
+        """Start episode `seed` (deterministic) and return its first messages.
+
+        horizon: override the task's horizon (control ticks) for this episode.
+        """
         if variant != self.task.variant:
             self.task = make_task(self.task_name, self.sim, variant)
+            self._default_horizon = self._scaled_horizon()
+        self.task.horizon = self._default_horizon if horizon is None else int(horizon)
         q0 = self.task.reset(seed)
         self.sim.reset(q0)
         oc = self.task.obstacle_center()
@@ -160,6 +185,13 @@ class SimEnv:
         self._started = True
         self._diverged_reason = ""
         self._last_command = q0.copy()
+        return self.messages()
+
+    def set_joint_state(self, qpos, qvel=None) -> Dict[str, object]:
+        """Teleport the robot mid-episode (perturbation tests, DAgger-style probing)."""
+        if not self._started:
+            raise RuntimeError("SimEnv.set_joint_state() called before reset()")
+        self.sim.set_state(qpos, qvel)
         return self.messages()
 
     def step(self, action) -> Dict[str, object]:

@@ -31,10 +31,6 @@ from .sim import ArmSim
 from .tasks import TOOL_CLEARANCE
 
 
-def _wrap(a: float) -> float:
-    return (a + math.pi) % (2.0 * math.pi) - math.pi
-
-
 class ScriptedExpert:
     """Base expert: kinematics, DLS mapping, step bounding, planning and decoders.
 
@@ -78,15 +74,25 @@ class ScriptedExpert:
         p, J = self.kin.fk_jacobian(q)
         p, J = p[:self.dim], J[:self.dim]
         v = self.velocity(p, goal, obstacle, mode)
-        A = J @ J.T
-        A.flat[::self.dim + 1] += self.lam2
-        Jp = J.T @ np.linalg.inv(A)
         post = self.posture * (self.q_rest - q)
-        dq = Jp @ (v - J @ post) + post
+        dq = self._dls(J, v, post)
+        # joints pushing into a limit are frozen and the others take over (one re-solve)
+        blocked = ((q + dq > self.hi) & (dq > 0)) | ((q + dq < self.lo) & (dq < 0))
+        if blocked.any() and not blocked.all():
+            free = ~blocked
+            dq = np.zeros(self.n)
+            dq[free] = self._dls(J[:, free], v, post[free])
         scale = float(np.max(np.abs(dq) / self.max_step))
         if scale > 1.0:
             dq /= scale
         return np.minimum(np.maximum(q + dq, self.lo), self.hi), p
+
+    def _dls(self, J: np.ndarray, v: np.ndarray, post: np.ndarray) -> np.ndarray:
+        """Damped least squares for v plus `post` projected onto the null space of J."""
+        A = J @ J.T
+        A.flat[::self.dim + 1] += self.lam2
+        Jp = J.T @ np.linalg.inv(A)
+        return Jp @ (v - J @ post) + post
 
     def act(self, q: Sequence[float], qvel: Optional[Sequence[float]] = None, goal=(),
             obstacle=(), mode: int = -1) -> np.ndarray:
@@ -178,7 +184,8 @@ class CurvedReachExpert(ScriptedExpert):
         gx, gy = goal[0] - bx, goal[1] - by
         r, rg = math.hypot(rx, ry), math.hypot(gx, gy)
         th = math.atan2(ry, rx)
-        et = 0.5 * (r + rg) * _wrap(math.atan2(gy, gx) - th)
+        # no wrap-around: the arm swings through the front, never behind its base
+        et = 0.5 * (r + rg) * (math.atan2(gy, gx) - th)
         er = min(rg - r + self.bulge * abs(et), self.r_cap - r)
         ez = goal[2] - p[2] if self.dim == 3 else 0.0
         e = math.sqrt(er * er + et * et + ez * ez)

@@ -99,9 +99,8 @@ class ArmSim:
                         and abs(m.actuator_gainprm[a, 0] + m.actuator_biasprm[a, 1]) < 1e-9)
             if is_servo:
                 servo_of[int(m.actuator_trnid[a, 0])] = a
-        joints = [j for j in range(m.njnt)
-                  if int(m.jnt_type[j]) in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
-                  and j in servo_of]
+        kinds = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+        joints = [j for j in range(m.njnt) if int(m.jnt_type[j]) in kinds and j in servo_of]
         if not joints:
             raise SimError(f"{self.path}: no hinge/slide joint driven by a position actuator")
         self.joint_ids = np.array(joints)
@@ -191,11 +190,22 @@ class ArmSim:
         self.divergence_reason = ""
         self.last_contacts = []
 
+    def set_state(self, qpos: Sequence[float], qvel: Optional[Sequence[float]] = None) -> None:
+        """Teleport the robot joints (time, commands and task objects are kept)."""
+        q = np.asarray(qpos, dtype=float)
+        v = np.zeros(self.n) if qvel is None else np.asarray(qvel, dtype=float)
+        if q.shape != (self.n,) or v.shape != (self.n,) or not np.all(np.isfinite(np.r_[q, v])):
+            raise ValueError(f"state must be {self.n} finite positions/velocities")
+        self.data.qpos[self.qadr] = q
+        self.data.qvel[self.vadr] = v
+        mujoco.mj_forward(self.model, self.data)
+
     def set_command(self, targets: Sequence[float]) -> np.ndarray:
         """Position targets for the robot joints (clipped to ctrlrange); returns what was applied."""
         t = np.asarray(targets, dtype=float)
         if t.shape != (self.n,):
-            raise ValueError(f"command must have {self.n} values ({list(self.joint_names)}), got shape {t.shape}")
+            raise ValueError(f"command must have {self.n} values ({list(self.joint_names)}), "
+                             f"got shape {t.shape}")
         if not np.all(np.isfinite(t)):
             raise ValueError(f"command contains NaN/inf: {t}")
         t = np.clip(t, self.ctrl_lower, self.ctrl_upper)
@@ -209,10 +219,13 @@ class ArmSim:
         m, d = self.model, self.data
         contacts = []
         check = len(self._obstacle_geom_set) > 0
+        warn = d.warning[int(mujoco.mjtWarning.mjWARN_BADQACC)]
         for _ in range(int(n)):
             mujoco.mj_step(m, d)
             if check and d.ncon:
                 contacts.extend(self._obstacle_contacts())
+            if warn.number:          # stop at the first unstable step (no NaN cascade)
+                break
         self.last_contacts = contacts
         reason = self._divergence()
         if reason:
@@ -221,8 +234,11 @@ class ArmSim:
 
     def _divergence(self) -> str:
         d = self.data
-        if d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0:
-            return f"MuJoCo reported unstable accelerations at t={d.time:.3f}s"
+        for w, what in ((mujoco.mjtWarning.mjWARN_BADQPOS, "positions"),
+                        (mujoco.mjtWarning.mjWARN_BADQVEL, "velocities"),
+                        (mujoco.mjtWarning.mjWARN_BADQACC, "accelerations")):
+            if d.warning[int(w)].number > 0:
+                return f"MuJoCo reported unstable {what} at t={d.time:.3f}s"
         if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
             return f"non-finite joint state at t={d.time:.3f}s"
         v = float(np.max(np.abs(d.qvel))) if d.qvel.size else 0.0

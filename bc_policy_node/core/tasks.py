@@ -45,7 +45,8 @@ class Task:
 
     def __init__(self, sim: ArmSim, variant: str = ""):
         if variant not in self.variants:
-            raise TaskError(f"task {self.name!r} has no variant {variant!r} (variants: {list(self.variants)})")
+            raise TaskError(f"task {self.name!r} has no variant {variant!r} "
+                            f"(variants: {list(self.variants)})")
         self.sim = sim
         self.variant = variant
         self.dim = sim.task_dim
@@ -151,7 +152,9 @@ class CurvedReach(Task):
         m = 0.04
         r_s, r_g = rng.uniform(self.r_lo + m, self.r_hi - m, size=2)
         dtheta = rng.uniform(lo, hi) * rng.choice([-1.0, 1.0])
-        th_s = rng.uniform(-1.55, 1.55 - abs(dtheta)) if dtheta > 0 else rng.uniform(-1.55 + abs(dtheta), 1.55)
+        th_s = rng.uniform(-1.55, 1.55 - abs(dtheta))   # start and goal within +-1.55 rad
+        if dtheta < 0:
+            th_s += abs(dtheta)
         start = self._point(r_s, th_s, self._z(rng))
         self.goal = self._point(r_g, th_s + dtheta, self._z(rng))
         q = self._ik(start)
