@@ -148,7 +148,8 @@ def test_command_validation(planar):
     np.testing.assert_allclose(applied, [3.0, -2.6, 0.1])
 
 
-def test_divergence_is_detected_and_reset_recovers(planar):
+def test_divergence_is_detected_and_reset_recovers(planar, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                    # MuJoCo logs its warning to ./MUJOCO_LOG.TXT
     planar.reset()
     planar.data.qvel[0] = 1e6                      # absurd speed
     with pytest.raises(SimDiverged, match="joint speed|unstable"):
@@ -210,7 +211,8 @@ def test_env_stamps_done_and_errors():
     assert env.episode_id == first + 1 and not env.done
 
 
-def test_env_reports_divergence_and_recovers():
+def test_env_reports_divergence_and_recovers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     env = SimEnv("planar3", "curved_reach")
     env.reset(seed=0)
     env.sim.data.qvel[:] = 1e7
