@@ -96,7 +96,11 @@ class ScriptedExpert:
 
     def act(self, q: Sequence[float], qvel: Optional[Sequence[float]] = None, goal=(),
             obstacle=(), mode: int = -1) -> np.ndarray:
-        """Next absolute joint target (robot joint order) at state (q, qvel, task)."""
+        """Next absolute joint target (robot joint order) at state (q, qvel, task).
+
+        qvel is accepted for interface symmetry and unused: the servos settle within a tick,
+        so the fields depend on q and the task state only.
+        """
         q = np.asarray(q, dtype=float)
         return self._step(q, np.asarray(goal, dtype=float), np.asarray(obstacle, dtype=float), int(mode))[0]
 
