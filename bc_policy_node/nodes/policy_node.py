@@ -1,0 +1,563 @@
+"""The policy node: runs an exported ONNX chunk policy on the robot (rclpy lifecycle node).
+
+What to command is decided in `policy_loop` (no rclpy); this module is the ROS shell:
+lifecycle, observation intake, tick scheduling, hot swap, status. Ticks are triggered by
+  * a dedicated control thread sleeping to absolute deadlines (free-run, system time);
+  * an rclpy timer on the node clock (free-run with ``use_sim_time``);
+  * the observation callbacks (``lockstep``: one tick per observation stamp).
+In free-run the observation subscriptions are *polled* by the tick (latest sample, best-effort
+``SENSOR`` QoS) instead of dispatched by the executor: an rclpy dispatch costs ~100-200 us of
+CPU, which a 1 kHz loop cannot pay twice per tick.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import CallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.task import Future
+
+from bc_msgs.msg import PolicyStatus
+from bc_msgs.srv import LoadPolicy
+from diagnostic_msgs.msg import DiagnosticArray
+
+from ..core.contract import Contract, ContractError, ObservationAssembler
+from . import qos
+from .conversions import has_header, message_class
+from .params import declare_and_load
+from .policy_io import ChunkOut, CommandOut, diagnostics_msg, status_msg
+from .policy_loop import ControlLoop, LoopStats, PolicyParams, load_policy
+
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+LOG_EVERY_S = 2.0            # throttle of warnings raised inside the control loop
+LOCKSTEP_PENDING = 64        # unmatched stamps kept per topic in lock-step mode
+GIL_SWITCH_S = 0.0005        # the control thread waits at most this long for the GIL
+
+
+class _Polled(CallbackGroup):
+    """Subscriptions the control tick takes from itself: the executor never waits on them."""
+
+    def can_execute(self, entity) -> bool:
+        return False
+
+    def beginning_execution(self, entity) -> bool:
+        return False
+
+    def ending_execution(self, entity) -> None:
+        pass
+
+
+class _LoadRequest:
+    def __init__(self, path: str, source: str, contract: Contract, params: PolicyParams):
+        self.path, self.source, self.contract, self.params = path, source, contract, params
+        self.future = Future()
+        self.policy = None
+        self.error = ""
+        self.text = ""
+
+
+class PolicyNode(LifecycleNode):
+    """Runs an exported ONNX chunk policy in closed loop on the robot.
+
+    Lifecycle: configure = load the model and check its embedded contract against the robot's
+    (refused with every mismatch listed; the node stays unconfigured); activate = start the
+    control loop at the contract rate (``lockstep``: one tick per observation stamp);
+    deactivate = stop commanding — nothing further is published and the controller keeps its
+    last command (ros2_control forward / trajectory controllers hold it); cleanup = drop the
+    model and topics. ``autostart`` does configure + activate at startup.
+
+    Subscribes:
+        the contract's observation topics, types from the contract (e.g. ``/joint_states``
+        sensor_msgs/JointState, ``/task_state`` bc_msgs/TaskState); SENSOR QoS (latest sample)
+        in free-run, STATE QoS (reliable, deep) in lock-step.
+    Publishes:
+        ``/<controller>/commands`` std_msgs/Float64MultiArray (``command_interface: forward``)
+        or ``/<controller>/joint_trajectory`` trajectory_msgs/JointTrajectory (``trajectory``);
+        ``~/action_chunk`` bc_msgs/ActionChunk: every chunk the executor accepted, stamped
+        with the newest observation stamp it was computed from (only while subscribed);
+        ``~/status`` bc_msgs/PolicyStatus (transient local) and ``/diagnostics``
+        diagnostic_msgs/DiagnosticArray, at ``status_rate_hz``.
+    Services:
+        ``~/load_policy`` bc_msgs/LoadPolicy: hot swap; the model is loaded and checked on a
+        worker thread and swapped in between two ticks; a refused one leaves the old running.
+        Lifecycle: ``~/change_state``, ``~/get_state``, ``~/get_available_transitions``, ...
+    Parameters (`policy_loop.PolicyParams`; defaults with units in config/policy.yaml):
+        model_path, contract, execution_mode, autostart, controller, command_interface, m,
+        query_every, n_execute, mode_threshold, mode_select, threads, status_rate_hz,
+        stale_after_s, lockstep, missed_tick_factor, stats_window (+ use_sim_time, read at
+        activate). Only ``model_path`` changes at run time: setting it hot-swaps the model
+        (a refused model is reverted).
+    """
+
+    def __init__(self, node_name: str = "policy", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.params: PolicyParams = declare_and_load(self, PolicyParams)
+        self._model_path = self.params.model_path
+        self._state = "unconfigured"
+        self._last_event = ""
+        self._active = False
+        self._contract: Optional[Contract] = None
+        self._loop: Optional[ControlLoop] = None
+        self._assembler: Optional[ObservationAssembler] = None
+        self._stats: Optional[LoopStats] = None
+        self._subs: List = []
+        self._polled: List = []
+        self._out: Optional[CommandOut] = None
+        self._chunks: Optional[ChunkOut] = None
+        self._timer = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._obs_ready = False
+        self._newest_stamp = -math.inf
+        self._counters = {"bad_observations": 0, "tick_errors": 0}
+        self._log_next: Dict[str, float] = {}
+        self._now = time.time
+        # lock-step bookkeeping
+        self._sync_topics: List[str] = []
+        self._pending: Dict[str, "collections.OrderedDict"] = {}
+        self._last_sync = (-1, -1)
+        self._unticked = False
+        # hot swap: worker thread loads -> executor thread queues -> the next tick swaps
+        self._quiet_param = False
+        self._load_queue: "queue.Queue[Optional[_LoadRequest]]" = queue.Queue()
+        self._loaded: "collections.deque[_LoadRequest]" = collections.deque()
+        self._swap_queue: "collections.deque[_LoadRequest]" = collections.deque()
+        self._swapped: "collections.deque[_LoadRequest]" = collections.deque()
+        self._wake = self.create_guard_condition(self._on_wake)
+        self._loader = threading.Thread(target=self._load_worker, name="policy_loader", daemon=True)
+        self._loader.start()
+        self._chunk_topic = self.get_fully_qualified_name().rstrip("/") + "/action_chunk"
+        self._status_pub = self.create_publisher(PolicyStatus, "~/status", qos.STATUS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._status_timer = self.create_timer(1.0 / self.params.status_rate_hz, self._publish_status)
+        # The service awaits the loader: in its own (reentrant) group, or its pending coroutine
+        # would lock the node's default mutually exclusive group — lock-step ticks included.
+        self._load_srv = self.create_service(LoadPolicy, "~/load_policy", self._srv_load_policy,
+                                             callback_group=ReentrantCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._guard_change_state()
+        if self.params.autostart and self.trigger_configure() == SUCCESS:
+            self.trigger_activate()
+        self._publish_status()
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self.params
+        try:
+            if not p.contract:
+                raise ValueError("parameter 'contract' is empty: give the robot's contract YAML")
+            contract = Contract.load(p.contract)
+            types = {topic: message_class(t) for topic, t in contract.observation_topics().items()}
+            policy = load_policy(self._model_path, contract, p)
+            loop = ControlLoop(contract, policy, p)
+            if p.lockstep and not any(has_header(c) for c in types.values()):
+                raise ValueError("lockstep needs at least one stamped (header) observation topic")
+        except Exception as e:  # every refusal reason ends up in the log and in ~/status
+            self._event(f"configure refused: {e}", error=True)
+            return FAILURE
+        self._contract, self._loop = contract, loop
+        self._assembler = ObservationAssembler(contract)
+        self._stats = LoopStats(contract.dt, p.missed_tick_factor, p.stats_window, count_missed=not p.lockstep)
+        self._obs_ready, self._newest_stamp = False, -math.inf
+        self._sync_topics = [t for t, c in types.items() if p.lockstep and has_header(c)]
+        self._pending = {t: collections.OrderedDict() for t in self._sync_topics}
+        self._last_sync, self._unticked = (-1, -1), False
+        self._subs, self._polled = [], []
+        polled = None if p.lockstep else _Polled()
+        for topic, cls in types.items():
+            if polled is None:
+                self._subs.append(self.create_subscription(
+                    cls, topic, self._make_obs_callback(topic, has_header(cls)), qos.STATE))
+            else:
+                sub = self.create_subscription(cls, topic, lambda _msg: None, qos.SENSOR, callback_group=polled)
+                self._subs.append(sub)
+                self._polled.append((topic, sub, has_header(cls)))
+        self._out = CommandOut(self, p, contract)
+        self._chunks = ChunkOut(self, self._chunk_topic, contract)
+        self._state = "inactive"
+        self._event(f"configured: model {policy.model_id} ({policy.kind}, K={policy.chunk_length}) on "
+                    f"contract {contract.name!r} at {contract.control_rate_hz:g} Hz, "
+                    f"{p.execution_mode}, commands on {self._out.topic}"
+                    f"{' (lock-step)' if p.lockstep else ''}")
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        sim_time = bool(self.get_parameter("use_sim_time").value)
+        self._now = self._clock_source(sim_time)
+        self._loop.reset()
+        self._active = True
+        if not self.params.lockstep:
+            if sim_time:   # ticks follow /clock
+                self._timer = self.create_timer(self._contract.dt, self._tick)
+            else:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run_free, name="policy_control", daemon=True)
+                self._thread.start()
+        self._state = "active"
+        self._event(f"activated at tick {self._loop.tick}")
+        if self._unticked:  # lock-step: the robot is already waiting for a command
+            self._unticked = False
+            self._tick()
+        return SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_loop()
+        self._state = "inactive"
+        self._event("deactivated: no further commands (the controller holds the last one)")
+        return SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state = "unconfigured"
+        self._event("cleaned up")
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state = "finalized"
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state = "unconfigured"
+        return SUCCESS
+
+    def _guard_change_state(self) -> None:
+        """rclpy (Jazzy) raises inside the executor on a transition that is invalid in the current
+        state (e.g. activate while unconfigured) and the process dies; answer success=false."""
+        srv = getattr(self, "_service_change_state", None)
+        if srv is None:
+            return
+        inner = srv.callback
+
+        def guarded(request, response):
+            valid = {t[0] for t in self._state_machine.available_transitions}
+            if not request.transition.label and request.transition.id not in valid:
+                self.get_logger().warn(f"change_state: transition {request.transition.id} is not "
+                                       f"available in state {self._state}")
+                response.success = False
+                return response
+            return inner(request, response)
+
+        srv.callback = guarded
+
+    def _stop_loop(self) -> None:
+        self._active = False
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self._stats is not None:
+            self._stats.pause()
+        while self._swap_queue:            # no tick will take them now: swap here
+            self._apply_swap(self._swap_queue.popleft())
+        self._on_wake()
+
+    def _teardown(self) -> None:
+        self._stop_loop()
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs, self._polled = [], []
+        for out in (self._out, self._chunks):
+            if out is not None:
+                self.destroy_publisher(out.pub)
+        self._out = self._chunks = None
+        self._loop = self._contract = self._assembler = None
+
+    def _clock_source(self, sim_time: bool):
+        if sim_time:
+            clock = self.get_clock()
+            return lambda: clock.now().nanoseconds * 1e-9
+        return time.time  # ROS time without sim time is the system clock (robot stamps use it too)
+
+    # ------------------------------------------------------------------ observations
+    def _make_obs_callback(self, topic: str, stamped: bool):
+        synced = topic in self._sync_topics
+
+        def callback(msg):
+            stamp, key = self._stamp(msg, stamped)
+            if synced:
+                self._lockstep_arrival(topic, key, stamp, msg)
+            else:
+                self._observe(topic, msg, stamp)
+
+        return callback
+
+    def _stamp(self, msg, stamped: bool):
+        if stamped:
+            st = msg.header.stamp
+            sec, ns = st.sec, st.nanosec
+            if sec or ns:
+                return sec + ns * 1e-9, (sec, ns)
+        return self._now(), None
+
+    def _observe(self, topic: str, msg, stamp: float) -> None:
+        try:
+            self._assembler.update(topic, msg, stamp)
+        except ContractError as e:
+            self._counters["bad_observations"] += 1
+            self._throttled_warn("bad_observation", f"observation refused: {e}")
+            return
+        if stamp > self._newest_stamp:
+            self._newest_stamp = stamp
+
+    def _poll_observations(self) -> None:
+        """Free-run: take the newest sample of every observation topic (the queue holds a few)."""
+        for topic, sub, stamped in self._polled:
+            last = None
+            with sub.handle:
+                while True:
+                    got = sub.handle.take_message(sub.msg_type, sub.raw)
+                    if got is None:
+                        break
+                    last = got[0]
+            if last is not None:
+                self._observe(topic, last, self._stamp(last, stamped)[0])
+
+    def _lockstep_arrival(self, topic: str, key, stamp: float, msg) -> None:
+        """Lock-step: tick once per stamp, when every stamped topic has delivered that stamp."""
+        if key is None:                     # unstamped message on a stamped topic: no sync
+            self._observe(topic, msg, stamp)
+            return
+        pending = self._pending[topic]
+        pending[key] = (msg, stamp)
+        if len(pending) > LOCKSTEP_PENDING:
+            pending.popitem(last=False)
+        if key <= self._last_sync or any(key not in self._pending[t] for t in self._sync_topics):
+            return
+        for t in self._sync_topics:
+            p = self._pending[t]
+            m, s = p.pop(key)
+            self._observe(t, m, s)
+            for k in [k for k in p if k < key]:
+                del p[k]
+        self._last_sync = key
+        if self._active:
+            self._tick()
+        else:
+            self._unticked = True
+
+    # ------------------------------------------------------------------ control tick
+    def _run_free(self) -> None:
+        """Control thread: one tick per period on absolute deadlines (late ticks are not
+        bunched up: after a stall the schedule restarts from now, like an rcl timer)."""
+        period = self._contract.dt
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as e:
+                if not rclpy.ok():
+                    return
+                self._throttled_warn("tick_crash", f"control tick failed: {type(e).__name__}: {e}")
+            deadline += period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -period:
+                deadline = time.monotonic()
+
+    def _tick(self) -> None:
+        start = time.perf_counter()
+        now = self._now()
+        if self._swap_queue:
+            self._swap_between_ticks()
+        if self._polled:
+            self._poll_observations()
+        if not self._obs_ready:
+            if not self._assembler.ready:
+                self._throttled_warn("waiting", "waiting for observations: no data yet for "
+                                     f"{self._assembler.missing_terms()}")
+                return
+            self._obs_ready = True
+        loop = self._loop
+        try:
+            cmd = loop.step(self._assembler, now)
+        except Exception as e:  # never let one bad tick kill the node: hold and report
+            self._counters["tick_errors"] += 1
+            self._last_event = f"tick {loop.tick - 1}: error {type(e).__name__}: {e}"
+            self._throttled_warn("tick_error", f"{self._last_event} -> holding the last command")
+            cmd = loop.safety.hold()
+            loop.chunk, loop.events = None, ()
+        if cmd is not None:
+            self._out.publish(cmd)
+        pub_time = self._now()
+        if loop.chunk is not None:
+            self._chunks.publish(loop.chunk, self._newest_stamp, loop.policy.model_id)
+        self._stats.record(now, time.perf_counter() - start, pub_time - self._newest_stamp,
+                           now - loop.obs_stamp, loop.inference_s)
+        if loop.events:
+            self._last_event = f"tick {loop.tick - 1}: {'+'.join(loop.events)}"
+            self._throttled_warn(loop.events[0], f"safety at tick {loop.tick - 1}: {', '.join(loop.events)} "
+                                 f"(totals {loop.safety.stats()})")
+
+    # ------------------------------------------------------------------ hot swap
+    def _request_load(self, path: str, source: str) -> Future:
+        if self._loop is None:
+            fut = Future()
+            fut.set_result((False, f"node is {self._state}: configure it first (the model_path "
+                                   f"parameter is used at configure)", ""))
+            return fut
+        req = _LoadRequest(path, source, self._contract, self.params)
+        self._load_queue.put(req)
+        return req.future
+
+    def _load_worker(self) -> None:
+        while True:
+            req = self._load_queue.get()
+            if req is None:
+                return
+            try:
+                req.policy = load_policy(req.path, req.contract, req.params)
+            except Exception as e:
+                req.error = str(e)
+            self._loaded.append(req)
+            self._wake.trigger()
+
+    def _swap_between_ticks(self) -> None:
+        """Called by the tick before anything else: the new model computes this tick."""
+        while self._swap_queue:
+            self._apply_swap(self._swap_queue.popleft())
+        self._wake.trigger()
+
+    def _apply_swap(self, req: _LoadRequest) -> None:
+        loop = self._loop
+        old = loop.policy.model_id
+        kept = loop.swap(req.policy)
+        req.text = (f"hot swap {old} -> {req.policy.model_id} before tick {loop.tick} "
+                    f"({'plan kept' if kept else 'new plan: chunk length changed'}; swap #{loop.swaps})")
+        self._swapped.append(req)
+
+    def _on_wake(self) -> None:
+        """Executor thread: finish loads (refuse, or queue for the next tick) and swaps."""
+        while self._loaded:
+            req = self._loaded.popleft()
+            if req.policy is not None and (self._loop is None or req.contract is not self._contract):
+                req.policy, req.error = None, "the node was reconfigured while the model loaded"
+            if req.policy is None:
+                running = self._loop.policy.model_id if self._loop is not None else "nothing"
+                msg = f"refused {req.path}: {req.error} — still running {running}"
+                self._event(msg, error=True)
+                if req.source == "parameter":
+                    self._set_model_path_param(self._model_path)
+                req.future.set_result((False, msg, ""))
+            elif self._active:
+                self._swap_queue.append(req)
+            else:
+                self._apply_swap(req)
+        while self._swapped:
+            req = self._swapped.popleft()
+            self._model_path = req.path
+            if req.source != "parameter":
+                self._set_model_path_param(req.path)
+            self._event(req.text)
+            req.future.set_result((True, req.text, req.policy.model_id))
+
+    def _set_model_path_param(self, path: str) -> None:
+        self._quiet_param = True
+        try:
+            self.set_parameters([Parameter("model_path", Parameter.Type.STRING, path)])
+        finally:
+            self._quiet_param = False
+
+    async def _srv_load_policy(self, request, response):
+        ok, message, model_id = await self._request_load(request.model_path, "service")
+        response.success, response.message, response.model_id = ok, message, model_id
+        return response
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == "use_sim_time":
+                continue
+            if p.name != "model_path":
+                return SetParametersResult(successful=False, reason=(
+                    f"{p.name} is read once at startup; only model_path (hot swap) changes at run time"))
+            if self._quiet_param:
+                continue
+            if not isinstance(p.value, str) or not p.value:
+                return SetParametersResult(successful=False, reason="model_path must be a non-empty path")
+            if self._loop is None:
+                self._model_path = p.value  # used at the next configure
+            elif p.value != self._model_path:
+                self._request_load(p.value, "parameter")  # refused -> reverted, see _on_wake
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ status
+    def _publish_status(self) -> None:
+        loop = self._loop
+        summary = self._stats.summary(self._now()) if loop is not None else {}
+        st = status_msg(self.get_clock().now().to_msg(), self._state, self.params, self._last_event,
+                        loop, self._contract, summary)
+        self._status_pub.publish(st)
+        extra = {"model_path": self._model_path, **self._counters, **summary}
+        if loop is not None:
+            extra.update(loop.safety.stats())
+        self._diag_pub.publish(diagnostics_msg(f"{self.get_name()}: policy control loop", st,
+                                               self._contract.robot if self._contract else "", extra,
+                                               not self._obs_ready))
+
+    # ------------------------------------------------------------------ logging
+    def _event(self, text: str, error: bool = False) -> None:
+        self._last_event = text
+        # (rclpy ties a severity to each call site: one call per severity)
+        if error:
+            self.get_logger().error(text)
+        else:
+            self.get_logger().info(text)
+
+    def _throttled_warn(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now >= self._log_next.get(key, 0.0):
+            self._log_next[key] = now + LOG_EVERY_S
+            self.get_logger().warn(text)
+
+    def destroy_node(self):
+        self._active = False
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5.0)
+        self._load_queue.put(None)
+        self._loader.join(timeout=5.0)
+        return super().destroy_node()
+
+
+def main(args=None) -> None:
+    sys.setswitchinterval(GIL_SWITCH_S)
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyNode()
+        # One executor thread runs services, parameters, status and lock-step ticks; the
+        # free-run control thread and the model loader are the node's own threads.
+        # (EventsExecutor.spin is unusable in these wheels; BCP_POLICY_EXECUTOR=multi is kept
+        # for the bench's comparison.)
+        if os.environ.get("BCP_POLICY_EXECUTOR", "single") == "multi":
+            executor = MultiThreadedExecutor(num_threads=2)
+        else:
+            executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
