@@ -82,12 +82,13 @@ def check_dataset(ds: Dataset, chunk_length: int, contract: Optional[Contract] =
     NaN/inf in observations or labelled actions, chunk length longer than every episode.
     """
     if contract is not None:
-        diffs = contract.mismatches(ds.contract)
+        # Read as: a model trained on this dataset ("model") used with `contract` ("robot").
+        diffs = ds.contract.mismatches(contract)
         if contract.obs_dim != ds.contract.obs_dim or contract.act_dim != ds.contract.act_dim:
-            diffs.append(f"dims: expected obs {contract.obs_dim}/act {contract.act_dim}, dataset has "
-                         f"obs {ds.contract.obs_dim}/act {ds.contract.act_dim}")
+            diffs.append(f"dims: dataset obs {ds.contract.obs_dim}/act {ds.contract.act_dim}, "
+                         f"contract obs {contract.obs_dim}/act {contract.act_dim}")
         if diffs:
-            raise ContractError(f"dataset contract {ds.contract.name!r} does not match contract "
+            raise ContractError(f"dataset (contract {ds.contract.name!r}) does not fit contract "
                                 f"{contract.name!r}: " + "; ".join(diffs))
     ds.check_trainable()  # empty, NaN/inf
     if sum(int(e.labelled.sum()) for e in ds.episodes) == 0:

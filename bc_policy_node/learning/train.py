@@ -27,6 +27,7 @@ from .data import ChunkData, build_chunks, check_dataset, load_dataset
 from .models import ChunkPolicy, build_model, num_parameters
 
 HOLDOUT_ROWS = 1024
+STD_FLOOR = 1e-3  # raw units; smaller normalization stds are replaced by 1
 PLOT_EVERY = 10  # epochs between loss-curve refreshes (always drawn at the end)
 # Train-config fields that may change when resuming (they do not change what was learned so far).
 RESUMABLE_CHANGES = ("max_epochs", "max_steps", "patience", "min_delta", "threads")
@@ -92,7 +93,14 @@ def _split(ds: Dataset, model_cfg: ModelConfig, train_cfg: TrainConfig) -> _Spli
     val = build_chunks(val_ds, model_cfg.chunk_length) if len(val_ds) else None
     if val is not None and len(val) == 0:
         val = None
-    return _Split(train, val, tr_idx, va_idx, train_ds.stats())
+    return _Split(train, val, tr_idx, va_idx, _floored(train_ds.stats()))
+
+
+def _floored(stats: NormStats) -> NormStats:
+    """Dimensions that (almost) never vary in the training data are not scaled (std -> 1), so an
+    unseen value at run time cannot be amplified by 1/std."""
+    fix = lambda s: np.where(s < STD_FLOOR, 1.0, s)  # noqa: E731
+    return NormStats(stats.obs_mean, fix(stats.obs_std), stats.act_mean, fix(stats.act_std))
 
 
 # --------------------------------------------------------------------------- loop
@@ -237,10 +245,12 @@ def _torch_settings(cfg: TrainConfig):
 
 
 # --------------------------------------------------------------------------- entry point
-def train(data, model_cfg: Optional[ModelConfig] = None, train_cfg: Optional[TrainConfig] = None,
-          run_dir="runs/default", resume: bool = False, progress: bool = True,
-          contract: Optional[Contract] = None) -> RunResult:
+def train(data, model_cfg: Optional[ModelConfig], train_cfg: Optional[TrainConfig], run_dir,
+          resume: bool = False, progress: bool = True, *, contract: Optional[Contract] = None) -> RunResult:
     """Train a policy on ``data`` (a `Dataset` or a dataset directory) into ``run_dir``.
+
+    ``model_cfg`` / ``train_cfg`` of None mean the defaults (chunk_mlp, K=20). ``progress``
+    shows a tqdm bar (steps, running loss, validation loss).
 
     Raises `DatasetError` / `ContractError` before any training for an empty dataset, NaN/inf
     in the data, a chunk length longer than every episode, or a dataset whose contract does

@@ -209,3 +209,13 @@ def test_contract_mismatch_fails_before_training(small_ds, tmp_path):
         train(small_ds, KINDS["chunk_mlp"], FAST, tmp_path / "run", progress=False,
               contract=Contract.from_dict(d))
     assert not (tmp_path / "run").exists()
+
+
+def test_constant_observation_dims_are_not_amplified(tmp_path):
+    ds = synthetic_dataset(num_episodes=4, length=30, seed=5)
+    for ep in ds.episodes:
+        ep.obs[:, 4] = 0.25                                           # goal y never varies
+    train(ds, KINDS["chunk_mlp"], TrainConfig(max_steps=2, val_fraction=0.0), tmp_path / "run", progress=False)
+    model, run_cfg = load_policy(tmp_path / "run")
+    assert float(model.norm.obs_std[4]) == 1.0 and run_cfg["norm"]["obs_std"][4] == 1.0
+    assert float(model.norm.obs_mean[4]) == pytest.approx(0.25)
