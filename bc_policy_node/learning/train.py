@@ -212,14 +212,16 @@ def _save_epoch(run_dir: Path, model: ChunkPolicy, opt, state: _LoopState, impro
     ckpt.write_json(run_dir / ckpt.HISTORY_FILE, state.history)
 
 
-def _restore(run_dir: Path, model: ChunkPolicy, opt) -> _LoopState:
+def _restore(run_dir: Path, model: ChunkPolicy, opt, cfg: TrainConfig) -> _LoopState:
     c = ckpt.load_checkpoint(run_dir / ckpt.LAST_CHECKPOINT)
     model.load_state_dict(c["model"])
     opt.load_state_dict(c["optimizer"])
     torch.set_rng_state(c["torch_rng"])
     return _LoopState(epoch=int(c["epoch"]), step=int(c["step"]), best_val=float(c["best_val"]),
                       best_epoch=int(c["best_epoch"]), bad_epochs=int(c["bad_epochs"]),
-                      stopped_early=bool(c["stopped_early"]), history=list(c["history"]))
+                      # re-judged with the (possibly changed) patience of this call
+                      stopped_early=bool(cfg.patience and int(c["bad_epochs"]) >= cfg.patience),
+                      history=list(c["history"]))
 
 
 def _holdout_obs(split: _Split, seed: int) -> np.ndarray:
@@ -276,7 +278,7 @@ def train(data, model_cfg: Optional[ModelConfig], train_cfg: Optional[TrainConfi
         run_cfg = _run_config(ds, model_cfg, train_cfg, split, model)
         if has_run:
             _check_resume(run_dir, run_cfg)
-            state = _restore(run_dir, model, opt)
+            state = _restore(run_dir, model, opt, train_cfg)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             state = _LoopState()

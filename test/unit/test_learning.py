@@ -219,3 +219,12 @@ def test_constant_observation_dims_are_not_amplified(tmp_path):
     model, run_cfg = load_policy(tmp_path / "run")
     assert float(model.norm.obs_std[4]) == 1.0 and run_cfg["norm"]["obs_std"][4] == 1.0
     assert float(model.norm.obs_mean[4]) == pytest.approx(0.25)
+
+
+def test_early_stopping_and_resume_with_more_patience(small_ds, tmp_path):
+    cfg = TrainConfig(batch_size=64, max_epochs=5, val_fraction=0.25, patience=1, min_delta=1e9)
+    r = train(small_ds, KINDS["chunk_mlp"], cfg, tmp_path / "run", progress=False)
+    assert r.stopped_early and r.epochs == 2 and r.best_epoch == 1      # nothing beats epoch 1 by 1e9
+    r2 = train(small_ds, KINDS["chunk_mlp"], TrainConfig(**{**cfg.to_dict(), "patience": 0}),
+               tmp_path / "run", resume=True, progress=False)
+    assert not r2.stopped_early and r2.epochs == 5 and len(r2.history) == 5
