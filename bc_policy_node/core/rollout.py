@@ -5,6 +5,7 @@ safety filter as the policy node, stepping `SimEnv` directly. Many seeds in seco
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -131,6 +132,8 @@ def rollout(env: SimEnv, contract: Contract, act_fn: ActFn, seed: int, variant: 
                          actions=np.array(act_l).reshape(t, contract.act_dim), actors=np.array(actors, int),
                          labels=np.array(labels) if label_fn is not None else None,
                          meta={"mode": int(ts.mode), "task": env.task_name, "phase": int(ts.phase),
+                               "goal": np.asarray(ts.goal, dtype=float).copy(),
+                               "obstacle": np.asarray(ts.obstacle, dtype=float).copy(),
                                "final_error": float(np.linalg.norm(np.asarray(ts.ee_position) - np.asarray(ts.goal)))})
 
 
@@ -192,7 +195,9 @@ def summarize(results: Sequence[RolloutResult], experts: Sequence[RolloutResult]
            "final_error": mean_ci([r.meta["final_error"] for r in results])}
     if experts:
         dev = deviation_curve(results, experts)
-        out["deviation_mean_by_t"] = np.nanmean(dev, axis=0).tolist()
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # ticks no episode reached
+            out["deviation_mean_by_t"] = np.nanmean(dev, axis=0).tolist()
         out["deviation"] = mean_ci(np.nanmean(dev, axis=1))
     out["results"] = list(results)
     out["experts"] = list(experts)
