@@ -101,8 +101,14 @@ def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
         "autostart": _bool(autostart), "controller": controller})]
 
 
+def demo_nodes(**kw) -> List[NodeSpec]:
+    """Sim + policy + recorder; the expert only serves labels (it must not fight the policy)."""
+    return sim_nodes(**{**kw, "drive": False}) + policy_nodes(**kw) + record_nodes(**kw)
+
+
 GRAPHS = {
     "sim": (SIM_ARGS + EXPERT_ARGS, sim_nodes),
+    "demo": (SIM_ARGS + POLICY_ARGS + RECORD_ARGS, demo_nodes),
     "record": (SIM_ARGS[:2] + RECORD_ARGS, record_nodes),
     "policy": (SIM_ARGS[:2] + POLICY_ARGS, policy_nodes),
 }

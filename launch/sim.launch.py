@@ -1,0 +1,9 @@
+"""MuJoCo bridge + scripted expert (demonstrations, or the expert's label service with drive:=false).
+
+Every argument is described: ros2 launch bc_policy_node sim.launch.py --show-args
+"""
+from bc_policy_node.launch_helpers import generate
+
+
+def generate_launch_description():
+    return generate("sim")
