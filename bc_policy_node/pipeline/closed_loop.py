@@ -1,0 +1,78 @@
+"""Run an exported policy in closed loop through the real ROS graph (bridge + policy node).
+
+Lock-step episodes give success over seeds at faster than real time; a free-run segment at
+real time gives the control rate and latency the policy node achieves (its ~/status).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from bc_msgs.msg import PolicyStatus
+
+from .. import graph
+from ..nodes import qos
+from ..procs import Graph
+from .graph_client import GraphClient, RESET
+
+STATUS_FIELDS = ("achieved_rate_hz", "target_rate_hz", "ticks", "missed_ticks", "tick_time_p50_us",
+                 "tick_time_p99_us", "inference_time_p50_us", "inference_time_p99_us",
+                 "obs_to_cmd_latency_p50_us", "obs_to_cmd_latency_p99_us", "period_jitter_p99_us",
+                 "safety_stale", "safety_nan", "safety_limit_clamps", "safety_step_clamps", "model_swaps")
+
+
+def status_dict(msg: PolicyStatus) -> Dict:
+    d = {k: getattr(msg, k) for k in STATUS_FIELDS}
+    d.update(model_id=msg.model_id, execution_mode=msg.execution_mode, lifecycle_state=msg.lifecycle_state)
+    return d
+
+
+def policy_graph(robot: str, task: str, model: str, lockstep: bool, rtf: float = 1.0,
+                 execution_mode: str = "temporal_ensembling"):
+    specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep" if lockstep else "free",
+                            real_time_factor=rtf, drive=False)
+    specs = [s for s in specs if s.executable != "expert_node"]
+    specs += graph.policy_nodes(robot=robot, task=task, model=str(model), execution_mode=execution_mode,
+                                autostart=True)
+    return specs, {"policy": {"lockstep": lockstep}}
+
+
+def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_dir: Path,
+                        lockstep: bool = True, progress=None, timeout_per_episode: float = 120.0,
+                        execution_mode: str = "temporal_ensembling") -> Dict:
+    """Episodes driven by the policy node; returns outcomes per seed and the final policy status."""
+    specs, extra = policy_graph(robot, task, model, lockstep, execution_mode=execution_mode)
+    status: Dict[str, Optional[PolicyStatus]] = {"last": None}
+    outcomes = []
+    with Graph(specs, Path(log_dir), extra_params=extra) as g, GraphClient("closed_loop", check=g.check_alive) as client:
+        client.node.create_subscription(PolicyStatus, "/policy/status",
+                                        lambda m: status.__setitem__("last", m), qos.STATUS)
+        client.wait_for_services([RESET], timeout=60.0)
+        client.wait_until(lambda: status["last"] is not None and status["last"].lifecycle_state == "active",
+                          60.0, "the policy node to become active")
+        it = progress(seeds) if progress else seeds
+        for seed in it:
+            ep = client.reset(seed=seed, task=task).episode_id
+            final = client.wait_task_done(ep, timeout=timeout_per_episode, stall_timeout=30.0)
+            outcomes.append({"seed": int(seed), "status": final.status, "success": bool(final.success),
+                             "steps": int(final.step)})
+        client.spin(1.2)  # one more status period
+        last = status["last"]
+    return {"episodes": outcomes, "successes": sum(o["success"] for o in outcomes), "n": len(outcomes),
+            "status": status_dict(last) if last is not None else {}}
+
+
+def measure_free_run(model, robot: str, task: str, seconds: float, log_dir: Path, seed: int = 0) -> Dict:
+    """Policy node + bridge in free-run at real time for `seconds`: the node's timing status."""
+    specs, extra = policy_graph(robot, task, model, lockstep=False)
+    status: Dict[str, Optional[PolicyStatus]] = {"last": None}
+    with Graph(specs, Path(log_dir), extra_params=extra) as g, GraphClient("free_run", check=g.check_alive) as client:
+        client.node.create_subscription(PolicyStatus, "/policy/status",
+                                        lambda m: status.__setitem__("last", m), qos.STATUS)
+        client.wait_for_services([RESET], timeout=60.0)
+        client.wait_until(lambda: status["last"] is not None and status["last"].lifecycle_state == "active",
+                          60.0, "the policy node to become active")
+        client.reset(seed=seed, task=task)
+        client.spin(seconds)
+        last = status["last"]
+    return status_dict(last) if last is not None else {}
