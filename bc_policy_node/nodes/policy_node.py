@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import CallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -140,7 +141,9 @@ class PolicyNode(LifecycleNode):
         self._chunk_topic = self.get_fully_qualified_name().rstrip("/") + "/action_chunk"
         self._status_pub = self.create_publisher(PolicyStatus, "~/status", qos.STATUS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._status_timer = self.create_timer(1.0 / self.params.status_rate_hz, self._publish_status)
+        # Status is for people and monitors: wall (steady) time, also under a paused or fast sim.
+        self._status_timer = self.create_timer(1.0 / self.params.status_rate_hz, self._publish_status,
+                                               clock=Clock(clock_type=ClockType.STEADY_TIME))
         # The service awaits the loader: in its own (reentrant) group, or its pending coroutine
         # would lock the node's default mutually exclusive group — lock-step ticks included.
         self._load_srv = self.create_service(LoadPolicy, "~/load_policy", self._srv_load_policy,

@@ -25,6 +25,7 @@ from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -340,6 +341,37 @@ def test_stale_observations_hold_then_recover_and_deactivate_stops_commands(tmp_
     assert len(r.commands) == n, "an inactive policy node must not command"
 
 
+def test_sim_time_drives_ticks_and_staleness(tmp_path, start, robot):
+    """With use_sim_time the loop ticks on /clock and judges staleness on the sim clock."""
+    proc = start(affine_model(tmp_path / "drift.onnx", bias=0.004), use_sim_time=True)
+    r = robot()
+    clock = r.node.create_publisher(Clock, "/clock", qos.CLOCK)
+    r.wait_active(proc)
+    assert r.spin_until(lambda: clock.get_subscription_count() > 0)
+    sim, q = 1000.0, np.zeros(A)                       # sim time: 1000 s after the epoch
+
+    def advance(steps, publish_clock=True):
+        nonlocal sim, q
+        for _ in range(steps):
+            sim += CONTRACT.dt
+            if publish_clock:
+                clock.publish(Clock(clock=to_time(sim)))
+            r.publish(q, [0.0, 0.0], stamp=sim)
+            r.spin_for(0.01)
+            if r.commands:
+                q = r.commands[-1]
+
+    advance(60)
+    assert len(r.commands) >= 20, proc.log()[-3000:]
+    s = r.wait_status(lambda s: s.ticks >= 20, proc, "sim-time ticks")
+    assert s.safety_stale == 0, "observations stamped in sim time are fresh on the sim clock"
+    assert np.all(np.diff(np.array(r.commands), axis=0) > 0), "the drift policy moves every tick"
+    r.spin_for(0.2)
+    n = len(r.commands)
+    advance(30, publish_clock=False)                   # sim paused: observations arrive, no ticks
+    assert len(r.commands) == n, "a paused /clock must pause the control loop"
+
+
 def test_contract_mismatch_refuses_configure_and_names_each_mismatch(tmp_path, start, robot):
     model = affine_model(tmp_path / "other.onnx", contract=mismatched_contract())
     proc = start(model, autostart=True)
@@ -399,6 +431,7 @@ def test_hot_swap_under_load_loses_no_tick_and_refuses_bad_models(tmp_path, star
         q = r.step(q, [0.0, 0.0], proc)
         steps += 1
         assert steps - n < 2000, "the model_path parameter never swapped the model in"
+    r.status = None
     res = step_until(r.call_async(SetParameters, "/policy/set_parameters", set_model_path_request(bad)))
     assert res.results[0].successful      # accepted, loaded off the control path, refused, reverted
     r.wait_status(lambda s: s.last_event.startswith("refused"), proc, "the refused parameter load")
