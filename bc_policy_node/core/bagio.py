@@ -13,8 +13,10 @@ on demand, write publish_time != log_time and add our own metadata records, whic
 safety and provenance need. `rosbags` provides the types (definitions, RIHS01 hashes, CDR).
 
 Timestamps: log_time = receive time (what `ros2 bag record` stores as recv_timestamp);
-publish_time = header.stamp for messages that start with a std_msgs/Header (read from the
-CDR bytes without deserializing), else the receive time (rosbag2's send_timestamp slot).
+publish_time = the caller's `publish_time_ns` when given (the recorder node passes the DDS
+source timestamp, rosbag2's send_timestamp, and says so in episode.yaml
+`recorder.timestamps`), else header.stamp for messages that start with a std_msgs/Header
+(read from the CDR bytes without deserializing), else the receive time.
 
 Crash safety: chunks are closed and flushed to the OS every `flush_interval_s` (default
 0.2 s) or `chunk_size` bytes, so a `kill -9` loses at most that much; the episode stays marked

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -289,19 +289,33 @@ def read_messages(bag_dir, topics: Optional[Sequence[str]] = None) -> Iterator[B
             yield BagMessage(conn.topic, conn.msgtype, int(t_ns), r.deserialize(raw, conn.msgtype))
 
 
-def read_raw(bag_dir, topics: Sequence[str]):
+def read_raw(bag_dir, topics: Sequence[str], publish_times: bool = False):
     """({topic: (msgtype, [(receive ns, CDR bytes)])}, typestore able to deserialize them).
 
     For callers that deserialize only the messages they use (the dataset builder).
+    publish_times: items are (receive ns, CDR bytes, publish ns) — MCAP publish_time, which
+    the recorder node fills with the sender's DDS source timestamp (sqlite3 bags: receive ns).
     """
-    out: Dict[str, Tuple[str, List[Tuple[int, bytes]]]] = {}
-    with _reader(bag_dir) as r:
+    out: Dict[str, Tuple[str, List[Tuple]]] = {}
+    d = Path(bag_dir)
+    with _reader(d) as r:
         conns = [c for c in r.connections if c.topic in topics]
         for c in conns:
             out.setdefault(c.topic, (c.msgtype, []))
-        if conns:
+        files = mcap_files(d)
+        if conns and publish_times and files and all(f.suffix == ".mcap" for f in files):
+            from mcap.reader import make_reader
+
+            wanted = [c.topic for c in conns]
+            for f in files:
+                with open(f, "rb") as fh:
+                    for _s, ch, m in make_reader(fh).iter_messages(topics=wanted,
+                                                                   log_time_order=True):
+                        out[ch.topic][1].append((int(m.log_time), m.data, int(m.publish_time)))
+        elif conns:
             for conn, t_ns, raw in r.messages(connections=conns):
-                out[conn.topic][1].append((int(t_ns), raw))
+                item = (int(t_ns), raw, int(t_ns)) if publish_times else (int(t_ns), raw)
+                out[conn.topic][1].append(item)
         store = r.typestore
     return out, store
 

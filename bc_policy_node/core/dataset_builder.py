@@ -7,12 +7,29 @@ the label. Nothing is interpolated: a stream with a hole longer than `gap_tolera
 (default: the contract's `stale_after_s`, the age at which the policy node would hold) flags
 the episode, which is excluded unless `keep_flagged=True` (then `meta["flags"]` says why).
 
-Time base (per episode): observation times are header stamps when the message has a
-Header, receive times otherwise; commands (Float64MultiArray: no header) always use receive
-times. If the header clock disagrees with the receive clock by more than
-`max_clock_skew_s` (median over the episode, e.g. sim time stamps vs wall-clock recording)
-the episode falls back to receive times for everything (`time_base="receive"`, reported).
+Time base (per episode; the clock that orders messages across topics, reported):
+
+* ``source`` - bags from the recorder node carry each message's DDS source timestamp (the
+  sender's clock at publish, rosbag2's send_timestamp) in MCAP publish_time. On one host this
+  order is causal: in lock-step, observation k is published before command k, which is
+  published before observation k+1, whatever the recorder's queues did. Used when the bag
+  says so (episode.yaml `recorder.timestamps`) and source and receive clocks agree within
+  `max_clock_skew_s` (else the senders' clocks are not the recorder's).
+* ``header`` - observation times are header stamps when the message has a Header, receive
+  times otherwise; commands (Float64MultiArray: no header) use receive times. Used when the
+  header clock agrees with the receive clock within `max_clock_skew_s`.
+* ``receive`` - receive times for everything (header stamps on another clock, e.g. sim time
+  in a wall-clock recording).
 "ZOH at t" means: for every observation topic, the newest message with time <= t.
+
+Frame clock: when header stamps run on another clock than the wall clock (sim time, e.g.
+a lock-step bridge stepping faster than real time), messages are ordered by the wall clock
+(source/receive) but frames are timed by the header stamp of the observation each command
+answered (`frame_clock="header"`): `t`, the command-rate check and the gap checks then use
+sim time, so a lock-step run is 50 Hz however fast it ran and a wall-clock pause is no gap.
+In that mode a command answering an observation that was already answered (e.g. sent after
+the episode ended) is not a new frame (`duplicate_commands`); observations without a
+command are counted (`unanswered_observations`).
 
 Alignment rules (the report says which one each episode used):
 
@@ -64,19 +81,20 @@ class _Stream:
     Messages stay CDR bytes until used (`msg(i)`): at 1 kHz most are never looked at.
     """
 
-    def __init__(self, topic: str, msgtype: str, items: List[Tuple[int, bytes]], store,
-                 use_header: bool):
+    def __init__(self, topic: str, msgtype: str, items: List[Tuple], store, base: str):
         self.topic, self.msgtype, self._store = topic, msgtype, store
         fields = store.fielddefs[msgtype][1]
         has_header = bool(fields) and fields[0][0] == "header" and fields[0][1][1] == HEADER_TYPE
-        recv = np.array([r for r, _ in items], dtype=np.int64)
-        hdr = np.array([header_stamp_ns(b) for _, b in items], dtype=np.int64) if has_header \
+        recv = np.array([it[0] for it in items], dtype=np.int64)
+        src = np.array([it[2] if len(it) > 2 else it[0] for it in items], dtype=np.int64)
+        hdr = np.array([header_stamp_ns(it[1]) for it in items], dtype=np.int64) if has_header \
             else recv.copy()
         self.has_header = has_header
-        times = hdr if use_header else recv
+        times = {"header": hdr, "receive": recv, "source": src}[base]
         order = np.argsort(times, kind="stable")
         self.times = times[order]
         self.recv = recv[order]
+        self.source = src[order]
         self.header = hdr[order]
         self._raw = [items[i][1] for i in order]
         self._cache: Dict[int, Any] = {}
@@ -154,11 +172,18 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
     bag = Path(bag_dir)
     types = topic_types(bag)
     obs_topics = contract.observation_topics()
-    frame_topics = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
-    if frame_topic is None and len(frame_topics) > 1:
-        raise BuildError(f"several FrameTag topics {frame_topics}; pass frame_topic")
-    frame_topic = frame_topic or (frame_topics[0] if frame_topics else None)
     act_topic = contract.action.topic
+    em = read_episode_meta(bag)
+    stamps = ((em.get("recorder") or {}).get("timestamps") or {})
+    has_source = stamps.get("publish_time") == "dds_source"
+    candidates = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
+    wanted = [t for t in obs_topics if t in types] + [act_topic] + candidates
+    raw, store = read_raw(bag, [t for t in dict.fromkeys(wanted) if t in types],
+                          publish_times=has_source)
+    frame_topics = [t for t in candidates if raw.get(t) and raw[t][1]]  # empty channels: unused
+    if frame_topic is None and len(frame_topics) > 1:
+        raise BuildError(f"several FrameTag topics with messages {frame_topics}; pass frame_topic")
+    frame_topic = frame_topic or (frame_topics[0] if frame_topics else None)
     for t, ty in list(obs_topics.items()) + ([] if frame_topic else [(act_topic, contract.action.msg_type)]):
         if t not in types:
             if frame_topic:  # FrameTag carries the observation; raw topics are optional
@@ -166,22 +191,37 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
             raise BuildError(f"topic {t} ({ty}) is not in the bag (bag has {sorted(types)})")
         if types[t] != ty:
             raise BuildError(f"topic {t} has type {types[t]} in the bag, contract says {ty}")
-    wanted = [t for t in obs_topics if t in types] + [act_topic, frame_topic]
-    raw, store = read_raw(bag, [t for t in wanted if t in types])
-    streams = {t: _Stream(t, typ, items, store, time_base != "receive")
-               for t, (typ, items) in raw.items()}
+    if frame_topic and frame_topic not in raw:
+        raise BuildError(f"FrameTag topic {frame_topic} is not in the bag")
 
-    # ---- time base: header stamps unless their clock disagrees with the receive clock
+    # ---- time base (the clock that orders messages across topics; module docstring)
+    base0 = "receive" if time_base == "auto" else time_base
+    streams = {t: _Stream(t, typ, items, store, base0) for t, (typ, items) in raw.items()}
     skews = [float(np.median(s.recv - s.header)) * 1e-9
              for s in streams.values() if s.has_header and len(s)]
     worst = max((abs(x) for x in skews), default=0.0)
+    src_worst = max((abs(float(np.median(s.recv - s.source))) * 1e-9
+                     for s in streams.values() if len(s)), default=0.0)
+    frame_clock = time_base
     if time_base == "auto":
-        time_base = "header" if worst <= max_clock_skew_s else "receive"
-        if time_base == "receive":
-            streams = {t: _Stream(t, typ, items, store, False) for t, (typ, items) in raw.items()}
+        if has_source and src_worst <= max_clock_skew_s:
+            time_base = "source"
+        else:
+            time_base = "header" if worst <= max_clock_skew_s else "receive"
+        # header stamps on another clock than the wall clock (sim time, e.g. lock-step faster
+        # than real time): order by the wall clock, but time frames by the observations' stamps
+        frame_clock = "header" if (time_base != "header" and skews and worst > max_clock_skew_s) \
+            else time_base
+        if time_base != base0:
+            streams = {t: _Stream(t, typ, items, store, time_base) for t, (typ, items) in raw.items()}
+    if time_base == "source" and not has_source:
+        raise BuildError("time_base='source' needs a bag from the recorder node (DDS source "
+                         "timestamps in publish_time)")
     obs_streams = {t: streams[t] for t in obs_topics if t in streams and len(streams[t])}
-    rep: Dict[str, Any] = {"path": str(bag), "time_base": time_base,
+    rep: Dict[str, Any] = {"path": str(bag), "time_base": time_base, "frame_clock": frame_clock,
                            "header_clock_skew_s": worst, "flags": [], "warnings": []}
+    if has_source:
+        rep["source_clock_skew_s"] = src_worst
 
     labelled = None
     if frame_topic:
@@ -220,7 +260,7 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
             rep["frame_obs_mismatch"] = int((diff > 1e-9).sum())
             if rep["frame_obs_mismatch"]:  # FrameTag is authoritative: warn, don't exclude
                 rep["warnings"].append(f"FrameTag.observation differs from the contract's assembly "
-                                    f"in {rep['frame_obs_mismatch']} frames (max {diff.max():.3g})")
+                                       f"in {rep['frame_obs_mismatch']} frames (max {diff.max():.3g})")
         act = np.zeros((len(samples), contract.act_dim))
         labelled = np.zeros(len(samples), dtype=bool)
         actors: Dict[str, int] = {}
@@ -239,7 +279,18 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
         steps = np.array([int(m.step) for m in frames])
         rep.update(alignment="frame_tag", label_source=frame_topic, actor_counts=actors,
                    missing_steps=int(np.sum(np.clip(np.diff(steps) - 1, 0, None))) if len(steps) > 1 else 0)
-        gap_streams = {frame_topic: fr.times}
+        if frame_clock == "header" and fr.has_header:   # FrameTag stamps = observation stamps
+            frame_t = fr.header
+            gap_streams = {frame_topic: (np.sort(fr.header), int(fr.header.min()), int(fr.header.max()))}
+            for t, s_ in obs_streams.items():
+                if s_.has_header:
+                    gap_streams[t] = (np.sort(s_.header), int(fr.header.min()), int(fr.header.max()))
+                else:
+                    gap_streams[t] = (s_.times, int(samples[0]), int(samples[-1]))
+        else:
+            rep["frame_clock"] = time_base
+            frame_t = samples
+            gap_streams = {frame_topic: (fr.times, None, None)}
     else:
         cmd = streams[act_topic]
         if not len(cmd):
@@ -249,7 +300,21 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
             raise BuildError(f"no messages on observation topics {missing}")
         ready = max(int(s.times[0]) for s in obs_streams.values())
         ct = cmd.times
-        period = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else contract.dt
+        keep = np.nonzero(ct >= ready)[0]
+        prim = None
+        if frame_clock == "header":
+            prim = next((s for s in obs_streams.values() if s.has_header), None)
+        if prim is not None:   # frames timed by the stamp of the observation each command answered
+            paired = np.searchsorted(prim.times, ct, side="right") - 1
+            ft = prim.header[np.maximum(paired, 0)]
+            fk = ft[keep]
+            period = float(np.median(np.diff(fk))) * 1e-9 if len(fk) > 1 else contract.dt
+            wall = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else 0.0
+            rep["wall_command_rate_hz"] = 1.0 / wall if wall > 0 else float("inf")
+        else:
+            frame_clock = time_base
+            period = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else contract.dt
+        rep["frame_clock"] = frame_clock
         rep["command_rate_hz"] = 1.0 / period if period > 0 else float("inf")
         mode = alignment
         if mode == "auto":
@@ -264,10 +329,16 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
             return vec[j]
 
         if mode == "command":
-            keep = np.nonzero(ct >= ready)[0]
             rep["commands_before_ready"] = int(len(ct) - len(keep))
             if not len(keep):
                 raise BuildError("no command after every observation term had a value")
+            if prim is not None:
+                # one frame per answered observation: a later command answering the same
+                # observation (e.g. sent after the episode ended) is not a new frame
+                first = np.concatenate([[True], np.diff(paired[keep]) > 0])
+                rep["duplicate_commands"] = int((~first).sum())
+                keep = keep[first]
+                rep["unanswered_observations"] = int(paired[keep[-1]] - paired[keep[0]] + 1 - len(keep))
             samples = ct[keep]
             act = np.stack([cvec(int(j)) for j in keep])
             labelled = np.ones(len(samples), dtype=bool)
@@ -275,6 +346,8 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
                 rep["flags"].append(f"command rate {rep['command_rate_hz']:.2f} Hz vs contract "
                                     f"{contract.control_rate_hz} Hz")
         else:
+            prim = None
+            rep["frame_clock"] = frame_clock = time_base
             last = int(ct[-1])
             n = int(np.floor((last - ready) * contract.control_rate_hz / 1e9)) + 1
             grid = ready + np.round(np.arange(n + 1) * 1e9 / contract.control_rate_hz).astype(np.int64)
@@ -295,22 +368,32 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
                                                - first[ks]) > 1))
             rep["trimmed_leading"] = int(start)
         obs = _zoh_obs(contract, obs_streams, samples)
-        gap_streams = {act_topic: ct}
+        if prim is not None:
+            frame_t = ft[keep]
+            gap_streams = {act_topic: (frame_t, int(frame_t[0]), int(frame_t[-1]))}
+            for t, s_ in obs_streams.items():
+                gap_streams[t] = ((np.sort(s_.header), int(frame_t[0]), int(frame_t[-1]))
+                                  if s_.has_header else (s_.times, int(samples[0]), int(samples[-1])))
+        else:
+            frame_t = samples
+            gap_streams = {act_topic: (ct, None, None)}
 
     # ---- gaps: every observation stream and the label stream, over the frames' span
-    t0, t1 = int(samples[0]), int(samples[-1])
-    gap_streams.update({t: s.times for t, s in obs_streams.items()})
-    gaps = {t: _max_gap(ts, t0, t1) for t, ts in gap_streams.items()}
+    t0, t1 = int(frame_t[0]), int(frame_t[-1])
+    for t, s_ in obs_streams.items():
+        gap_streams.setdefault(t, (s_.times, None, None))
+    gaps = {t: _max_gap(ts, t0 if a is None else a, t1 if b is None else b)
+            for t, (ts, a, b) in gap_streams.items()}
     rep["max_gap_s"] = gaps
     for t, g in gaps.items():
         if g > tol:
             rep["flags"].append(f"gap of {g:.3f} s on {t} (tolerance {tol:.3f} s)")
-    em = read_episode_meta(bag)
     meta = {k: em.get(k) for k in _META_KEYS}
     meta.update(bag=str(bag), alignment=rep["alignment"], time_base=time_base,
+                frame_clock=rep["frame_clock"],
                 label_source=rep["label_source"], start_time_ns=t0, flags=list(rep["flags"]),
                 duration_s=(t1 - t0) * 1e-9)
-    ep = Episode(obs=obs, act=act, t=(samples - t0) * 1e-9, meta=meta, labelled=labelled)
+    ep = Episode(obs=obs, act=act, t=(frame_t - t0) * 1e-9, meta=meta, labelled=labelled)
     rep.update(frames=len(ep), duration_s=meta["duration_s"], labelled=int(ep.labelled.sum()))
     return ep, rep
 

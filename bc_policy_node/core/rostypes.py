@@ -61,6 +61,38 @@ def check_type(msgtype: str, store=None) -> None:
                                f"nor in {BC_MSGS_DIR})")
 
 
+def ensure_type(msgtype: str, find_definition, store=None) -> None:
+    """Make `msgtype` (and the types it uses) known to the typestore.
+
+    `find_definition(msgtype) -> .msg text or None` supplies definitions the store lacks (the
+    recorder node looks them up in installed packages' share/<pkg>/msg/). Raises
+    MessageTypeError naming the first type that cannot be found.
+    """
+    from rosbags.typesys import get_types_from_msg
+
+    store = store or typestore()
+    found: Dict[str, Any] = {}
+    pending = [msgtype]
+    while pending:
+        t = pending.pop()
+        if t in store.fielddefs or t in found:
+            continue
+        text = find_definition(t)
+        if text is None:
+            where = "" if t == msgtype else f" (used by {msgtype})"
+            raise MessageTypeError(f"unknown message type {t!r}{where}: not in the Jazzy typestore, "
+                                   f"bc_msgs or any installed package's msg/ folder")
+        types = get_types_from_msg(text, t)
+        found.update(types)
+        for _consts, fields in types.values():
+            for _name, (nodetype, desc) in fields:
+                sub = desc[0] if nodetype in (3, 4) else (nodetype, desc)
+                if sub[0] == 2:
+                    pending.append(sub[1])
+    if found:
+        store.register(found)
+
+
 def type_info(msgtype: str, store=None) -> Tuple[str, str, bool]:
     """(full ros2msg definition, RIHS01 hash, first field is a std_msgs/Header)."""
     store = store or typestore()

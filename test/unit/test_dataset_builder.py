@@ -183,6 +183,64 @@ def test_clock_mismatch_falls_back_to_receive_times(tmp_path):
     assert all(np.array_equal(ep.act[k], cmd(k)) for k in range(30))
 
 
+RECORDER_META = {"recorder": {"timestamps": {"log_time": "dds_reception", "publish_time": "dds_source"}}}
+WALL0 = 1.7e18   # ns; wall clock of the recorder-node bags below
+
+
+def recorder_lockstep_bag(path, n=40, period_ns=3_000_000, pause_at=None, late_cmds=(),
+                          extra_after_done=1):
+    """What the recorder node writes in lock-step: sim-time header stamps k*dt, wall-clock
+    receive/source times `period_ns` apart (faster than real time), an empty FrameTag channel,
+    and `extra_after_done` commands answering the final observation again. Commands in
+    `late_cmds` are *received* after the next observation (a queue hiccup) but were sent
+    before it (source time)."""
+    topics = dict(TOPICS, **{"/dagger/frame_tag": "bc_msgs/msg/FrameTag"})
+    w = EpisodeBagWriter(path, topics, {"task": "curved_reach", "episode_id": 7, **RECORDER_META})
+    rows = []
+    wall = WALL0
+    for k in range(n):
+        if pause_at is not None and k == pause_at:
+            wall += 400_000_000                      # the whole loop stalls 0.4 s (wall clock)
+        t = k / RATE
+        rows.append((wall + 100_000, "/joint_states", js(k, t), wall))
+        rows.append((wall + 120_000, "/task_state", ts(k, t), wall + 10_000))
+        recv = wall + (period_ns + 200_000 if k in late_cmds else 900_000)
+        rows.append((recv, CMD, {"data": cmd(k)}, wall + 800_000))
+        wall += period_ns
+    for j in range(extra_after_done):
+        rows.append((wall + j * 1000, CMD, {"data": cmd(n + j)}, wall + j * 1000))
+    for recv, topic, msg, src in sorted(rows, key=lambda r: r[0]):
+        w.write(topic, msg, recv, publish_time_ns=src)
+    w.close(success=True)
+    return path
+
+
+def test_recorder_lockstep_bag_frames_in_sim_time(tmp_path):
+    recorder_lockstep_bag(tmp_path / "ep", n=40, pause_at=20)
+    ds, rep = build_dataset([tmp_path], contract())
+    (e,) = rep["episodes"]
+    assert e["status"] == "included", e
+    assert e["time_base"] == "source" and e["frame_clock"] == "header" and e["alignment"] == "command"
+    assert e["command_rate_hz"] == pytest.approx(RATE) and e["wall_command_rate_hz"] > 300
+    assert e["duplicate_commands"] == 1 and e["unanswered_observations"] == 0
+    assert e["max_gap_s"]["/joint_states"] == pytest.approx(1 / RATE)   # the 0.4 s stall is no gap
+    (ep,) = ds.episodes
+    assert len(ep) == 40 and np.allclose(ep.t, np.arange(40) / RATE, atol=1e-9)
+    for k in range(40):
+        assert np.array_equal(ep.obs[k], expected_obs(k, k)) and np.array_equal(ep.act[k], cmd(k)), k
+
+
+def test_source_times_pair_commands_causally_when_receive_order_is_not(tmp_path):
+    recorder_lockstep_bag(tmp_path / "ep", n=30, late_cmds=(5, 17))
+    ep, rep = episode_from_bag(tmp_path / "ep", contract())
+    assert rep["time_base"] == "source" and len(ep) == 30
+    assert all(np.array_equal(ep.act[k], cmd(k)) and np.array_equal(ep.obs[k], expected_obs(k, k))
+               for k in range(30))
+    # ordered by receive time, those two commands would answer the next observation
+    ep_r, _ = episode_from_bag(tmp_path / "ep", contract(), time_base="receive", alignment="command")
+    assert np.array_equal(ep_r.obs[5], expected_obs(6, 6)) and np.array_equal(ep_r.act[5], cmd(5))
+
+
 def test_contract_mismatch_is_reported_not_silent(tmp_path):
     lockstep_bag(tmp_path / "ep", n=10)
     bad = contract(observation=[{"name": "joint_pos", "topic": "/joint_states",

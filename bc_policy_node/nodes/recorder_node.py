@@ -1,0 +1,630 @@
+"""Episode recorder: one rosbag2 (MCAP) per episode, raw CDR straight from DDS to disk.
+
+The ROS shell around `core.bagio.EpisodeBagWriter` (no deserialization on the hot path; the
+core writer does the file format, crash safety and metadata).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import rclpy
+import rclpy.logging
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rclpy.serialization import deserialize_message
+from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import String
+
+from bc_msgs.srv import StartEpisode, StopEpisode
+
+from ..core import rostypes
+from ..core.bagio import BagWriteError, EpisodeBagWriter
+from ..core.bagread import BagReadError, recover_all, recover_bag
+from ..core.contract import COMMAND_TYPES, Contract, ContractError
+from ..core.dataset_builder import command_vector
+from . import qos
+from .params import declare_and_load, doc
+
+NODE_NAME = "recorder"
+LOG_EVERY_S = 5.0          # throttle of warnings raised in message callbacks
+BATCH = 256                # messages per topic taken directly after each executor dispatch
+TIMESTAMPS = {"log_time": "dds_reception", "publish_time": "dds_source"}
+TIMESTAMPS_SIM = {"log_time": "node_clock_sim_time", "publish_time": "dds_source"}
+
+
+class RecorderError(RuntimeError):
+    """The recorder cannot start (bad parameter, unknown type, unwritable output_dir)."""
+
+
+@dataclass(frozen=True)
+class RecorderParams:
+    contract: str = doc("contract YAML; its observation topics and action topic are recorded "
+                        "('' = only extra_topics)", "")
+    extra_topics: Tuple[str, ...] = doc(
+        "more topics to record, each 'topic:pkg/msg/Type'",
+        ("/task_state:bc_msgs/msg/TaskState", "/dagger/frame_tag:bc_msgs/msg/FrameTag"))
+    output_dir: str = doc("folder of episode bags (one rosbag2/MCAP directory per episode)", "bags")
+    flush_interval_s: float = doc("s; data reaches the OS at least this often (kill -9 loses at "
+                                  "most this)", 0.2)
+    queue_depth: int = doc("reliable keep-last depth of every subscription (messages)", 1000)
+    recover_on_start: bool = doc("recover bags left open by a crash at start-up (marked incomplete)", True)
+    compression: str = doc("MCAP chunk compression: zstd | lz4 | none", "zstd")
+    fsync: bool = doc("fsync at every flush (survives power loss; one disk sync per flush)", False)
+    status_period_s: float = doc("s; period of ~/status and /diagnostics", 0.5)
+    stop_settle_s: float = doc("s; stop_episode keeps recording until no message arrived for this "
+                               "long (at most 20x), so data still in flight is not cut off", 0.05)
+
+    def __post_init__(self):
+        if not self.contract and not self.extra_topics:
+            raise ValueError("contract and extra_topics are both empty: nothing to record")
+        if not self.output_dir:
+            raise ValueError("output_dir must not be empty")
+        if not self.flush_interval_s > 0:
+            raise ValueError(f"flush_interval_s must be > 0, got {self.flush_interval_s}")
+        if self.queue_depth < 1:
+            raise ValueError(f"queue_depth must be >= 1, got {self.queue_depth}")
+        if self.compression not in ("zstd", "lz4", "none"):
+            raise ValueError(f"compression must be zstd | lz4 | none, got {self.compression!r}")
+        if not self.status_period_s > 0:
+            raise ValueError(f"status_period_s must be > 0, got {self.status_period_s}")
+        if self.stop_settle_s < 0:
+            raise ValueError(f"stop_settle_s must be >= 0, got {self.stop_settle_s}")
+
+
+# ------------------------------------------------------------------------------ helpers
+def normalize_type(type_name: str) -> str:
+    """'pkg/msg/Name' or 'pkg/Name' -> 'pkg/msg/Name' (ValueError if malformed)."""
+    parts = type_name.strip().strip("/").split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3 or parts[1] != "msg" or not all(parts):
+        raise ValueError(f"message type {type_name!r} is not of the form pkg/msg/Name")
+    return "/".join(parts)
+
+
+def message_class(type_name: str):
+    """The rclpy class of 'pkg/msg/Name', imported at run time (RecorderError if unavailable)."""
+    pkg, _, name = normalize_type(type_name).split("/")
+    try:
+        module = importlib.import_module(f"{pkg}.msg")
+    except ImportError:
+        raise RecorderError(f"package {pkg!r} has no Python messages here (is it built and "
+                            f"sourced?)") from None
+    cls = getattr(module, name, None)
+    if cls is None or not hasattr(cls, "_TYPE_SUPPORT"):
+        raise RecorderError(f"package {pkg!r} has no message {name!r}") from None
+    return cls
+
+
+def installed_definition(msgtype: str) -> Optional[str]:
+    """.msg text of an installed ROS package's message (share/<pkg>/msg/<Name>.msg), or None."""
+    pkg, _, name = msgtype.split("/")
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        path = Path(get_package_share_directory(pkg)) / "msg" / f"{name}.msg"
+    except Exception:  # noqa: BLE001 - package not in the ament index
+        return None
+    return path.read_text() if path.is_file() else None
+
+
+def parse_extra_topic(item: str) -> Tuple[str, str]:
+    topic, sep, typ = item.rpartition(":")
+    if not sep or not topic.startswith("/") or not typ:
+        raise ValueError(f"extra_topics entry {item!r} is not 'topic:pkg/msg/Type' with an "
+                         f"absolute topic")
+    return topic.strip(), normalize_type(typ)
+
+
+def resolve_topics(params: RecorderParams) -> Tuple[Dict[str, str], Optional[Contract]]:
+    """{topic: 'pkg/msg/Type'} from the contract + extra_topics, every type checked on both
+    sides (rclpy class to subscribe, typestore definition to write). RecorderError names the
+    topic and the type."""
+    topics: Dict[str, str] = {}
+    contract = None
+    if params.contract:
+        try:
+            contract = Contract.load(params.contract)
+        except ContractError as e:
+            raise RecorderError(f"contract: {e}") from None
+        topics.update(contract.topics())
+    for item in params.extra_topics:
+        try:
+            topic, typ = parse_extra_topic(item)
+        except ValueError as e:
+            raise RecorderError(str(e)) from None
+        if topics.get(topic, typ) != typ:
+            raise RecorderError(f"topic {topic} is {topics[topic]} in the contract but {typ} in "
+                                f"extra_topics")
+        topics[topic] = typ
+    for topic, typ in topics.items():
+        try:
+            message_class(typ)
+            rostypes.ensure_type(typ, installed_definition)
+        except (RecorderError, ValueError) as e:
+            raise RecorderError(f"cannot record topic {topic}: type {typ}: {e}") from None
+    return topics, contract
+
+
+def _qos_time(d) -> "object":
+    from rosbags.rosbag2.metadata import QosTime
+
+    ns = int(getattr(d, "nanoseconds", 0) or 0)
+    if ns <= 0 or ns >= 0x7FFFFFFF * 10**9:  # "infinite"/default
+        return QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF) if ns else QosTime(sec=0, nsec=0)
+    return QosTime(sec=ns // 10**9, nsec=ns % 10**9)
+
+
+def bag_qos(profile) -> "object":
+    """rclpy QoSProfile -> rosbags Qos (for the bag's offered_qos_profiles; same enum values)."""
+    from rosbags.rosbag2.metadata import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability
+
+    def enum(cls, v):
+        try:
+            return cls(int(v))
+        except ValueError:
+            return cls.UNKNOWN
+
+    return Qos(history=enum(QosHistory, profile.history), depth=int(profile.depth),
+               reliability=enum(QosReliability, profile.reliability),
+               durability=enum(QosDurability, profile.durability),
+               deadline=_qos_time(profile.deadline), lifespan=_qos_time(profile.lifespan),
+               liveliness=enum(QosLiveliness, profile.liveliness),
+               liveliness_lease_duration=_qos_time(profile.liveliness_lease_duration),
+               avoid_ros_namespace_conventions=bool(profile.avoid_ros_namespace_conventions))
+
+
+def check_output_dir(path: Path) -> None:
+    """Create output_dir and prove it is writable (a probe file; os.access lies for root)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".recorder_probe_{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            f.flush()
+        probe.unlink()
+    except OSError as e:
+        raise RecorderError(f"output_dir {str(path)!r} is not writable: "
+                            f"{e.strerror or e}") from None
+
+
+class _TopicStats:
+    __slots__ = ("received", "written", "idle", "rejected", "lost", "ep_rejected")
+
+    def __init__(self):
+        self.received = self.written = self.idle = self.rejected = self.lost = self.ep_rejected = 0
+
+
+# ------------------------------------------------------------------------------- node
+class RecorderNode(Node):
+    """Records the contract's topics (+ extra topics) into one rosbag2/MCAP bag per episode.
+
+    Subscribes (raw CDR, reliable keep-last `queue_depth`; QoS `qos.STATE` for states,
+    `qos.COMMAND` for commands): every observation topic and the action topic of `contract`,
+    plus `extra_topics` (default `/task_state`, `/dagger/frame_tag`). Types are resolved at
+    run time from the type strings.
+
+    Publishes:
+      `~/status` (std_msgs/String, JSON, transient local, every `status_period_s` and on every
+      start/stop): state (idle | recording | error), pid, open episode (path, id, written/rejected
+      per topic), per-topic totals (received, written, idle = received with no episode open,
+      rejected, lost = received but not written because the bag failed), matched publishers,
+      episodes finished/discarded/failed, last_error.
+      `/diagnostics` (diagnostic_msgs/DiagnosticArray): the same counters; WARN on rejected
+      commands, ERROR after a write failure.
+
+    Services:
+      `~/start_episode` (bc_msgs/StartEpisode): opens `<output_dir>/episode_<id>_seed_<seed>/`
+      (suffix `_2`, `_3`... if it exists); success=false with the reason if an episode is
+      open or the bag cannot be created (disk full, unwritable folder). Messages already
+      queued when the request is served were sent before it: counted idle, not recorded.
+      `~/stop_episode` (bc_msgs/StopEpisode): records what is queued or still arriving (until
+      `stop_settle_s` without a message), then finalizes
+      the bag (complete=true, task_success, outcome, notes) or deletes it (discard).
+
+    Parameters: contract, extra_topics, output_dir, flush_interval_s, queue_depth,
+    recover_on_start, compression, fsync, status_period_s, stop_settle_s (config/recorder.yaml).
+
+    Time stamps: MCAP log_time = DDS reception time (wall clock, in arrival order) or, with
+    use_sim_time, the node clock (sim time) at the callback; publish_time = the sender's DDS
+    source timestamp (rosbag2's send_timestamp). Header stamps stay in the messages.
+    Command messages whose size does not match the contract are recorded as received but
+    counted as rejected (status, diagnostics, episode.yaml `rejected`); the dataset builder
+    excludes such episodes with the reason.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.params = declare_and_load(self, RecorderParams)
+        self.topics, self.contract = resolve_topics(self.params)
+        self.output_dir = Path(self.params.output_dir).expanduser().resolve()
+        check_output_dir(self.output_dir)
+        if self.params.recover_on_start:
+            self._recover()
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
+        self._lock = threading.Lock()
+        self._writer: Optional[EpisodeBagWriter] = None
+        self._write_error = ""
+        self.last_error = ""
+        self.stats: Dict[str, _TopicStats] = {t: _TopicStats() for t in self.topics}
+        self.episodes = {"finished": 0, "discarded": 0, "failed": 0}
+        self._last_warn = 0.0
+        self._draining = False
+        self._subs: List[Tuple[object, Callable]] = []
+        cmd_topics = {self.contract.action.topic} if self.contract else set()
+        for topic, typ in self.topics.items():
+            cls = message_class(typ)
+            is_cmd = topic in cmd_topics or typ in COMMAND_TYPES
+            profile = QoSProfile(history=(qos.COMMAND if is_cmd else qos.STATE).history,
+                                 depth=self.params.queue_depth,
+                                 reliability=(qos.COMMAND if is_cmd else qos.STATE).reliability,
+                                 durability=(qos.COMMAND if is_cmd else qos.STATE).durability)
+            check = self._command_check(cls) if topic in cmd_topics else None
+            record = self._make_recorder(topic, check)
+            sub = self.create_subscription(cls, topic, self._batched(record), profile, raw=True)
+            self._subs.append((sub, record))
+        self.status_pub = self.create_publisher(String, "~/status", qos.STATUS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(StartEpisode, "~/start_episode", self._on_start)
+        self.create_service(StopEpisode, "~/stop_episode", self._on_stop)
+        self.create_timer(max(0.02, self.params.flush_interval_s / 2), self._on_flush_timer)
+        self.create_timer(self.params.status_period_s, self.publish_status)
+        self.get_logger().info(
+            f"recording {len(self.topics)} topics into {self.output_dir}: "
+            + ", ".join(f"{t} ({ty})" for t, ty in self.topics.items()))
+        self.publish_status()
+
+    # ------------------------------------------------------------------ start-up
+    def _recover(self) -> None:
+        try:
+            results = recover_all([self.output_dir])
+        except (BagReadError, OSError) as e:
+            self.get_logger().error(f"recovery of bags in {self.output_dir} failed: {e}")
+            return
+        for r in results:
+            self.get_logger().warn(f"recovered interrupted episode {r['path']}: {r['messages']} "
+                                   f"messages kept, {r['bytes_dropped']} bytes dropped "
+                                   f"({r['reason']}); marked incomplete")
+
+    def _command_check(self, cls) -> Callable[[bytes], str]:
+        contract = self.contract
+
+        def check(raw: bytes) -> str:
+            try:
+                command_vector(contract, deserialize_message(raw, cls))
+                return ""
+            except (ContractError, ValueError, TypeError, IndexError) as e:
+                return str(e)
+        return check
+
+    # ------------------------------------------------------------------ hot path
+    def _batched(self, record: Callable):
+        """Subscription callback: record the message, then everything else already queued on
+        every topic (take_message costs a fraction of an executor dispatch, so a backlog
+        drains several times faster; order in the bag is by receive time anyway)."""
+        def on_message(raw: bytes, info) -> None:
+            record(raw, info)
+            if not self._draining:
+                self._draining = True
+                try:
+                    self.drain(BATCH)
+                finally:
+                    self._draining = False
+        return on_message
+
+    def _make_recorder(self, topic: str, check: Optional[Callable[[bytes], str]]):
+        stats = self.stats[topic]
+        sim_time = self._sim_time
+        clock = self.get_clock()
+
+        def record(raw: bytes, info) -> None:
+            stats.received += 1
+            if check is not None:
+                reason = check(raw)
+                if reason:
+                    stats.rejected += 1
+                    self._warn(f"{topic}: command rejected (recorded as received): {reason}")
+                    if self._writer is not None:
+                        stats.ep_rejected += 1
+            w = self._writer
+            if w is None:
+                stats.idle += 1
+                return
+            recv = 0 if sim_time else info.get("received_timestamp") or 0
+            if recv <= 0:
+                recv = clock.now().nanoseconds
+            src = info.get("source_timestamp") or recv
+            try:
+                w.write(topic, raw, recv, src)
+                stats.written += 1
+            except (BagWriteError, OSError, KeyError) as e:
+                stats.lost += 1
+                self._on_write_error(e)
+        return record
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn >= LOG_EVERY_S:
+            self._last_warn = now
+            self.get_logger().warn(text)
+
+    def _on_write_error(self, e: Exception) -> None:
+        if not self._write_error:
+            self._write_error = str(e)
+            self.last_error = str(e)
+            self.get_logger().error(f"episode bag write failed, no more messages are written to "
+                                    f"it: {e}")
+            self.publish_status()
+
+    def _on_flush_timer(self) -> None:
+        w = self._writer
+        if w is None or self._write_error:
+            return
+        try:
+            w.flush_if_due()
+        except (BagWriteError, OSError) as e:
+            self._on_write_error(e)
+
+    def settle(self, quiet_s: float) -> int:
+        """Record queued messages until none has arrived for quiet_s (at most 20 x quiet_s)."""
+        n = self.drain()
+        start = quiet_since = time.monotonic()
+        while quiet_s > 0:
+            time.sleep(min(0.002, quiet_s / 4))
+            k = self.drain()
+            now = time.monotonic()
+            if k:
+                n += k
+                quiet_since = now
+            elif now - quiet_since >= quiet_s or now - start >= 20 * quiet_s:
+                break
+        return n
+
+    def drain(self, max_per_topic: Optional[int] = None) -> int:
+        """Take and record every message already queued in the subscriptions (so a stop
+        request that overtakes data in the executor does not cut the episode short)."""
+        limit = max_per_topic or 2 * self.params.queue_depth
+        n = 0
+        for sub, record in self._subs:
+            for _ in range(limit):
+                try:
+                    with sub.handle:
+                        got = sub.handle.take_message(sub.msg_type, True)
+                except Exception:  # noqa: BLE001 - internal API missing / destroyed: skip
+                    break
+                if got is None:
+                    break
+                record(got[0], got[1] if len(got) > 1 else {})
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ services
+    def _episode_dir(self, episode_id: int, seed: int) -> Path:
+        base = f"episode_{episode_id:06d}_seed_{seed}"
+        path, k = self.output_dir / base, 1
+        while path.exists():
+            k += 1
+            path = self.output_dir / f"{base}_{k}"
+        return path
+
+    def _offered_qos(self, topic: str) -> list:
+        try:
+            return [bag_qos(i.qos_profile) for i in self.get_publishers_info_by_topic(topic)]
+        except Exception:  # noqa: BLE001 - metadata only
+            return []
+
+    def open_episode(self, task: str, seed: int, episode_id: int, source: str = "expert",
+                     notes: str = "") -> Path:
+        """Open a new episode bag (BagWriteError/ValueError/RuntimeError with the reason)."""
+        if self._writer is not None:
+            raise RuntimeError(f"episode {self._writer.meta.get('episode_id')} is still open "
+                               f"({self._writer.path}); stop it first")
+        path = self._episode_dir(episode_id, seed)
+        meta = {"task": task, "seed": int(seed), "episode_id": int(episode_id),
+                "source": source or "expert", "notes": notes,
+                "recorder": {"node": self.get_fully_qualified_name(),
+                             "timestamps": TIMESTAMPS_SIM if self._sim_time else TIMESTAMPS,
+                             "queue_depth": self.params.queue_depth}}
+        if self.contract is not None:
+            meta["contract"] = {"name": self.contract.name, "fingerprint": self.contract.fingerprint(),
+                                "path": str(self.params.contract), "spec": self.contract.to_dict()}
+        writer = EpisodeBagWriter(path, self.topics, meta, compression=self.params.compression,
+                                  flush_interval_s=self.params.flush_interval_s,
+                                  fsync=self.params.fsync,
+                                  qos={t: self._offered_qos(t) for t in self.topics})
+        for s in self.stats.values():
+            s.ep_rejected = 0
+        self._write_error = ""
+        self._writer = writer
+        return path
+
+    def close_episode(self, complete: bool, **updates) -> Tuple[Optional[Path], int, str]:
+        """Finalize the open episode. Returns (path, messages written, error or '')."""
+        w = self._writer
+        if w is None:
+            return None, 0, "no episode is open"
+        self._writer = None
+        rejected = {t: s.ep_rejected for t, s in self.stats.items() if s.ep_rejected}
+        updates["rejected"] = rejected
+        written = w.message_count
+        if self._write_error:
+            error = self._write_error
+            self.episodes["failed"] += 1
+            try:
+                w.close(complete=False)
+                r = recover_bag(w.path)
+                error += f"; bag recovered as incomplete ({r.get('messages', 0)} messages)"
+            except (BagWriteError, BagReadError, OSError) as e:
+                error += f"; bag left as is ({e}); run `bc-policy dataset recover` on it"
+            self.last_error = error
+            return w.path, written, error
+        try:
+            w.close(complete=complete, **updates)
+        except (BagWriteError, OSError) as e:
+            self.episodes["failed"] += 1
+            self.last_error = str(e)
+            return w.path, written, str(e)
+        self.episodes["finished"] += 1
+        return w.path, written, ""
+
+    def _on_start(self, req, resp):
+        if self._writer is None:
+            self.drain()     # queued before the request: not part of the episode (counted idle)
+        try:
+            path = self.open_episode(req.task, req.seed, req.episode_id, req.source, req.notes)
+        except (BagWriteError, OSError, ValueError, RuntimeError, rostypes.MessageTypeError) as e:
+            resp.success, resp.message = False, str(e)
+            self.last_error = str(e)
+            self.get_logger().error(f"start_episode failed: {e}")
+        else:
+            resp.success, resp.message, resp.bag_path = True, "recording", str(path)
+            self.get_logger().info(f"episode {req.episode_id} (seed {req.seed}, {req.source or 'expert'}) "
+                                   f"-> {path}")
+        self.publish_status()
+        return resp
+
+    def _on_stop(self, req, resp):
+        if self._writer is not None:
+            self.settle(self.params.stop_settle_s)
+        outcome = req.outcome or ("success" if req.task_success else "failure")
+        path, written, error = self.close_episode(True, success=bool(req.task_success),
+                                                  outcome=outcome, notes=req.notes)
+        resp.messages_written = int(written)
+        if path is None:
+            resp.success, resp.message = False, error
+        elif error:
+            resp.success, resp.message, resp.bag_path = False, error, str(path)
+            self.get_logger().error(f"stop_episode: {error}")
+        elif req.discard:
+            shutil.rmtree(path, ignore_errors=True)
+            self.episodes["finished"] -= 1
+            self.episodes["discarded"] += 1
+            resp.success, resp.message, resp.bag_path = True, "discarded", ""
+            self.get_logger().info(f"episode discarded ({written} messages): {path}")
+        else:
+            resp.success, resp.message, resp.bag_path = True, "saved", str(path)
+            self.get_logger().info(f"episode saved: {path} ({written} messages, "
+                                   f"success={req.task_success}, outcome={outcome})")
+        self.publish_status()
+        return resp
+
+    def shutdown(self, reason: str) -> Optional[Path]:
+        """Finalize an open episode as incomplete (SIGINT / SIGTERM / node shutdown)."""
+        if self._writer is None:
+            return None
+        try:
+            self.drain()
+        except Exception:  # noqa: BLE001 - context may be gone already
+            pass
+        path, written, error = self.close_episode(False, outcome=f"interrupted ({reason})")
+        log = self.get_logger()
+        if error:
+            log.error(f"open episode at shutdown: {error}")
+        else:
+            log.warn(f"open episode finalized as incomplete ({reason}): {path}, {written} messages")
+        return path
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> Dict[str, object]:
+        w = self._writer
+        pubs = {}
+        for sub, _cb in self._subs:
+            try:
+                pubs[sub.topic_name] = sub.get_publisher_count()
+            except Exception:  # noqa: BLE001
+                pubs[sub.topic_name] = -1
+        state = "error" if self._write_error else ("recording" if w is not None else "idle")
+        return {
+            "state": state, "pid": os.getpid(),
+            "episode": None if w is None else {
+                "path": str(w.path), "episode_id": w.meta.get("episode_id"),
+                "seed": w.meta.get("seed"), "task": w.meta.get("task"),
+                "written": dict(w.counts),
+                "rejected": {t: s.ep_rejected for t, s in self.stats.items() if s.ep_rejected}},
+            "received": {t: s.received for t, s in self.stats.items()},
+            "written": {t: s.written for t, s in self.stats.items()},
+            "idle": {t: s.idle for t, s in self.stats.items()},
+            "rejected": {t: s.rejected for t, s in self.stats.items()},
+            "lost": {t: s.lost for t, s in self.stats.items()},
+            "publishers": pubs,
+            "episodes": dict(self.episodes),
+            "output_dir": str(self.output_dir),
+            "last_error": self.last_error,
+        }
+
+    def publish_status(self) -> None:
+        st = self.status()
+        self.status_pub.publish(String(data=json.dumps(st, sort_keys=True)))
+        d = DiagnosticStatus(name=f"{self.get_name()}: episode recorder", hardware_id="")
+        rejected = sum(st["rejected"].values())
+        lost = sum(st["lost"].values())
+        if st["state"] == "error" or lost:
+            d.level, d.message = DiagnosticStatus.ERROR, f"write failed: {st['last_error']}"
+        elif rejected:
+            d.level, d.message = DiagnosticStatus.WARN, f"{rejected} commands rejected (size/contract)"
+        else:
+            d.level, d.message = DiagnosticStatus.OK, st["state"]
+        d.values = [KeyValue(key="state", value=st["state"]),
+                    KeyValue(key="episode", value=(st["episode"] or {}).get("path", "") or ""),
+                    KeyValue(key="episodes_finished", value=str(st["episodes"]["finished"])),
+                    KeyValue(key="rejected", value=str(rejected)), KeyValue(key="lost", value=str(lost))]
+        d.values += [KeyValue(key=f"received {t}", value=str(n)) for t, n in st["received"].items()]
+        msg = DiagnosticArray(status=[d])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+
+# ------------------------------------------------------------------------------ main
+def main(args=None) -> int:
+    # Our own SIGINT/SIGTERM handling: the flag is checked between callbacks, so a signal never
+    # interrupts a write half-way, and the open episode is closed outside any callback.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    received = {"sig": ""}
+
+    def on_signal(signum, _frame):
+        received["sig"] = signal.Signals(signum).name
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    logger = rclpy.logging.get_logger(NODE_NAME)
+    try:
+        node = RecorderNode()
+    except (RecorderError, ValueError) as e:
+        logger.fatal(f"recorder cannot start: {e}")
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
+        received["sig"] = received["sig"] or "context shutdown"
+    finally:
+        node.shutdown(received["sig"] or "node shutdown")
+        try:
+            node.publish_status()
+        except Exception:  # noqa: BLE001
+            pass
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
