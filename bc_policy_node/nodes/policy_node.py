@@ -125,6 +125,7 @@ class PolicyNode(LifecycleNode):
         self._timer = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        self._tick_done = threading.Event()
         self._obs_ready = False
         self._newest_stamp = -math.inf
         self._counters = {"bad_observations": 0, "tick_errors": 0}
@@ -366,6 +367,7 @@ class PolicyNode(LifecycleNode):
         bunched up: after a stall the schedule restarts from now, like an rcl timer)."""
         period = self._contract.dt
         deadline = time.monotonic()
+        tick_done = self._tick_done
         while not self._stop.is_set():
             try:
                 self._tick()
@@ -373,6 +375,7 @@ class PolicyNode(LifecycleNode):
                 if not rclpy.ok():
                     return
                 self._throttled_warn("tick_crash", f"control tick failed: {type(e).__name__}: {e}")
+            tick_done.set()
             deadline += period
             delay = deadline - time.monotonic()
             if delay > 0:
@@ -430,6 +433,12 @@ class PolicyNode(LifecycleNode):
             req = self._load_queue.get()
             if req is None:
                 return
+            if self._thread is not None:
+                # onnxruntime holds the GIL while it builds a session (~2 ms for a small MLP,
+                # measured): start right after a tick, so the hold eats the slack before the
+                # next one instead of interrupting a tick.
+                self._tick_done.clear()
+                self._tick_done.wait(timeout=0.1)
             try:
                 req.policy = load_policy(req.path, req.contract, req.params)
             except Exception as e:
