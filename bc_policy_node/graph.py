@@ -72,6 +72,15 @@ POLICY_ARGS = [
               "temporal_ensembling | receding_horizon | latency_aware | mode_consistent"),
     LaunchArg("autostart", "true", "Configure and activate the lifecycle node at start"),
 ]
+DAGGER_ARGS = [
+    LaunchArg("variant", "classic", "DAgger variant: classic (beta gate) | human_gated (~/intervention) | "
+              "robot_gated (uncertainty gate)"),
+    LaunchArg("beta", "0.5", "classic: probability that the expert acts at a step"),
+    LaunchArg("ensemble_models", "", "robot_gated: comma-separated ONNX ensemble members (empty: the "
+              "policy's chunk disagreement)"),
+]
+# The policy node's command output while the dagger node sits between it and the robot.
+DAGGER_POLICY_COMMAND = "/dagger/policy_command"
 
 
 def _bool(v) -> bool:
@@ -94,11 +103,39 @@ def record_nodes(robot="planar3", task="curved_reach", output_dir="bags", contra
 
 
 def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode="temporal_ensembling",
-                 autostart=True, controller="forward_position_controller", **_) -> List[NodeSpec]:
-    return [NodeSpec("policy_node", "policy", param_file="policy.yaml", parameters={
-        "model_path": model or str(model_path("policies", f"{robot}_{task}.onnx")),
-        "contract": str(contract_path(robot, task)), "execution_mode": execution_mode,
-        "autostart": _bool(autostart), "controller": controller})]
+                 autostart=True, controller="forward_position_controller", lockstep=False,
+                 command_topic="", **_) -> List[NodeSpec]:
+    """The policy node. lockstep: tick per observation stamp; command_topic: remap its command
+    output (``/<controller>/commands``) there, e.g. to the dagger node's input."""
+    params = {"model_path": model or str(model_path("policies", f"{robot}_{task}.onnx")),
+              "contract": str(contract_path(robot, task)), "execution_mode": execution_mode,
+              "autostart": _bool(autostart), "controller": controller}
+    if _bool(lockstep):
+        params["lockstep"] = True
+    remaps = [(f"/{controller.strip('/')}/commands", command_topic)] if command_topic else []
+    return [NodeSpec("policy_node", "policy", param_file="policy.yaml", parameters=params, remappings=remaps)]
+
+
+def dagger_nodes(robot="planar3", task="curved_reach", model="", execution_mode="temporal_ensembling",
+                 controller="forward_position_controller", variant="classic", beta=0.5,
+                 ensemble_models="", seed=0, sim_time=True, **_) -> List[NodeSpec]:
+    """Policy (lock-step, commands remapped to DAGGER_POLICY_COMMAND) + the dagger node, which
+    sends the executed commands to /<controller>/commands. Run with sim_nodes(mode="lockstep",
+    drive=False) and record_nodes (the recorder takes /dagger/frame_tag by default).
+    sim_time: the policy node judges observation age on /clock (the bridge stamps in sim time;
+    on the wall clock every lock-step observation would look stale and the policy would hold)."""
+    policy = policy_nodes(robot, task, model, execution_mode, autostart=True, controller=controller,
+                          lockstep=True, command_topic=DAGGER_POLICY_COMMAND)[0]
+    if _bool(sim_time):
+        policy.parameters["use_sim_time"] = True
+    params = {"contract": str(contract_path(robot, task)), "variant": variant, "beta": float(beta),
+              "controller": controller, "seed": int(seed),
+              "policy_command_topic": DAGGER_POLICY_COMMAND}
+    members = [m for m in (ensemble_models.split(",") if isinstance(ensemble_models, str)
+                           else list(ensemble_models)) if m]
+    if members:
+        params["ensemble_models"] = members
+    return [policy, NodeSpec("dagger_node", "dagger", param_file="dagger.yaml", parameters=params)]
 
 
 def demo_nodes(**kw) -> List[NodeSpec]:
@@ -111,4 +148,5 @@ GRAPHS = {
     "demo": (SIM_ARGS + POLICY_ARGS + RECORD_ARGS, demo_nodes),
     "record": (SIM_ARGS[:2] + RECORD_ARGS, record_nodes),
     "policy": (SIM_ARGS[:2] + POLICY_ARGS, policy_nodes),
+    "dagger": (SIM_ARGS[:2] + POLICY_ARGS[:2] + [SIM_ARGS[5]] + DAGGER_ARGS, dagger_nodes),
 }
