@@ -25,11 +25,12 @@ from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 
 from bc_msgs.msg import TaskState
-from bc_msgs.srv import LoadPolicy, QueryExpert, ResetEpisode, StartEpisode, StopEpisode
+from bc_msgs.srv import LoadPolicy, QueryExpert, ResetEpisode, StartEpisode, StepSim, StopEpisode
 
 from ..nodes import qos
 
 RESET = "/mujoco_bridge/reset"
+STEP = "/mujoco_bridge/step"
 START_EPISODE = "/recorder/start_episode"
 STOP_EPISODE = "/recorder/stop_episode"
 RECORDER_STATUS = "/recorder/status"
@@ -104,8 +105,8 @@ class GraphClient:
         return c
 
     def wait_for_services(self, services: Iterable[str], timeout: float = 30.0) -> None:
-        types = {RESET: ResetEpisode, START_EPISODE: StartEpisode, STOP_EPISODE: StopEpisode,
-                 QUERY_EXPERT: QueryExpert, LOAD_POLICY: LoadPolicy}
+        types = {RESET: ResetEpisode, STEP: StepSim, START_EPISODE: StartEpisode,
+                 STOP_EPISODE: StopEpisode, QUERY_EXPERT: QueryExpert, LOAD_POLICY: LoadPolicy}
         for name in services:
             c = self._client(types[name], name)
             self.wait_until(c.service_is_ready, timeout, f"service {name}")
@@ -129,6 +130,11 @@ class GraphClient:
         return self.call(ResetEpisode, RESET, ResetEpisode.Request(task=task, variant=variant,
                                                                    seed=int(seed)), timeout)
 
+    def step(self, ticks: int = 0, timeout: float = 10.0):
+        """/mujoco_bridge/step (lock-step): advance `ticks` periods; 0 re-publishes the current
+        /task_state + /joint_states pair (for a controller that missed it)."""
+        return self.call(StepSim, STEP, StepSim.Request(ticks=int(ticks)), timeout, check_success=False)
+
     def start_episode(self, task: str, seed: int, episode_id: int, source: str = "expert",
                       notes: str = "", timeout: float = 10.0) -> str:
         """/recorder/start_episode -> bag path."""
@@ -144,14 +150,17 @@ class GraphClient:
         return self.call(StopEpisode, STOP_EPISODE, req, timeout)
 
     def wait_task_done(self, episode_id: int, timeout: float = 120.0,
-                       stall_timeout: Optional[float] = None) -> TaskState:
+                       stall_timeout: Optional[float] = None, kick_after_s: Optional[float] = None,
+                       max_kicks: int = 3) -> TaskState:
         """Spin until /task_state of `episode_id` says done; returns that TaskState.
 
-        stall_timeout: also fail if no /task_state at all arrives for that long (a stalled
-        lock-step loop) — the error names the last step seen.
+        kick_after_s: lock-step loops only — if the episode's step has not moved for that long
+        (a subscriber missed a pair, e.g. discovery still settling), ask the bridge to
+        re-publish the current pair (`step(0)`), at most `max_kicks` times.
+        stall_timeout: fail if the step has not moved for that long (after any kicks).
         """
-        end = time.monotonic() + timeout
-        self._task_state_time = time.monotonic()
+        start = last_change = time.monotonic()
+        last_step, kicks = None, 0
         while True:
             ts = self.task_states.get(int(episode_id))
             if ts is not None and ts.done:
@@ -159,14 +168,21 @@ class GraphClient:
             if self.check is not None:
                 self.check()
             now = time.monotonic()
+            step = None if ts is None else int(ts.step)
+            if step != last_step:
+                last_step, last_change = step, now
             last = "none" if ts is None else f"step {ts.step}, status {ts.status!r}"
-            if now > end:
+            if kick_after_s is not None and now - last_change > kick_after_s and kicks < max_kicks:
+                kicks += 1
+                self.step(0)
+                last_change = time.monotonic()
+            elif stall_timeout is not None and now - last_change > stall_timeout:
+                raise GraphError(f"episode {episode_id}: no progress for {stall_timeout:g} s "
+                                 f"(last /task_state: {last}, {kicks} re-publish requests)")
+            if now - start > timeout:
                 raise GraphError(f"episode {episode_id} not done after {timeout:g} s "
                                  f"(last /task_state: {last})")
-            if stall_timeout is not None and now - self._task_state_time > stall_timeout:
-                raise GraphError(f"episode {episode_id}: no /task_state for {stall_timeout:g} s "
-                                 f"(last: {last}); is the lock-step loop stalled?")
-            self.executor.spin_once(timeout_sec=0.05)
+            self.executor.spin_once(timeout_sec=0.02)
 
     def query_expert(self, observations: np.ndarray, chunk_length: int = 1,
                      modes: Sequence[int] = (), timeout: float = 10.0) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""`bc-policy collect`: seeded expert demonstrations recorded through the real ROS graph.
+
+Starts `mujoco_bridge` (mode lockstep, no start-up episode), `expert` (drive true) and
+`recorder` as processes from the same `graph` specs the launch files use, then per episode:
+start_episode -> reset(seed) -> wait until /task_state is done -> stop_episode(task_success).
+One rosbag2 per episode in `out` (episode ids continue after the bags already there).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .. import graph, procs
+
+EPISODE_TIMEOUT_S = 300.0     # wall-clock limit of one episode
+READY_TIMEOUT_S = 60.0        # graph start-up (processes, discovery)
+KICK_AFTER_S = 2.0            # lock-step loop without progress: ask the bridge to re-publish
+
+
+class CollectError(RuntimeError):
+    """The graph could not be started or an episode could not be recorded (message says why)."""
+
+
+def next_episode_id(out: Path) -> int:
+    """One past the largest episode_id of the bags already in `out` (0 if none)."""
+    from ..core.bagread import find_bags, read_episode_meta
+
+    ids = []
+    if out.is_dir():
+        for bag in find_bags([out]):
+            eid = read_episode_meta(bag).get("episode_id")
+            if isinstance(eid, int):
+                ids.append(eid)
+    return max(ids) + 1 if ids else 0
+
+
+def _wait_ready(client, timeout: float) -> None:
+    """Services up, and the topics of the lock-step loop connected (expert, recorder, bridge)."""
+    from .graph_client import RESET, START_EPISODE, STEP, STOP_EPISODE
+
+    client.wait_for_services([RESET, STEP, START_EPISODE, STOP_EPISODE], timeout)
+    node = client.node
+    cmd = "/forward_position_controller/commands"
+    client.wait_until(lambda: node.count_subscribers("/joint_states") >= 2       # expert + recorder
+                      and node.count_subscribers("/task_state") >= 3            # + this client
+                      and node.count_publishers(cmd) >= 1 and node.count_subscribers(cmd) >= 2,
+                      timeout, "the bridge, expert and recorder topics to connect")
+    client.wait_recorder(lambda s: all(s["publishers"].get(t, 0) >= 1
+                                       for t in ("/joint_states", "/task_state", cmd)),
+                         timeout, "the recorder to match the bridge and expert publishers")
+
+
+def _log_tails(g, n: int = 1500) -> str:
+    out = []
+    for name, p in g.procs.items():
+        try:
+            text = p.log_path.read_text(errors="replace")
+        except OSError:
+            continue
+        out.append(f"--- {name} ({p.log_path}):\n{text[-n:]}")
+    return "\n".join(out)
+
+
+def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progress: bool = True,
+            variant: str = "", episode_timeout_s: float = EPISODE_TIMEOUT_S) -> Dict[str, Any]:
+    """Record `episodes` expert episodes (seeds seed, seed+1, ...) into `out`.
+
+    Returns a summary: episodes, successes, success_rate, frames (control ticks = commands),
+    messages, bag_dir, bags, wall_s, per-episode rows, log_dir. Raises CollectError (with the
+    nodes' log tails) if the graph does not come up, a node dies or an episode stalls.
+    """
+    from .graph_client import GraphClient, GraphError
+
+    out, log_dir = Path(out).resolve(), Path(log_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    first_id = next_episode_id(out)
+    specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep", seed=seed, drive=True) + \
+        graph.record_nodes(robot=robot, task=task, output_dir=str(out))
+    extra = {"mujoco_bridge": {"auto_reset": False}}
+    t0 = time.monotonic()
+    rows: List[Dict[str, Any]] = []
+    bar = None
+    try:
+        with procs.Graph(specs, log_dir, extra) as g, GraphClient("collect", check=g.check_alive) as c:
+            try:
+                _wait_ready(c, READY_TIMEOUT_S)
+                if progress:
+                    from tqdm.auto import tqdm
+                    bar = tqdm(total=episodes, desc=f"collect {robot}/{task}", unit="ep", dynamic_ncols=True)
+                for i in range(episodes):
+                    s, eid = seed + i, first_id + i
+                    bag = c.start_episode(task=task, seed=s, episode_id=eid, source="expert",
+                                          notes=f"bc-policy collect {robot}/{task}")
+                    try:
+                        r = c.reset(seed=s, task=task, variant=variant)
+                        final = c.wait_task_done(r.episode_id, timeout=episode_timeout_s,
+                                                 kick_after_s=KICK_AFTER_S, stall_timeout=4 * KICK_AFTER_S)
+                    except BaseException:
+                        c.stop_episode(task_success=False, outcome="collect error", discard=True)
+                        raise
+                    resp = c.stop_episode(task_success=bool(final.success), outcome=final.status,
+                                          notes=final.reason)
+                    rows.append({"episode_id": eid, "seed": s, "success": bool(final.success),
+                                 "status": final.status, "frames": int(final.step),
+                                 "messages": int(resp.messages_written), "bag": resp.bag_path or bag})
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(success=f"{sum(r_['success'] for r_ in rows)}/{len(rows)}")
+            except (GraphError, RuntimeError) as e:
+                raise CollectError(f"{e}\n{_log_tails(g)}") from e
+    finally:
+        if bar is not None:
+            bar.close()
+    n_ok = sum(r["success"] for r in rows)
+    return {"robot": robot, "task": task, "episodes": len(rows), "successes": n_ok,
+            "success_rate": n_ok / len(rows) if rows else 0.0,
+            "frames": sum(r["frames"] for r in rows), "messages": sum(r["messages"] for r in rows),
+            "bag_dir": str(out), "bags": [r["bag"] for r in rows], "first_seed": seed,
+            "wall_s": time.monotonic() - t0, "rows": rows, "log_dir": str(log_dir)}
+
+
+def format_summary(s: Dict[str, Any], max_rows: int = 12) -> str:
+    lines = [f"collected {s['episodes']} expert episodes of {s['robot']}/{s['task']} "
+             f"(seeds {s['first_seed']}..{s['first_seed'] + s['episodes'] - 1}) in {s['wall_s']:.1f} s",
+             f"  success   {s['successes']}/{s['episodes']} ({100 * s['success_rate']:.0f}%)",
+             f"  frames    {s['frames']} control ticks, {s['messages']} messages recorded",
+             f"  bags      {s['bag_dir']}",
+             f"  logs      {s['log_dir']}"]
+    failed = [r for r in s["rows"] if not r["success"]]
+    for r in failed[:max_rows]:
+        lines.append(f"  not successful: episode {r['episode_id']} seed {r['seed']}: {r['status']}")
+    if len(failed) > max_rows:
+        lines.append(f"  ... {len(failed) - max_rows} more unsuccessful")
+    lines.append("next: bc-policy dataset build " + s["bag_dir"] + " --out <dataset folder>")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    out = Path(args.out)
+    log_dir = out.parent / "logs" / f"collect_{out.name}"
+    try:
+        summary = collect(args.robot, args.task, args.episodes, args.seed, out, log_dir, progress=True)
+    except CollectError as e:
+        print(f"collect failed: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
