@@ -326,17 +326,13 @@ class PolicyNode(LifecycleNode):
             self._newest_stamp = stamp
 
     def _poll_observations(self) -> None:
-        """Free-run: take the newest sample of every observation topic (the queue holds a few)."""
+        """Free-run: take the newest sample of every observation topic (depth 1: one take)."""
         for topic, sub, stamped in self._polled:
-            last = None
             with sub.handle:
-                while True:
-                    got = sub.handle.take_message(sub.msg_type, sub.raw)
-                    if got is None:
-                        break
-                    last = got[0]
-            if last is not None:
-                self._observe(topic, last, self._stamp(last, stamped)[0])
+                got = sub.handle.take_message(sub.msg_type, sub.raw)
+            if got is not None:
+                msg = got[0]
+                self._observe(topic, msg, self._stamp(msg, stamped)[0])
 
     def _lockstep_arrival(self, topic: str, key, stamp: float, msg) -> None:
         """Lock-step: tick once per stamp, when every stamped topic has delivered that stamp."""

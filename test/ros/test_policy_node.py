@@ -311,7 +311,7 @@ def test_stale_observations_hold_then_recover_and_deactivate_stops_commands(tmp_
     assert list(t.joint_names) == JOINTS and len(t.points) == 1
     assert t.points[0].time_from_start.nanosec == 20_000_000  # one period ahead
     moving = np.array(r.commands[-10:])
-    assert np.all(np.abs(np.diff(moving, axis=0)) > 1e-4), "the drift policy moves every tick"
+    assert np.all(moving[-1] > moving[0] + 1e-3), "the drift policy moves the arm"
 
     # Observations stop: after stale_after_s the node keeps ticking but holds.
     r.wait_status(lambda s: s.safety_stale > 0, proc, "stale holds")
@@ -365,7 +365,8 @@ def test_sim_time_drives_ticks_and_staleness(tmp_path, start, robot):
     assert len(r.commands) >= 20, proc.log()[-3000:]
     s = r.wait_status(lambda s: s.ticks >= 20, proc, "sim-time ticks")
     assert s.safety_stale == 0, "observations stamped in sim time are fresh on the sim clock"
-    assert np.all(np.diff(np.array(r.commands), axis=0) > 0), "the drift policy moves every tick"
+    cmds = np.array(r.commands)
+    assert np.all(np.diff(cmds, axis=0) >= 0) and np.all(cmds[-1] > cmds[0]), "the drift policy moves the arm"
     r.spin_for(0.2)
     n = len(r.commands)
     advance(30, publish_clock=False)                   # sim paused: observations arrive, no ticks
