@@ -46,13 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (then seed+1, ...)")
     p.add_argument("--out", default="data/bags", help="folder for the episode bags")
 
-    p = add("dataset", "bc_policy_node.pipeline.dataset_cli:main", "build / inspect / edit datasets")
+    p = add("dataset", "bc_policy_node.pipeline.dataset_cli:main",
+            "build / inspect / edit datasets (details: bc_policy_node/pipeline/dataset_cli.py)")
     p.add_argument("action", choices=("build", "info", "plot", "merge", "delete", "export-lerobot", "recover"))
-    p.add_argument("paths", nargs="*", help="bag folders or dataset folders (see the action)")
-    p.add_argument("--contract", default=None, help="contract YAML (build; default: from the bags' task)")
-    p.add_argument("--out", default=None, help="output folder / file")
-    p.add_argument("--episodes", default=None, help="episode indices, e.g. 0,3,5-7 (delete/plot)")
+    p.add_argument("paths", nargs="*", help="bag folders (build, info, delete, recover) or dataset folders "
+                   "(info, plot, merge, delete, export-lerobot)")
+    p.add_argument("--contract", default=None,
+                   help="contract YAML (build; default: the contract the recorder stored in the bags)")
+    p.add_argument("--out", default=None, help="output folder (build, merge, export-lerobot; plot, "
+                   "delete: optional)")
+    p.add_argument("--episodes", default=None,
+                   help="e.g. 0,3,5-7: dataset episode indices (plot, delete) or bag episode ids (delete)")
     p.add_argument("--gap-tolerance", type=float, default=None, help="s; longer holes flag an episode")
+    p.add_argument("--keep-flagged", action="store_true", help="build: keep episodes with gaps / rate flags")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="build: keep interrupted / recovered episodes")
 
     p = add("train", "bc_policy_node.learning.cli:train_main", "train a BC policy on a dataset")
     p.add_argument("dataset", help="dataset folder (bc-policy dataset build)")

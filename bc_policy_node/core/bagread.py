@@ -320,14 +320,25 @@ def read_raw(bag_dir, topics: Sequence[str], publish_times: bool = False):
     return out, store
 
 
-def receive_times(bag_dir) -> Dict[str, Any]:
-    """{topic: (msgtype, int64 array of receive times)} without deserializing."""
+def receive_times(bag_dir, with_header: bool = False) -> Dict[str, Any]:
+    """{topic: (msgtype, int64 array of receive times)} without deserializing.
+
+    with_header: {topic: (msgtype, receive times, header stamps or None)} — stamps read from
+    the CDR bytes of types that start with a std_msgs/Header.
+    """
     import numpy as np
 
-    out: Dict[str, Tuple[str, List[int]]] = {}
+    out: Dict[str, Tuple[str, List[int], Optional[List[int]]]] = {}
     with _reader(bag_dir) as r:
         for c in r.connections:
-            out.setdefault(c.topic, (c.msgtype, []))
-        for conn, t_ns, _raw in r.messages():
-            out[conn.topic][1].append(t_ns)
-    return {k: (typ, np.asarray(v, dtype=np.int64)) for k, (typ, v) in out.items()}
+            has = with_header and rostypes.type_info(c.msgtype, r.typestore)[2]
+            out.setdefault(c.topic, (c.msgtype, [], [] if has else None))
+        for conn, t_ns, raw in r.messages():
+            _typ, recv, hdr = out[conn.topic]
+            recv.append(t_ns)
+            if hdr is not None:
+                hdr.append(rostypes.header_stamp_ns(raw))
+    if with_header:
+        return {k: (typ, np.asarray(v, dtype=np.int64), None if h is None else np.asarray(h, dtype=np.int64))
+                for k, (typ, v, h) in out.items()}
+    return {k: (typ, np.asarray(v, dtype=np.int64)) for k, (typ, v, _h) in out.items()}

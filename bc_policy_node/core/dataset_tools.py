@@ -28,12 +28,16 @@ def _gap(times: np.ndarray) -> float:
 
 def bag_info(paths: Iterable, contract: Optional[Contract] = None,
              nominal_hz: Optional[Mapping[str, float]] = None,
-             gap_tolerance_s: Optional[float] = None) -> Dict[str, Any]:
+             gap_tolerance_s: Optional[float] = None, max_clock_skew_s: float = 0.5) -> Dict[str, Any]:
     """Per-episode and overall summary of episode bags.
 
     nominal_hz: expected rate per topic; by default the contract's control rate for the
     contract's topics. Gaps are intervals longer than gap_tolerance_s (default: the
     contract's stale_after_s, else 0.1 s).
+    Clock: an episode whose header stamps are on another clock than its receive times (sim
+    time, e.g. a lock-step run faster than real time) is measured in header time (`clock:
+    "sim"`): durations, rates and the gaps of stamped topics; unstamped topics (commands) get
+    count / duration and no gap figure.
     """
     nominal = dict(nominal_hz or {})
     if contract is not None:
@@ -49,19 +53,35 @@ def bag_info(paths: Iterable, contract: Optional[Contract] = None,
                                                          "success", "outcome", "complete")},
                              "recovered": bool(meta.get("recovered")), "topics": {}}
         if needs_recovery(bag):
-            e.update(status="needs recovery", duration_s=None)
+            e.update(status="needs recovery", duration_s=None, clock=None)
             episodes.append(e)
             continue
         e["status"] = "ok"
-        times = receive_times(bag)
-        t_all = [ts for _typ, ts in times.values() if len(ts)]
-        e["duration_s"] = ((max(int(t[-1]) for t in t_all) - min(int(t[0]) for t in t_all)) * 1e-9
-                           if t_all else 0.0)
-        for topic, (typ, ts) in sorted(times.items()):
-            gaps = np.diff(ts) * 1e-9 if len(ts) > 1 else np.zeros(0)
-            e["topics"][topic] = {"type": typ, "count": int(len(ts)), "rate_hz": _rate(ts),
-                                  "nominal_hz": nominal.get(topic), "max_gap_s": _gap(ts),
-                                  "gaps": int(np.sum(gaps > tol))}
+        times = receive_times(bag, with_header=True)
+        skews = [abs(float(np.median(r - h))) * 1e-9 for _t, r, h in times.values()
+                 if h is not None and len(h)]
+        sim = bool(skews) and max(skews) > max_clock_skew_s
+        e["clock"] = "sim" if sim else "receive"
+        if sim:
+            stamped = [np.sort(h) for _t, _r, h in times.values() if h is not None and len(h)]
+            t0, t1 = min(int(h[0]) for h in stamped), max(int(h[-1]) for h in stamped)
+        else:
+            t_all = [r for _t, r, _h in times.values() if len(r)]
+            t0 = min(int(t[0]) for t in t_all) if t_all else 0
+            t1 = max(int(t[-1]) for t in t_all) if t_all else 0
+        e["duration_s"] = (t1 - t0) * 1e-9
+        for topic, (typ, recv, hdr) in sorted(times.items()):
+            ts = np.sort(hdr) if sim and hdr is not None else recv
+            measured = not sim or hdr is not None
+            if measured:
+                gaps = np.diff(ts) * 1e-9 if len(ts) > 1 else np.zeros(0)
+                rate, max_gap, n_gaps = _rate(ts), _gap(ts), int(np.sum(gaps > tol))
+            else:   # unstamped topic in a sim-clock episode: one message per tick at best
+                rate = len(ts) / e["duration_s"] if e["duration_s"] > 0 else 0.0
+                max_gap, n_gaps = None, 0
+            e["topics"][topic] = {"type": typ, "count": int(len(ts)), "rate_hz": rate,
+                                  "nominal_hz": nominal.get(topic), "max_gap_s": max_gap,
+                                  "gaps": n_gaps}
         episodes.append(e)
     known = [e["success"] for e in episodes if e.get("success") is not None]
     sources: Dict[str, int] = {}
@@ -77,19 +97,23 @@ def bag_info(paths: Iterable, contract: Optional[Contract] = None,
 
 
 def format_bag_info(info: Mapping[str, Any], max_rows: int = 20) -> str:
-    """One screen: a row per episode, rates per topic (achieved/nominal), then totals."""
+    """One screen: a row per episode, rates per topic (achieved/nominal), then totals.
+
+    Topics without a message in any episode are left out; `*` marks sim-clock episodes."""
     eps = info["episodes"]
-    topics = sorted({t for e in eps for t in e["topics"]})
+    topics = sorted({t for e in eps for t, s in e["topics"].items() if s["count"]})
     short = {t: t.rsplit("/", 1)[-1][:14] for t in topics}
-    head = f"{'episode':<14}{'src':<8}{'ok':<4}{'done':<5}{'dur s':>7}  " + \
+    w = min(28, max([len(e["name"]) for e in eps[:max_rows]] + [7])) + 2
+    head = f"{'episode':<{w}}{'src':<8}{'ok':<4}{'done':<5}{'dur s':>8}  " + \
         "".join(f"{short[t]:>16}" for t in topics) + "  gaps"
     lines = [head, "-" * len(head)]
     for e in eps[:max_rows]:
         succ = {True: "yes", False: "no"}.get(e.get("success"), "?")
         done = {True: "yes", False: "NO"}.get(e.get("complete"), "?")
+        name = e["name"][:w - 1]
         if e["status"] != "ok":
-            lines.append(f"{e['name'][:13]:<14}{str(e.get('source'))[:7]:<8}{succ:<4}{done:<5}"
-                         f"{'-':>7}  {e['status']}")
+            lines.append(f"{name:<{w}}{str(e.get('source'))[:7]:<8}{succ:<4}{done:<5}"
+                         f"{'-':>8}  {e['status']}")
             continue
         cells = []
         for t in topics:
@@ -100,8 +124,9 @@ def format_bag_info(info: Mapping[str, Any], max_rows: int = 20) -> str:
             nom = f"/{s['nominal_hz']:g}" if s["nominal_hz"] else ""
             cells.append(f"{s['rate_hz']:>10.1f}{nom:<6}")
         gaps = sum(s["gaps"] for s in e["topics"].values())
-        lines.append(f"{e['name'][:13]:<14}{str(e.get('source'))[:7]:<8}{succ:<4}{done:<5}"
-                     f"{e['duration_s']:>7.1f}  " + "".join(cells) + f"  {gaps}")
+        dur = f"{e['duration_s']:.1f}" + ("*" if e.get("clock") == "sim" else " ")
+        lines.append(f"{name:<{w}}{str(e.get('source'))[:7]:<8}{succ:<4}{done:<5}"
+                     f"{dur:>8}  " + "".join(cells) + f"  {gaps}")
     if len(eps) > max_rows:
         lines.append(f"... {len(eps) - max_rows} more")
     sr = info["success_rate"]
@@ -111,6 +136,8 @@ def format_bag_info(info: Mapping[str, Any], max_rows: int = 20) -> str:
                  f"needs recovery {info['needs_recovery']}, with gaps > "
                  f"{info['gap_tolerance_s']:g} s: {info['with_gaps']}, sources "
                  + ", ".join(f"{k}={v}" for k, v in sorted(info["sources"].items())))
+    if any(e.get("clock") == "sim" for e in eps):
+        lines.append("* sim clock (header stamps): lock-step runs are timed in simulated seconds")
     return "\n".join(lines)
 
 
