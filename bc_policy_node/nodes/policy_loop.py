@@ -16,10 +16,13 @@ delays the plan instead of skipping actions; stalls are measured (`LoopStats.mis
 """
 from __future__ import annotations
 
+import collections
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -315,3 +318,75 @@ class LoopStats:
             out[key] = float(out.get(key, nan))
         out["observation_age_s"] = float(self.last_age)
         return out
+
+
+class StampSync:
+    """Lock-step intake: a stamp is released once every topic has delivered a message with it.
+
+    ``add(topic, key, item)`` returns ``[(topic, item), ...]`` for every topic (in the order
+    given) when `key` completes, else None. Older pending stamps are dropped on release;
+    stamps at or before the last released one are ignored; at most `max_pending` unmatched
+    stamps are kept per topic.
+    """
+
+    def __init__(self, topics: Iterable[str], max_pending: int = 64):
+        self.topics = list(topics)
+        self.max_pending = int(max_pending)
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending = {t: collections.OrderedDict() for t in self.topics}
+        self.last: Optional[Hashable] = None
+
+    def add(self, topic: str, key, item) -> Optional[List[Tuple[str, object]]]:
+        pending = self._pending[topic]
+        pending[key] = item
+        if len(pending) > self.max_pending:
+            pending.popitem(last=False)
+        if (self.last is not None and key <= self.last) or any(key not in self._pending[t] for t in self.topics):
+            return None
+        out = []
+        for t in self.topics:
+            p = self._pending[t]
+            out.append((t, p.pop(key)))
+            for k in [k for k in p if k < key]:
+                del p[k]
+        self.last = key
+        return out
+
+
+class PolicyLoader:
+    """Loads and validates policies on a worker thread, one request at a time.
+
+    `submit(request)` queues an object with ``path``, ``contract`` and ``params``; the worker
+    sets ``request.policy`` (or ``request.error``), appends it to `done` and calls `notify`
+    (thread-safe, e.g. a guard condition's ``trigger``). `before_load()` runs on the worker
+    right before each load (the node uses it to start just after a control tick).
+    """
+
+    def __init__(self, notify: Callable[[], None], before_load: Callable[[], None] = lambda: None):
+        self.done: "collections.deque" = collections.deque()
+        self._notify, self._before = notify, before_load
+        self._queue: "queue.Queue" = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="policy_loader", daemon=True)
+        self._thread.start()
+
+    def submit(self, request) -> None:
+        self._queue.put(request)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=timeout)
+
+    def _work(self) -> None:
+        while True:
+            req = self._queue.get()
+            if req is None:
+                return
+            self._before()
+            try:
+                req.policy = load_policy(req.path, req.contract, req.params)
+            except Exception as e:  # the reason goes back to the caller verbatim
+                req.error = str(e) or type(e).__name__
+            self.done.append(req)
+            self._notify()

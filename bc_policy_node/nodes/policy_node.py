@@ -15,7 +15,6 @@ import collections
 import copy
 import math
 import os
-import queue
 import sys
 import threading
 import time
@@ -39,11 +38,10 @@ from . import qos
 from .conversions import has_header, message_class
 from .params import declare_and_load
 from .policy_io import ChunkOut, CommandOut, diagnostics_msg, status_msg
-from .policy_loop import ControlLoop, LoopStats, PolicyParams, load_policy
+from .policy_loop import ControlLoop, LoopStats, PolicyLoader, PolicyParams, StampSync, load_policy
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 LOG_EVERY_S = 2.0            # throttle of warnings raised inside the control loop
-LOCKSTEP_PENDING = 64        # unmatched stamps kept per topic in lock-step mode
 GIL_SWITCH_S = 0.0005        # the control thread waits at most this long for the GIL
 # Free-run observation intake: qos.SENSOR (best effort, compatible with reliable publishers)
 # holding only the newest sample, so a late tick takes one message instead of a backlog
@@ -132,19 +130,14 @@ class PolicyNode(LifecycleNode):
         self._log_next: Dict[str, float] = {}
         self._now = time.time
         # lock-step bookkeeping
-        self._sync_topics: List[str] = []
-        self._pending: Dict[str, "collections.OrderedDict"] = {}
-        self._last_sync = (-1, -1)
+        self._sync: Optional[StampSync] = None
         self._unticked = False
         # hot swap: worker thread loads -> executor thread queues -> the next tick swaps
         self._quiet_param = False
-        self._load_queue: "queue.Queue[Optional[_LoadRequest]]" = queue.Queue()
-        self._loaded: "collections.deque[_LoadRequest]" = collections.deque()
         self._swap_queue: "collections.deque[_LoadRequest]" = collections.deque()
         self._swapped: "collections.deque[_LoadRequest]" = collections.deque()
         self._wake = self.create_guard_condition(self._on_wake)
-        self._loader = threading.Thread(target=self._load_worker, name="policy_loader", daemon=True)
-        self._loader.start()
+        self._loader = PolicyLoader(self._wake.trigger, self._wait_for_tick_boundary)
         self._chunk_topic = self.get_fully_qualified_name().rstrip("/") + "/action_chunk"
         self._status_pub = self.create_publisher(PolicyStatus, "~/status", qos.STATUS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -180,9 +173,8 @@ class PolicyNode(LifecycleNode):
         self._assembler = ObservationAssembler(contract)
         self._stats = LoopStats(contract.dt, p.missed_tick_factor, p.stats_window, count_missed=not p.lockstep)
         self._obs_ready, self._newest_stamp = False, -math.inf
-        self._sync_topics = [t for t, c in types.items() if p.lockstep and has_header(c)]
-        self._pending = {t: collections.OrderedDict() for t in self._sync_topics}
-        self._last_sync, self._unticked = (-1, -1), False
+        self._sync = StampSync([t for t, c in types.items() if has_header(c)]) if p.lockstep else None
+        self._unticked = False
         self._subs, self._polled = [], []
         polled = None if p.lockstep else _Polled()
         for topic, cls in types.items():
@@ -296,7 +288,7 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ observations
     def _make_obs_callback(self, topic: str, stamped: bool):
-        synced = topic in self._sync_topics
+        synced = self._sync is not None and topic in self._sync.topics
 
         def callback(msg):
             stamp, key = self._stamp(msg, stamped)
@@ -339,19 +331,11 @@ class PolicyNode(LifecycleNode):
         if key is None:                     # unstamped message on a stamped topic: no sync
             self._observe(topic, msg, stamp)
             return
-        pending = self._pending[topic]
-        pending[key] = (msg, stamp)
-        if len(pending) > LOCKSTEP_PENDING:
-            pending.popitem(last=False)
-        if key <= self._last_sync or any(key not in self._pending[t] for t in self._sync_topics):
+        released = self._sync.add(topic, key, (msg, stamp))
+        if not released:
             return
-        for t in self._sync_topics:
-            p = self._pending[t]
-            m, s = p.pop(key)
+        for t, (m, s) in released:
             self._observe(t, m, s)
-            for k in [k for k in p if k < key]:
-                del p[k]
-        self._last_sync = key
         if self._active:
             self._tick()
         else:
@@ -421,26 +405,16 @@ class PolicyNode(LifecycleNode):
                                    f"parameter is used at configure)", ""))
             return fut
         req = _LoadRequest(path, source, self._contract, self.params)
-        self._load_queue.put(req)
+        self._loader.submit(req)
         return req.future
 
-    def _load_worker(self) -> None:
-        while True:
-            req = self._load_queue.get()
-            if req is None:
-                return
-            if self._thread is not None:
-                # onnxruntime holds the GIL while it builds a session (~2 ms for a small MLP,
-                # measured): start right after a tick, so the hold eats the slack before the
-                # next one instead of interrupting a tick.
-                self._tick_done.clear()
-                self._tick_done.wait(timeout=0.1)
-            try:
-                req.policy = load_policy(req.path, req.contract, req.params)
-            except Exception as e:
-                req.error = str(e)
-            self._loaded.append(req)
-            self._wake.trigger()
+    def _wait_for_tick_boundary(self) -> None:
+        """Loader thread, before a load: onnxruntime holds the GIL while it builds a session
+        (~2 ms for a small MLP, measured); starting right after a tick lets the hold eat the
+        slack before the next tick instead of interrupting one."""
+        if self._thread is not None:
+            self._tick_done.clear()
+            self._tick_done.wait(timeout=0.1)
 
     def _swap_between_ticks(self) -> None:
         """Called by the tick before anything else: the new model computes this tick."""
@@ -458,8 +432,8 @@ class PolicyNode(LifecycleNode):
 
     def _on_wake(self) -> None:
         """Executor thread: finish loads (refuse, or queue for the next tick) and swaps."""
-        while self._loaded:
-            req = self._loaded.popleft()
+        while self._loader.done:
+            req = self._loader.done.popleft()
             if req.policy is not None and (self._loop is None or req.contract is not self._contract):
                 req.policy, req.error = None, "the node was reconfigured while the model loaded"
             if req.policy is None:
@@ -544,8 +518,7 @@ class PolicyNode(LifecycleNode):
         if self._thread is not None:
             self._stop.set()
             self._thread.join(timeout=5.0)
-        self._load_queue.put(None)
-        self._loader.join(timeout=5.0)
+        self._loader.close()
         return super().destroy_node()
 
 

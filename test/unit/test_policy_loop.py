@@ -149,3 +149,38 @@ def test_loop_stats_count_missed_ticks_and_percentiles():
     s.pause()
     s.record(t + 10.0, 50e-6, 0.0, 0.0, float("nan"))    # the gap after a pause is not a missed tick
     assert s.missed == 3
+
+
+def test_stamp_sync_releases_a_stamp_once_every_topic_has_it():
+    from bc_policy_node.nodes.policy_loop import StampSync
+
+    s = StampSync(["/js", "/ts"], max_pending=3)
+    assert s.add("/js", (1, 0), "js1") is None
+    assert s.add("/js", (2, 0), "js2") is None          # topics may run ahead of each other
+    assert s.add("/ts", (2, 0), "ts2") == [("/js", "js2"), ("/ts", "ts2")]
+    assert s.add("/ts", (1, 0), "ts1") is None          # older than the last released stamp
+    assert s.add("/ts", (3, 0), "ts3") is None and s.add("/js", (3, 0), "js3") == [("/js", "js3"), ("/ts", "ts3")]
+    for i in range(4, 9):                                # bounded memory for unmatched stamps
+        s.add("/js", (i, 0), i)
+    assert len(s._pending["/js"]) == 3
+
+
+def test_policy_loader_reports_success_and_refusal_reasons(tmp_path):
+    import threading
+    from types import SimpleNamespace
+
+    from bc_policy_node.nodes.policy_loop import PolicyLoader
+
+    c = contract()
+    done = threading.Semaphore(0)
+    loader = PolicyLoader(done.release)
+    good = SimpleNamespace(path=str(offset_policy(tmp_path, c, 0.0)), contract=c, params=PolicyParams(),
+                           policy=None, error="")
+    bad = SimpleNamespace(path=str(tmp_path / "none.onnx"), contract=c, params=PolicyParams(), policy=None, error="")
+    loader.submit(good)
+    loader.submit(bad)
+    assert done.acquire(timeout=30) and done.acquire(timeout=30)
+    loader.close()
+    assert list(loader.done) == [good, bad]
+    assert good.policy is not None and good.error == ""
+    assert bad.policy is None and "not found" in bad.error
