@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
+import traceback
 from pathlib import Path
 
 # name -> module (each has run(out_dir, quick) -> dict); order = report order
@@ -17,17 +19,46 @@ EXPERIMENTS = {
 }
 
 
+def _rel(path, out: Path) -> str:
+    """A figure path as seen from report.md (relative to `out`), whatever form the experiment gave."""
+    p = Path(path)
+    for base in (out.resolve(), Path.cwd().resolve()):
+        try:
+            full = p.resolve() if p.is_absolute() else (base / p).resolve()
+            return full.relative_to(out.resolve()).as_posix()
+        except ValueError:
+            continue
+    return p.as_posix()
+
+
+def normalize(r: dict, out: Path) -> dict:
+    """Figure paths (and the caption keys) relative to `out`, so section.json is portable."""
+    caps = {_rel(k, out): v for k, v in r.get("captions", {}).items()}
+    r = dict(r)
+    r["figures"] = [_rel(f, out) for f in r.get("figures", [])]
+    r["captions"] = caps
+    return r
+
+
 def write_report(out: Path, results: list, quick: bool) -> Path:
     lines = ["# Experiments: behavioral cloning's failure modes and their fixes, measured", "",
              f"Produced by `bc-policy experiments{' --quick' if quick else ''}` (fixed seeds; every rate "
-             "is over many evaluation seeds with a 95% Wilson interval).", ""]
+             "is over many evaluation seeds with a 95% Wilson interval; means carry 95% Student-t intervals). "
+             "Each section's numbers are in `<experiment>/numbers.json`.", ""]
+    heads = [r for r in results if r.get("headline")]
+    if heads:
+        lines += ["| experiment | headline |", "|---|---|"]
+        lines += [f"| [{r['name']}](#{r['name']}) | {r['headline']} |" for r in heads]
+        lines += [""]
     for r in results:
-        lines += [f"## {r['title']}", ""]
+        r = normalize(r, out)
+        lines += [f"<a id=\"{r['name']}\"></a>", "", f"## {r['title']}", ""]
+        if r.get("quick") and not quick:
+            lines += ["*(this section comes from a --quick run)*", ""]
         if r.get("table_md"):
             lines += [r["table_md"], ""]
         for fig in r.get("figures", []):
-            rel = Path(fig).relative_to(out) if Path(fig).is_absolute() else Path(fig)
-            lines += [f"![{r['name']}]({rel.as_posix()})", "", f"*{r.get('captions', {}).get(str(fig), '')}*", ""]
+            lines += [f"![{r['name']}]({fig})", "", f"*{r.get('captions', {}).get(fig, '')}*", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -36,15 +67,26 @@ def write_report(out: Path, results: list, quick: bool) -> Path:
 def main(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MPLBACKEND", "Agg")
     names = [n.strip() for n in args.only.split(",")] if args.only else list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise SystemExit(f"unknown experiment(s) {unknown}; known: {list(EXPERIMENTS)}")
-    results, summary = [], []
+    results, summary, failed = [], [], []
     for name in names:
         t0 = time.time()
-        mod = importlib.import_module(EXPERIMENTS[name])
-        r = mod.run(out / name, quick=args.quick)
+        try:
+            mod = importlib.import_module(EXPERIMENTS[name])
+            r = mod.run(out / name, quick=args.quick)
+        except Exception:  # noqa: BLE001 - one broken experiment must not lose the others' report
+            traceback.print_exc()
+            failed.append(name)
+            summary.append((name, time.time() - t0, "FAILED (see traceback above)"))
+            continue
+        r = normalize(r, out)
+        r["quick"] = bool(args.quick)
+        r["seconds"] = round(time.time() - t0, 1)
+        (out / name).mkdir(parents=True, exist_ok=True)
         (out / name / "numbers.json").write_text(json.dumps(r.get("numbers", {}), indent=1, default=float))
         results.append(r)
         summary.append((name, time.time() - t0, r.get("headline", "")))
@@ -58,10 +100,10 @@ def main(args) -> int:
         if r["name"] in done:
             (out / r["name"] / "section.json").write_text(json.dumps(r, default=str, indent=1))
     order = list(EXPERIMENTS)
-    results.sort(key=lambda r: order.index(r["name"]))
+    results.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     report = write_report(out, results, args.quick)
     print(f"\n{'experiment':<14} {'time':>7}  headline")
     for name, secs, head in summary:
         print(f"{name:<14} {secs:6.0f}s  {head}")
     print(f"\nreport: {report}")
-    return 0
+    return 1 if failed else 0

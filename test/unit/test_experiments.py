@@ -1,0 +1,122 @@
+"""Smoke tests of the experiments package: shared helpers, one experiment on a tiny config, the report."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bc_policy_node.experiments import common as C
+from bc_policy_node.experiments import runner
+
+
+def test_statistics_and_tables():
+    s = C.rate([True] * 8 + [False] * 2)
+    assert s["n"] == 10 and s["successes"] == 8 and s["ci_low"] < 0.8 < s["ci_high"]
+    assert C.fmt_rate(s) == f"80% [{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}]"
+    m = C.ci([1.0, 2.0, 3.0, float("nan")])
+    assert m["n"] == 3 and m["mean"] == pytest.approx(2.0)
+    assert C.fmt_mean(m, 1000, 0, " mm").startswith("2000 ± ")
+    mat = np.array([[1.0, 2.0, np.nan], [3.0, 4.0, np.nan], [5.0, 6.0, 1.0]])
+    mean, lo, hi, cnt = C.band(mat, min_n=2)
+    assert mean[:2] == pytest.approx([3.0, 4.0]) and np.isnan(mean[2]) and list(cnt) == [3, 3, 1]
+    assert np.all(lo[:2] < mean[:2]) and np.all(hi[:2] > mean[:2])
+    t = C.md_table(["a", "b"], [[1, 0.123456], ["x", "y"]])
+    assert t.splitlines()[0] == "| a | b |" and "0.123" in t and len(t.splitlines()) == 4
+    assert C.stable_hash({"a": 1, "b": 2}) == C.stable_hash({"b": 2, "a": 1})
+
+
+def test_path_helpers():
+    a = np.array([[0.0, 0.0], [1.0, 0.0]])
+    b = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    d = C.deviation_matrix([a], [b])
+    assert d.shape == (1, 3) and d[0] == pytest.approx([0.0, np.sqrt(2.0), np.sqrt(5.0)])
+    pd = C.path_distance_matrix([a], [b])
+    assert pd[0] == pytest.approx([0.0, 1.0])
+    padded = C.nan_pad([np.ones(2), np.ones(3)])
+    assert padded.shape == (2, 3) and np.isnan(padded[0, 2])
+    # obstacle at the origin, goal along +x: a path bulging to +y passed on the left (mode 0)
+    goal, obst = np.array([1.0, 0.0]), np.array([0.0, 0.0, 0.1])
+    left = np.array([[-1.0, 0.0], [-0.5, 0.2], [0.0, 0.2], [0.5, 0.1], [1.0, 0.0]])
+    assert C.passing_side(left, goal, obst) == 1
+    assert C.passing_side(left * [1, -1], goal, obst) == -1
+    assert C.passing_side(left[:2], goal, obst) == 0
+
+
+def hold_policy(contract, path: Path, k: int = 1) -> Path:
+    """A torch-free ONNX policy that commands the current joint positions (the arm holds)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bc_policy_node.core.runtime import embed_metadata
+
+    a, d = contract.act_dim, contract.obs_dim
+    w = np.zeros((d, k * a), dtype=np.float32)
+    q0 = contract.obs_slice("joint_pos").start
+    for i in range(k):
+        for j in range(a):
+            w[q0 + j, i * a + j] = 1.0
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-1, k, a], dtype=np.int64), "s")]
+    nodes = [helper.make_node("MatMul", ["obs", "w"], ["mm"]), helper.make_node("Reshape", ["mm", "s"], ["actions"])]
+    graph = helper.make_graph(nodes, "hold", [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", d])],
+                              [helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", k, a])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    embed_metadata(model, contract, {"kind": "mlp" if k == 1 else "chunk_mlp", "chunk_length": k})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_drift_experiment_tiny(tmp_path, monkeypatch):
+    """The whole drift pipeline (demos -> policy -> closed loop with expert labels -> teacher forced ->
+    figure + numbers) on a tiny config. Training is replaced by a hand-made ONNX policy that holds
+    the arm (keeps the test torch-free and fast); the cache keys of demos are checked too."""
+    from bc_policy_node.experiments import exp_drift
+
+    calls = []
+
+    def fake_train(ds, model_cfg, train_cfg, cache, tag=""):
+        calls.append(tag)
+        d = Path(cache) / "models" / tag
+        d.mkdir(parents=True, exist_ok=True)
+        return C.Trained(hold_policy(ds.contract, d / "policy.onnx"),
+                         {"best_val_loss": 0.5, "best_epoch": 1, "epochs": 1, "num_frames": ds.num_frames,
+                          "num_episodes": len(ds), "train_seconds": 0.0, "num_parameters": 0})
+
+    monkeypatch.setattr(exp_drift, "QUICK", {"demos": 3, "epochs": 1, "eval": 3, "paths": 2})
+    monkeypatch.setattr(exp_drift, "TASKS", ("curved_reach",))
+    monkeypatch.setattr(exp_drift, "CHECK_TICKS", {"curved_reach": (5, 20)})
+    monkeypatch.setattr(C, "train_cached", fake_train)
+    r = exp_drift.run(tmp_path / "drift", quick=True)
+    fig = Path(r["figures"][0])
+    assert fig.is_file() and fig.stat().st_size > 10_000
+    assert r["captions"][str(fig)] and r["headline"].startswith("K=1") and r["table_md"].startswith("| task")
+    nums = json.loads((tmp_path / "drift" / "numbers.json").read_text())
+    n = nums["curved_reach"]
+    assert calls == ["curved_reach_mlp"]
+    assert n["success"]["n"] == 3 and n["success"]["rate"] == 0.0 and n["expert_success"]["rate"] == 1.0
+    # holding still: the teacher-forced one-step error is the expert's own step, the closed-loop
+    # deviation grows to the expert's whole path length
+    assert 0 < n["teacher_forced_ee_mean_m"]["mean"] < 0.02 < n["closed_loop_dev_final_m"]["mean"]
+    cache = tmp_path / "drift" / "cache"
+    (demos,) = (cache / "demos").iterdir()
+    mtime = (demos / "data.npz").stat().st_mtime
+    ds = C.collect_demos("curved_reach", 3, cache)
+    assert (demos / "data.npz").stat().st_mtime == mtime and len(ds) == 3
+
+
+def test_report_paths_relative(tmp_path):
+    out = tmp_path / "results"
+    (out / "x").mkdir(parents=True)
+    fig = out / "x" / "f.png"
+    fig.write_bytes(b"png")
+    r = {"name": "drift", "title": "T", "figures": [str(fig)], "captions": {str(fig): "CAP"},
+         "table_md": "| a |\n|---|\n| 1 |", "numbers": {}, "headline": "H"}
+    rep = runner.write_report(out, [runner.normalize(r, out)], quick=True).read_text()
+    assert "![drift](x/f.png)" in rep and "*CAP*" in rep and "| [drift](#drift) | H |" in rep
+
+
+def test_runner_survives_a_failing_experiment(tmp_path, monkeypatch):
+    monkeypatch.setitem(runner.EXPERIMENTS, "drift", "bc_policy_node.experiments.no_such_module")
+    rc = runner.main(SimpleNamespace(out=str(tmp_path), only="drift", quick=True))
+    assert rc == 1 and (tmp_path / "report.md").is_file()
