@@ -62,6 +62,17 @@ def load_contract(robot: str, task: str) -> Contract:
     return Contract.load(contract_path(robot, task))
 
 
+def contract_max_step(robot: str, task: str, joint_names, default: float = 0.05):
+    """Per-joint step bound (rad/tick, `joint_names` order) of the shipped contract of
+    robot/task; `default` when there is none or its joints are not the robot's."""
+    if contract_path(robot, task).is_file():
+        c = load_contract(robot, task)
+        if set(c.action.joints) == set(joint_names):
+            step = dict(zip(c.action.joints, c.action.max_step))
+            return np.array([step[j] for j in joint_names])
+    return default
+
+
 class SimEnv:
     """Simulated robot + task stepped at the control rate.
 
@@ -93,6 +104,8 @@ class SimEnv:
         self._started = False
         self._diverged_reason = ""
         self._last_command = self.sim.home_q.copy()
+        self._phase = 0                   # advance(): physics substeps since the last boundary
+        self._period_contacts: list = []  # advance(): obstacle contacts of the current period
 
     # ------------------------------------------------------------------ properties
     @property
@@ -152,12 +165,7 @@ class SimEnv:
         """
         kin = ArmSim(self.sim.path) if own_kinematics else self.sim
         if max_step is None:
-            max_step = 0.05
-            if contract_path(self.robot, self.task_name).is_file():
-                c = load_contract(self.robot, self.task_name)
-                if set(c.action.joints) == set(kin.joint_names):
-                    step = dict(zip(c.action.joints, c.action.max_step))
-                    max_step = np.array([step[j] for j in kin.joint_names])
+            max_step = contract_max_step(self.robot, self.task_name, kin.joint_names)
         return make_expert(self.task_name, kin, max_step=max_step, speed=speed,
                            control_rate_hz=self.control_rate_hz)
 
@@ -165,6 +173,17 @@ class SimEnv:
     def _scaled_horizon(self) -> int:
         """Task horizons are written in ticks at 50 Hz; keep the same duration at other rates."""
         return int(round(self.task.horizon * self.control_rate_hz / 50.0))
+
+    def set_task(self, task: str, variant: str = "") -> None:
+        """Switch to another task (takes effect at the next reset(); the robot is kept).
+
+        Raises TaskError (unknown task/variant, or a task the robot cannot do) and leaves
+        the environment unchanged then.
+        """
+        new = make_task(task, self.sim, variant)
+        self.task, self.task_name = new, task
+        self._default_horizon = self._scaled_horizon()
+        self._started = False
 
     def reset(self, seed: int, variant: str = "", horizon: Optional[int] = None) -> Dict[str, object]:
         """Start episode `seed` (deterministic) and return its first messages.
@@ -185,6 +204,8 @@ class SimEnv:
         self._started = True
         self._diverged_reason = ""
         self._last_command = q0.copy()
+        self._phase = 0
+        self._period_contacts = []
         return self.messages()
 
     def set_joint_state(self, qpos, qvel=None) -> Dict[str, object]:
@@ -209,6 +230,77 @@ class SimEnv:
             return self.messages()
         self.task.update(self.sim.ee_position(), bool(self.sim.last_contacts), self._step)
         return self.messages()
+
+    # ------------------------------------------------------- free-running physics
+    # step() is the lock-step primitive (command -> one control period). A free-running
+    # simulator (the ROS bridge in `free` mode) instead holds the latest command and steps
+    # physics at sub-control granularity so it can publish joint states between control
+    # ticks: set_command() + advance(). The task is evaluated at control-period boundaries
+    # only, so set_command(a) at a boundary followed by advance(substeps) is bit-identical
+    # to step(a).
+    @property
+    def substep_phase(self) -> int:
+        """Physics substeps run by advance() since the last control-period boundary."""
+        return self._phase
+
+    def set_command(self, action) -> np.ndarray:
+        """Hold joint position targets (joint_names order) from the next physics substep on.
+
+        Clipped to the actuators' ctrlrange; ValueError on wrong length or NaN/inf (nothing
+        changes then). Returns the applied targets. Ignored (returns the held targets) once
+        the episode is done, like step().
+        """
+        if not self._started:
+            raise RuntimeError("SimEnv.set_command() called before reset()")
+        if self.task.done:
+            return self._last_command.copy()
+        self._last_command = self.sim.set_command(action)
+        return self._last_command.copy()
+
+    def advance(self, n_substeps: int) -> int:
+        """Run `n_substeps` physics substeps holding the current command (ZOH).
+
+        At every control-period boundary crossed the tick counter advances and the task is
+        evaluated (success / collision over the whole period / timeout), exactly as in
+        step(). Returns the number of boundaries crossed. Once the episode is done the
+        physics keeps running (the arm holds its last target; the task state is frozen),
+        except after a divergence: then nothing runs until reset(). A divergence ends the
+        episode with status `diverged` and returns at once.
+        """
+        if not self._started:
+            raise RuntimeError("SimEnv.advance() called before reset()")
+        n = int(n_substeps)
+        if n < 0:
+            raise ValueError(f"n_substeps must be >= 0, got {n_substeps}")
+        ticks = 0
+        while n > 0:
+            if self.sim.diverged:
+                return ticks
+            k = min(n, self.substeps - self._phase)
+            try:
+                self.sim.step(k)
+            except SimDiverged as e:
+                if not self.task.done:
+                    self._step += 1
+                    self.task.status, self.task.reason = STATUS_DIVERGED, e.reason
+                    ticks += 1
+                self._phase, self._period_contacts = 0, []
+                return ticks
+            n -= k
+            self._phase += k
+            if self.sim.last_contacts:
+                self._period_contacts.extend(self.sim.last_contacts)
+            if self._phase < self.substeps:
+                continue
+            self._phase = 0
+            contacts, self._period_contacts = self._period_contacts, []
+            if self.task.done:
+                continue
+            self._step += 1
+            ticks += 1
+            self.sim.last_contacts = contacts
+            self.task.update(self.sim.ee_position(), bool(contacts), self._step)
+        return ticks
 
     def run_expert(self, seed: int, expert: Optional[ScriptedExpert] = None, variant: str = "",
                    record: bool = False):

@@ -1,0 +1,604 @@
+"""`mujoco_bridge`: the embedded MuJoCo simulation as a ros2_control-style robot on the graph."""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
+
+from bc_msgs.msg import TaskState
+from bc_msgs.srv import ResetEpisode, StepSim
+
+from ..core.env import SimEnv, robot_mjcf
+from ..core.safety import validate_command
+from ..core.sim import SimError
+from ..core.tasks import TaskError
+from ..core.types import STATUS_DIVERGED
+from . import qos
+from .conversions import joint_state_msg, task_state_msg, trajectory_first_point
+from .fastlane import FastLane
+from .params import declare_and_load, doc
+
+MODES = ("free", "lockstep")
+NODE_NAME = "mujoco_bridge"
+
+# Command counters reported on /diagnostics (see the bad-input table in MujocoBridge's docstring).
+ACCEPTED = "accepted"
+CLAMPED = "clamped"
+REJ_LENGTH = "rejected_wrong_length"
+REJ_NONFINITE = "rejected_nonfinite"
+REJ_MALFORMED = "rejected_malformed"
+REJ_UNKNOWN_JOINT = "rejected_unknown_joint"
+REJ_JOINT_SET = "rejected_joint_set"
+REJ_NO_POINTS = "rejected_no_points"
+RATE_LIMITED = "rate_limited"
+IGNORED = "ignored_not_running"
+COUNTERS = (ACCEPTED, CLAMPED, REJ_LENGTH, REJ_NONFINITE, REJ_MALFORMED, REJ_UNKNOWN_JOINT,
+            REJ_JOINT_SET, REJ_NO_POINTS, RATE_LIMITED, IGNORED)
+RATE_BURST_S = 0.1          # s of max_command_rate_hz the rate limiter lets through at once
+CATCH_UP_S = 0.005          # free mode: a lag up to this (wall s) is caught up, a longer one is dropped
+
+
+@dataclass(frozen=True)
+class BridgeParams:
+    robot: str = doc("Shipped robot model (planar3 | arm7); its MJCF is models/<robot>.xml", "planar3")
+    mjcf: str = doc("MJCF file of the scene; '' = the shipped model of `robot`", "")
+    task: str = doc("Task of the first episode: curved_reach | bimodal | long_horizon", "curved_reach")
+    variant: str = doc("Task variant of the first episode ('' = default)", "")
+    seed: int = doc("Seed of the first episode (auto_reset)", 0)
+    mode: str = doc("free: physics at real time x real_time_factor; lockstep: one control period "
+                    "per received command (docs/design.md, lock-step protocol)", "free")
+    real_time_factor: float = doc("free mode: simulated seconds per wall-clock second", 1.0)
+    control_rate_hz: float = doc("Control rate (Hz): task ticks, /task_state rate, lock-step period", 50.0)
+    joint_state_rate_hz: float = doc("free mode: /joint_states rate in simulated time (Hz); "
+                                     "capped by the physics rate 1/timestep", 500.0)
+    controller: str = doc("Controller name: commands on /<controller>/commands and "
+                          "/<controller>/joint_trajectory", "forward_position_controller")
+    publish_clock: bool = doc("Publish /clock (sim time)", True)
+    clock_rate_hz: float = doc("free mode: /clock rate in simulated time (Hz; also at every control "
+                               "boundary); each rclpy node with use_sim_time pays ~0.1 ms per /clock", 100.0)
+    auto_reset: bool = doc("Start an episode (task, variant, seed) at start-up", True)
+    max_command_rate_hz: float = doc("Commands above this wall-clock rate (burst: 0.1 s worth) are "
+                                     "dropped and counted as rate_limited", 10000.0)
+    diagnostics_rate_hz: float = doc("Rate of /diagnostics (Hz, wall clock)", 1.0)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"parameter mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("real_time_factor", "control_rate_hz", "joint_state_rate_hz", "clock_rate_hz",
+                     "max_command_rate_hz", "diagnostics_rate_hz"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"parameter {name} must be a finite number > 0, got {v}")
+        if self.joint_state_rate_hz < self.control_rate_hz:
+            raise ValueError(f"parameter joint_state_rate_hz ({self.joint_state_rate_hz}) must be >= "
+                             f"control_rate_hz ({self.control_rate_hz})")
+        if not self.controller or "/" in self.controller.strip("/"):
+            raise ValueError(f"parameter controller must be a plain name, got {self.controller!r}")
+        if not (0 <= self.seed < 2 ** 32):
+            raise ValueError(f"parameter seed must fit uint32, got {self.seed}")
+
+
+class RateLimiter:
+    """Token bucket: `rate` tokens/s, at most `burst` stored (wall clock)."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = float(rate), max(1.0, float(burst))
+        self.tokens = self.burst
+        self.t = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class PeriodStats:
+    """Wall-clock intervals of a periodic publisher vs the nominal period (last `n` intervals)."""
+
+    def __init__(self, n: int = 5000):
+        self.last: Optional[float] = None
+        self.err = deque(maxlen=n)
+        self.count = 0
+        self.stalls = 0        # intervals longer than 1.5x nominal
+
+    def record(self, now: float, nominal: float) -> None:
+        if self.last is not None:
+            e = (now - self.last) - nominal
+            self.err.append(e)
+            if e > 0.5 * nominal:
+                self.stalls += 1
+        self.last = now
+        self.count += 1
+
+    def reset(self) -> None:
+        self.last = None
+
+    def p99_abs_us(self) -> float:
+        if not self.err:
+            return float("nan")
+        return float(np.percentile(np.abs(np.fromiter(self.err, float)), 99) * 1e6)
+
+
+def _stamp(ns: int) -> Time:
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+class MujocoBridge(Node):
+    """MuJoCo arm + task as a robot behind a ros2_control forward position controller.
+
+    Robot-agnostic: the joints are the MJCF's position-servo-driven joints (model order, =
+    controller order) and their limits come from the model (core/sim.py).
+
+    Publishes:
+        ``/joint_states`` sensor_msgs/JointState (qos.STATE): position, velocity, effort.
+        ``/task_state`` bc_msgs/TaskState (qos.STATE) at every control-period boundary.
+        ``/clock`` rosgraph_msgs/Clock (qos.CLOCK), if publish_clock: lockstep with every pair,
+        free at clock_rate_hz (sim time) and every control boundary; always the stamp of a
+        /joint_states, published right after it.
+        ``/diagnostics`` diagnostic_msgs/DiagnosticArray at diagnostics_rate_hz: command
+        counters (below), divergences, ticks, achieved real-time factor, /joint_states rate and
+        p99 publish-period error (free mode), lock-step ticks/s.
+    Subscribes (qos.COMMAND):
+        ``/<controller>/commands`` std_msgs/Float64MultiArray: joint position targets (rad),
+        one per joint in the order of /joint_states.name.
+        ``/<controller>/joint_trajectory`` trajectory_msgs/JointTrajectory: the FIRST point's
+        positions are the target (reordered by joint_names; other points are ignored).
+    Services:
+        ``~/reset`` bc_msgs/ResetEpisode: seed, task ('' = keep), variant ('' = default) ->
+        episode_id + the episode's first TaskState (also published with /joint_states).
+        ``~/step`` bc_msgs/StepSim (lockstep only): advance `ticks` control periods holding
+        the last target, then publish one pair; ticks = 0 re-publishes the current pair (for
+        a controller that joined late).
+    Parameters: see `BridgeParams` (robot, mjcf, task, variant, seed, mode, real_time_factor,
+        control_rate_hz, joint_state_rate_hz, controller, publish_clock, clock_rate_hz, auto_reset,
+        max_command_rate_hz, diagnostics_rate_hz); defaults in config/mujoco_bridge.yaml.
+
+    Stamps: header stamps are the bridge's sim clock (= /clock), in ns: the sim time of the
+    episode plus an offset that makes every episode start one control period after the
+    previous one ended. Stamps therefore never repeat, never go backwards and are never zero
+    (a zero stamp means "unstamped" to many consumers).
+
+    Modes:
+        lockstep: the protocol of docs/design.md. After ~/reset the first /task_state +
+            /joint_states pair (same stamp) is published; every received command - valid,
+            clamped or rejected (then the last valid target is held) - advances exactly one
+            control period and publishes the next pair; once /task_state.done, commands are
+            ignored until the next reset. With auto_reset, the first pair of the start-up
+            episode is published once both state topics have a subscriber.
+        free: physics runs at real time x real_time_factor on a dedicated thread; the latest
+            valid target is applied at the next physics step and held (ZOH); /joint_states
+            every round(1 / (joint_state_rate_hz * timestep)) physics steps and at every
+            control boundary, /task_state at every boundary (same stamp as a joint state).
+            After the episode ends the physics keeps running (arm holding), the task state is
+            frozen and commands are ignored until the next reset.
+
+    Bad input (never crashes the bridge, never reaches the physics; counted on /diagnostics,
+    logged throttled):
+
+    ================================  ========================================  ======================
+    input                             rule                                      counter
+    ================================  ========================================  ======================
+    rate > max_command_rate_hz        dropped before any check (token bucket,   rate_limited
+                                      burst 0.1 s); lockstep: no tick
+    no episode / episode done         ignored (lockstep: no tick)               ignored_not_running
+    wrong number of values            rejected, last valid target held          rejected_wrong_length
+    NaN / inf value                   rejected, last valid target held          rejected_nonfinite
+    unreadable data                   rejected, last valid target held          rejected_malformed
+    value outside joint limits        clamped per joint to [lower, upper]       clamped
+    trajectory: unknown joint name    rejected, last valid target held          rejected_unknown_joint
+    trajectory: names != joint set    rejected, last valid target held          rejected_joint_set
+    trajectory: no points             rejected, last valid target held          rejected_no_points
+    diverging physics (NaN, unstable) episode ends: status diverged + reason;   divergences
+                                      /joint_states repeat the last good state;
+                                      ~/reset recovers
+    ================================  ========================================  ======================
+
+    In lockstep a rejected (or clamped) command still advances one period, as the protocol
+    says; rate-limited and ignored ones do not.
+    """
+
+    def __init__(self):
+        super().__init__(NODE_NAME)
+        self.params = p = declare_and_load(self, BridgeParams)
+        mjcf = p.mjcf or str(robot_mjcf(p.robot))
+        self.env = SimEnv(p.robot, p.task, mjcf=mjcf, control_rate_hz=p.control_rate_hz)
+        env = self.env
+        self.lockstep = p.mode == "lockstep"
+        self.joint_names = list(env.joint_names)
+        self.n = len(self.joint_names)
+        self.lower, self.upper = env.robot_contract_limits()
+        self.period_ns = int(round(env.substeps * env.sim.timestep * 1e9))
+        self.k_pub = max(1, int(round(1.0 / (p.joint_state_rate_hz * env.sim.timestep))))
+        if self.k_pub > env.substeps:
+            self.k_pub = env.substeps
+        # /clock every k_clock physics steps: a multiple of the joint-state period
+        self.k_clock = self.k_pub * max(1, int(round(1.0 / (p.clock_rate_hz * env.sim.timestep * self.k_pub))))
+
+        self._lock = threading.RLock()          # env + publishing
+        self._episode = False                   # an episode was reset and not torn down
+        self._offset_ns = 0                      # bridge clock = offset + episode sim time
+        self._last_stamp_ns = 0
+        self._last_finite_js: Optional[JointState] = None
+        self._pending_cmd: Optional[np.ndarray] = None   # free mode: next target to apply
+        self._first_pair_pending = False
+        self._diverged_logged = False
+        self.counts: Dict[str, int] = {c: 0 for c in COUNTERS}
+        self.counts.update(received=0, divergences=0, episodes=0, ticks=0)
+        self._limiter = RateLimiter(p.max_command_rate_hz, p.max_command_rate_hz * RATE_BURST_S)
+        self._js_stats = PeriodStats()
+        self._rtf_window = deque(maxlen=64)      # (wall, sim substeps) samples
+        self._substeps_total = 0
+        self._start_wall = time.monotonic()
+        self._tick_window = deque(maxlen=64)     # (wall, ticks) samples (lockstep rate)
+
+        self._js_pub = self.create_publisher(JointState, "/joint_states", qos.STATE)
+        self._ts_pub = self.create_publisher(TaskState, "/task_state", qos.STATE)
+        self._clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK) if p.publish_clock else None
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._lane = FastLane(self, "bridge_commands", on_error=self._on_lane_error)
+        ctrl = p.controller.strip("/")
+        self.command_topic = f"/{ctrl}/commands"
+        self.trajectory_topic = f"/{ctrl}/joint_trajectory"
+        self._lane.create_subscription(Float64MultiArray, self.command_topic, self._on_command, qos.COMMAND)
+        self._lane.create_subscription(JointTrajectory, self.trajectory_topic, self._on_trajectory,
+                                       qos.COMMAND)
+        self.create_service(ResetEpisode, "~/reset", self._srv_reset)
+        self.create_service(StepSim, "~/step", self._srv_step)
+        self.create_timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics)
+
+        if p.auto_reset:
+            with self._lock:
+                self._reset(p.seed, "", p.variant, publish=not self.lockstep)
+            if self.lockstep:
+                self._first_pair_pending = True
+                self._first_pair_timer = self.create_timer(0.05, self._publish_first_pair_when_heard)
+
+        self._stop = threading.Event()
+        self._free_thread: Optional[threading.Thread] = None
+        js_rate = 1.0 / (self.k_pub * env.sim.timestep)
+        self.get_logger().info(
+            f"{p.mode} mode: {env.sim.path} joints {self.joint_names}, task {env.task_name!r}, "
+            f"control {p.control_rate_hz:g} Hz ({env.substeps} physics steps of {env.sim.timestep:g} s)"
+            + (f", joint states {js_rate:g} Hz sim time at x{p.real_time_factor:g} real time"
+               if not self.lockstep else "")
+            + f"; commands on {self.command_topic} / {self.trajectory_topic}")
+        if not self.lockstep and abs(js_rate - p.joint_state_rate_hz) > 1e-6 * p.joint_state_rate_hz:
+            self.get_logger().warn(f"joint_state_rate_hz {p.joint_state_rate_hz:g} is not a whole number of "
+                                   f"physics steps: publishing at {js_rate:g} Hz")
+
+    # ------------------------------------------------------------------ lifetime
+    def start(self) -> None:
+        """Start the command thread and (free mode) the physics thread."""
+        self._lane.start()
+        if not self.lockstep:
+            self._free_thread = threading.Thread(target=self._free_loop, name="physics", daemon=True)
+            self._free_thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._free_thread is not None:
+            self._free_thread.join(2.0)
+        self._lane.stop()
+
+    def _on_lane_error(self, e: BaseException) -> None:
+        self.get_logger().error(f"command handling failed: {type(e).__name__}: {e}",
+                                throttle_duration_sec=2.0)
+
+    # ------------------------------------------------------------------ publishing
+    def _publish_pair(self, with_task: bool = True, with_clock: bool = True) -> Optional[TaskState]:
+        """Publish /clock, /joint_states (and /task_state) for the current state. Lock held."""
+        env = self.env
+        ns = self._offset_ns + int(round(env.sim.time * 1e9))
+        if ns <= self._last_stamp_ns and self._last_finite_js is not None:
+            ns = self._last_stamp_ns          # re-publication of the current pair (~/step 0)
+        self._last_stamp_ns = ns
+        stamp = _stamp(ns)
+        js_data = env.joint_state
+        if (not env.sim.diverged and np.all(np.isfinite(js_data.position))
+                and np.all(np.isfinite(js_data.velocity)) and np.all(np.isfinite(js_data.effort))):
+            js = joint_state_msg(js_data)
+            self._last_finite_js = js
+        else:   # never publish a diverged state: repeat the last good positions, at rest
+            last = self._last_finite_js
+            js = JointState(name=list(last.name), position=last.position,
+                            velocity=[0.0] * self.n, effort=[0.0] * self.n)
+        js.header.stamp = stamp
+        self._js_pub.publish(js)
+        if not self.lockstep:
+            self._js_stats.record(time.perf_counter(), self.k_pub * env.sim.timestep / self.params.real_time_factor)
+        ts = None
+        if with_task:
+            ts = task_state_msg(env.task_state)
+            ts.header.stamp = stamp
+            self._ts_pub.publish(ts)
+            if ts.status == STATUS_DIVERGED and not self._diverged_logged:
+                self._diverged_logged = True
+                self.counts["divergences"] += 1
+                self.get_logger().error(f"episode {ts.episode_id} (seed {ts.seed}) diverged at tick "
+                                        f"{ts.step}: {ts.reason}; call ~/reset to continue")
+        if with_clock and self._clock_pub is not None:   # after the data: a sim-time timer firing on this
+            self._clock_pub.publish(Clock(clock=stamp))   # clock finds the pair already sent
+        return ts
+
+    def _publish_first_pair_when_heard(self) -> None:
+        if not self._first_pair_pending:
+            self._first_pair_timer.cancel()
+            return
+        if self._js_pub.get_subscription_count() and self._ts_pub.get_subscription_count():
+            with self._lock:
+                if self._first_pair_pending:
+                    self._first_pair_pending = False
+                    self._publish_pair()
+            self._first_pair_timer.cancel()
+
+    # ------------------------------------------------------------------ episodes
+    def _reset(self, seed: int, task: str, variant: str, publish: bool = True) -> Optional[TaskState]:
+        """Start an episode. Lock held. Raises TaskError/ValueError (env unchanged or no episode)."""
+        env = self.env
+        if task and task != env.task_name:
+            env.set_task(task, variant)       # raises with the env unchanged
+        self._episode = False                 # until reset() succeeds (it may fail to sample)
+        env.reset(int(seed), variant)
+        self._episode = True
+        self._first_pair_pending = False
+        # next episode starts one period after the last stamp, on a multiple of the period (so
+        # sim-time timers at the control rate tick on the control boundaries)
+        self._offset_ns = -(-(self._last_stamp_ns + self.period_ns) // self.period_ns) * self.period_ns
+        self._pending_cmd = None
+        self._diverged_logged = False
+        self.counts["episodes"] += 1
+        return self._publish_pair() if publish else None
+
+    def _srv_reset(self, req: ResetEpisode.Request, resp: ResetEpisode.Response):
+        try:
+            with self._lock:
+                ts = self._reset(req.seed, req.task, req.variant)
+        except (TaskError, ValueError, SimError) as e:
+            resp.success, resp.message = False, f"reset refused: {e}"
+            self.get_logger().warn(resp.message)
+            return resp
+        resp.success = True
+        resp.episode_id = int(ts.episode_id)
+        resp.state = ts
+        resp.message = (f"episode {ts.episode_id}: {ts.task}{'/' + ts.variant if ts.variant else ''} "
+                        f"seed {ts.seed}")
+        self.get_logger().info(resp.message, throttle_duration_sec=1.0)
+        return resp
+
+    def _srv_step(self, req: StepSim.Request, resp: StepSim.Response):
+        if not self.lockstep:
+            resp.success, resp.message = False, "~/step is for mode lockstep (free mode runs by itself)"
+            return resp
+        with self._lock:
+            if not self._episode:
+                resp.success, resp.message = False, "no episode: call ~/reset first"
+                return resp
+            env = self.env
+            done_before = env.done
+            n = 0
+            while n < req.ticks and not env.done:
+                env.step(env.last_command)
+                n += 1
+            self.counts["ticks"] += n
+            self._record_ticks(n)
+            self._first_pair_pending = False
+            ts = self._publish_pair()
+            resp.step = int(ts.step)
+            resp.success = not (done_before and req.ticks > 0)
+            resp.message = (f"advanced {n} of {req.ticks} periods" + (f"; episode {ts.status}" if ts.done else ""))
+        return resp
+
+    # ------------------------------------------------------------------ commands
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        with self._lock:
+            if self._admit():
+                target, reason = validate_command(msg.data, self.n, self.lower, self.upper)
+                self._apply(target, reason)
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        with self._lock:
+            if not self._admit():
+                return
+            pos, err = trajectory_first_point(msg, self.joint_names)
+            if err:
+                kind = (REJ_NO_POINTS if "no points" in err else REJ_UNKNOWN_JOINT if "unknown joint" in err
+                        else REJ_JOINT_SET if "do not cover" in err else REJ_LENGTH)
+                self._apply(None, f"{kind}: {err}", kind)
+                return
+            target, reason = validate_command(pos, self.n, self.lower, self.upper)
+            self._apply(target, reason)
+
+    def _admit(self) -> bool:
+        """Count a received command; False if the rate limiter drops it. Lock held."""
+        self.counts["received"] += 1
+        if self._limiter.allow():
+            return True
+        self._count(RATE_LIMITED, f"command rate above {self.params.max_command_rate_hz:g} Hz: dropped")
+        return False
+
+    def _count(self, key: str, message: str = "") -> None:
+        self.counts[key] += 1
+        if message:
+            self.get_logger().warn(f"{message} (total {key}: {self.counts[key]})", throttle_duration_sec=2.0)
+
+    def _apply(self, target: Optional[np.ndarray], reason: str, kind: str = "") -> None:
+        """Count a validated command and act on it (lockstep: one period; free: latch). Lock held."""
+        env = self.env
+        if not self._episode or env.done:
+            self.counts[IGNORED] += 1
+            return
+        if target is None:
+            key = kind or {"wrong_length": REJ_LENGTH, "nonfinite": REJ_NONFINITE}.get(
+                reason.split(":", 1)[0], REJ_MALFORMED)
+            self._count(key, f"command rejected ({reason}); holding the last valid target")
+        elif reason:
+            self._count(CLAMPED, f"command {reason}: clamped to the joint limits")
+        else:
+            self.counts[ACCEPTED] += 1
+        if not self.lockstep:
+            if target is not None:
+                self._pending_cmd = target
+            return
+        self._first_pair_pending = False
+        env.step(env.last_command if target is None else target)
+        self.counts["ticks"] += 1
+        self._record_ticks(1)
+        self._publish_pair()
+
+    def _record_ticks(self, n: int) -> None:
+        now = time.monotonic()
+        w = self._tick_window
+        if not w or now - w[-1][0] > 0.05:
+            w.append((now, self.counts["ticks"]))
+
+    # ------------------------------------------------------------------ free mode
+    def _free_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._free_run()
+            except Exception as e:  # noqa: BLE001 - keep simulating; say so loudly
+                self.counts["physics_errors"] = self.counts.get("physics_errors", 0) + 1
+                self.get_logger().error(f"physics loop error {type(e).__name__}: {e}; restarting it",
+                                        throttle_duration_sec=2.0)
+                self._stop.wait(0.1)
+
+    def _free_run(self) -> None:
+        env, p = self.env, self.params
+        wall_per_substep = env.sim.timestep / p.real_time_factor
+        t_ref, n_ref = time.perf_counter(), 0
+        since_pub = since_clock = 0
+        while not self._stop.is_set():
+            n = 0
+            with self._lock:
+                running = self._episode and not env.sim.diverged
+                if running:
+                    if self._pending_cmd is not None:
+                        env.set_command(self._pending_cmd)
+                        self._pending_cmd = None
+                    n = min(self.k_pub - since_pub, env.substeps - env.substep_phase)
+                    env.advance(n)
+                    since_pub += n
+                    since_clock += n
+                    boundary = env.substep_phase == 0
+                    if boundary or since_pub >= self.k_pub:
+                        clock = boundary or since_clock >= self.k_clock
+                        since_pub = 0
+                        if clock:
+                            since_clock = 0
+                        self._publish_pair(with_task=boundary, with_clock=clock)
+                    self._substeps_total += n
+            if not running:               # idle until a reset; keep the pacing reference fresh
+                self._js_stats.reset()
+                self._stop.wait(0.01)
+                t_ref, n_ref = time.perf_counter(), 0
+                continue
+            n_ref += n
+            now = time.perf_counter()
+            wait = t_ref + n_ref * wall_per_substep - now
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -CATCH_UP_S:      # far behind (machine stalled): do not sprint to catch up
+                t_ref, n_ref = now, 0
+            w = self._rtf_window
+            if not w or now - w[-1][0] > 0.05:
+                w.append((now, self._substeps_total))
+
+    # ------------------------------------------------------------------ diagnostics
+    def _rtf(self) -> float:
+        w = self._rtf_window
+        if len(w) < 2 or w[-1][0] <= w[0][0]:
+            return float("nan")
+        return (w[-1][1] - w[0][1]) * self.env.sim.timestep / (w[-1][0] - w[0][0])
+
+    def _tick_rate(self) -> float:
+        w = self._tick_window
+        if len(w) < 2 or w[-1][0] <= w[0][0]:
+            return float("nan")
+        return (w[-1][1] - w[0][1]) / (w[-1][0] - w[0][0])
+
+    def stats(self) -> Dict[str, object]:
+        """Counters and timing figures (what /diagnostics reports)."""
+        env = self.env
+        with self._lock:
+            ts = env.task_state if self._episode else None
+            out: Dict[str, object] = dict(self.counts)
+        out.update(state_subscribers=min(self._js_pub.get_subscription_count(),
+                                         self._ts_pub.get_subscription_count()),
+                   command_publishers=self.count_publishers(self.command_topic),
+                   mode=self.params.mode, episode_id=env.episode_id,
+                   step=ts.step if ts else 0, status=ts.status if ts else "no episode",
+                   rejected=sum(out[k] for k in COUNTERS if k.startswith("rejected")))
+        if self.lockstep:
+            rate = self._tick_rate()
+            out.update(ticks_per_s=rate, achieved_rtf=rate / self.params.control_rate_hz)
+        else:
+            out.update(target_rtf=self.params.real_time_factor, achieved_rtf=self._rtf(),
+                       joint_state_rate_hz=1.0 / (self.k_pub * env.sim.timestep),
+                       joint_state_period_err_p99_us=self._js_stats.p99_abs_us(),
+                       joint_state_stalls=self._js_stats.stalls)
+        return out
+
+    def _publish_diagnostics(self) -> None:
+        s = self.stats()
+        d = DiagnosticStatus(name=f"{self.get_name()}: simulation", hardware_id=self.params.robot)
+        rtf = s.get("achieved_rtf", float("nan"))
+        if s["status"] == STATUS_DIVERGED:
+            d.level, d.message = DiagnosticStatus.ERROR, f"episode {s['episode_id']} diverged: reset needed"
+        elif (not self.lockstep and s["status"] != "no episode" and math.isfinite(rtf)
+              and rtf < 0.9 * self.params.real_time_factor):
+            d.level, d.message = DiagnosticStatus.WARN, f"real-time factor {rtf:.2f} below target"
+        elif s["rejected"] or s[RATE_LIMITED]:
+            d.level, d.message = DiagnosticStatus.WARN, (f"{s['rejected']} commands rejected, "
+                                                         f"{s[RATE_LIMITED]} rate-limited")
+        else:
+            d.level, d.message = DiagnosticStatus.OK, f"{s['mode']}: {s['status']}"
+        d.values = [KeyValue(key=k, value=(f"{v:.6g}" if isinstance(v, float) else str(v)))
+                    for k, v in s.items()]
+        arr = DiagnosticArray(status=[d])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(arr)
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = MujocoBridge()
+    except (SimError, TaskError, ValueError, InvalidParameterTypeException) as e:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
+        rclpy.try_shutdown()
+        return 1
+    try:
+        node.start()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
