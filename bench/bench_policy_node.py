@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The policy node's control loop over real DDS: sustained rate, tick cost, obs->command latency.
 
-    source env.sh && python bench/bench_policy_node.py [--rates 100 250 500 1000] [--duration 10]
+    source env.sh && python bench/bench_policy_node.py [--rates 100 250 500 1000] [--duration 10] [--nice -10]
 
 Three processes: the policy node (installed `policy_node` executable, free-running timer at the
 contract rate, temporal ensembling, MLP chunk policy K=20, A=7 built with onnx.helper), a
@@ -334,11 +334,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=3000, help="lock-step round trips")
     ap.add_argument("--skip-extras", action="store_true", help="only the rate sweep")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="niceness for this process and its children, e.g. -10 to stand in for the "
+                         "priority a control process gets on a robot (recorded in the results)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "policy_node.json"))
     args = ap.parse_args()
     if args.role == "robot":
         robot_main(args)
         return
+    if args.nice:
+        os.nice(args.nice)
 
     import rclpy
 
@@ -347,7 +352,8 @@ def main() -> None:
     results = {"meta": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
                         "K": K, "A": A, "obs_dim": 2 * A, "hidden": HIDDEN, "execution_mode": "temporal_ensembling",
                         "m": 0.01, "query_every": 1, "duration_s": args.duration,
-                        "missed_tick": "period > 1.5 x nominal", "loadavg_start": os.getloadavg()}}
+                        "missed_tick": "period > 1.5 x nominal", "niceness": os.nice(0),
+                        "loadavg_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="bcp-bench-node-") as tmp:
         work = Path(tmp)
         from bc_policy_node.core.contract import Contract

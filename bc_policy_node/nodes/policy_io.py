@@ -108,7 +108,7 @@ def status_msg(stamp, state: str, params: PolicyParams, last_event: str, loop=No
 def diagnostics_msg(name: str, st: PolicyStatus, hardware_id: str, extra: Dict[str, object],
                     waiting_for_obs: bool) -> DiagnosticArray:
     d = DiagnosticStatus(name=name, hardware_id=hardware_id)
-    if st.lifecycle_state == "active" and st.ticks and st.missed_ticks > 0.01 * st.ticks:
+    if st.lifecycle_state == "active" and st.ticks >= 100 and st.missed_ticks > 0.01 * st.ticks:
         d.level, d.message = DiagnosticStatus.WARN, f"{st.missed_ticks} of {st.ticks} ticks missed"
     elif st.lifecycle_state == "unconfigured" and st.last_event.startswith("configure refused"):
         d.level, d.message = DiagnosticStatus.ERROR, st.last_event[:300]
