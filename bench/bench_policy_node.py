@@ -113,6 +113,27 @@ def raw_onnxruntime_us(path: Path, d: int, iters: int = 5000) -> dict:
     return {"p50_us": float(np.median(t) * 1e6), "p99_us": float(np.percentile(t, 99) * 1e6)}
 
 
+def in_process_step_us(path: Path, contract, iters: int = 5000) -> dict:
+    """ControlLoop.step + observation update without DDS: the Python compute part of a tick."""
+    from sensor_msgs.msg import JointState
+
+    from bc_policy_node.core.contract import ObservationAssembler
+    from bc_policy_node.core.runtime import OnnxPolicy
+    from bc_policy_node.nodes.policy_loop import ControlLoop, PolicyParams
+
+    loop = ControlLoop(contract, OnnxPolicy(path), PolicyParams())
+    asm = ObservationAssembler(contract)
+    js = JointState(name=JOINTS, position=list(HOME), velocity=[0.0] * A)
+    t = np.empty(iters)
+    now = time.time()
+    for i in range(iters):
+        t0 = time.perf_counter()
+        asm.update("/joint_states", js, now + i * 1e-3)
+        loop.step(asm, now + i * 1e-3)
+        t[i] = time.perf_counter() - t0
+    return {"p50_us": float(np.median(t[200:]) * 1e6), "p99_us": float(np.percentile(t[200:], 99) * 1e6)}
+
+
 # ----------------------------------------------------------------------------- robot role
 def robot_main(args) -> None:
     """Publish JointState at `rate` (free) or one per command (lockstep); print a JSON summary."""
@@ -359,7 +380,9 @@ def main() -> None:
         from bc_policy_node.core.contract import Contract
 
         c = Contract.from_dict(contract_dict(1000.0))
-        results["raw_onnxruntime"] = raw_onnxruntime_us(mlp_model(work / "raw.onnx", c, 0), c.obs_dim)
+        raw_model = mlp_model(work / "raw.onnx", c, 0)
+        results["raw_onnxruntime"] = raw_onnxruntime_us(raw_model, c.obs_dim)
+        results["in_process_step"] = in_process_step_us(raw_model, c)
         sweep = {}
         for rate in args.rates:
             print(f"[bench] free-run {rate:g} Hz ...", flush=True)
@@ -393,7 +416,11 @@ def main() -> None:
 
 def print_table(res: dict) -> None:
     raw = res["raw_onnxruntime"]
-    print(f"\nraw onnxruntime (MLP 14->256->256->{K}x{A}, 1 thread): p50 {raw['p50_us']:.1f} us, p99 {raw['p99_us']:.1f} us")
+    ips = res["in_process_step"]
+    print(f"\nraw onnxruntime (MLP 14->256->256->{K}x{A}, 1 thread): p50 {raw['p50_us']:.1f} us, p99 {raw['p99_us']:.1f} us; "
+          f"observation update + ControlLoop.step in-process (no DDS): p50 {ips['p50_us']:.1f} us, p99 {ips['p99_us']:.1f} us")
+    print(f"load average during the run: {res['meta']['loadavg_start']} -> {res['meta'].get('loadavg_end')} "
+          f"(2 cores shared with other work)")
     hdr = ("rate Hz", "achieved", "missed %", "tick p50/p99 us", "infer p50 us", "obs->cmd p50/p99 us", "tick/raw",
            "node CPU us/tick")
     print("| " + " | ".join(hdr) + " |")
