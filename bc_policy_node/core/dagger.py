@@ -159,3 +159,75 @@ class EnsembleDisagreement:
 
     def __call__(self, obs) -> float:
         return float(self.score_chunks(self.chunks(obs))[0])
+
+
+class SimulatedHuman:
+    """A simulated supervisor for HG-DAgger: it watches the end effector against the expert's
+    path for the same episode and takes over (drives an `InterventionGate`) when it sees
+
+    - a deviation: the ee is more than `threshold` (m) from every point of the expert's path;
+    - a stall: the ee has moved less than `stall_distance` (m) over the last `stall_ticks`
+      ticks while still farther than `goal_radius` from the path's end (BC's typical failure:
+      it stops a few cm short of a goal, on the path; the expert itself never moves that
+      slowly before it is inside the task's tolerance, where the episode ends).
+
+    It hands control back once the ee is within `release * threshold` of the path and it has
+    held control for at least `min_ticks` (a person does not flick the switch every tick).
+    `reference` is the expert's (N, d) ee path; `observe(ee)` returns whether the human is in
+    control for this tick and `reason` says why the current intervention started.
+    """
+
+    def __init__(self, reference, threshold: float = 0.03, stall_ticks: int = 25,
+                 stall_distance: float = 0.01, goal_radius: float = 0.0, release: float = 0.5,
+                 min_ticks: int = 15, gate: Optional[InterventionGate] = None):
+        ref = np.asarray(reference, dtype=float)
+        if ref.ndim != 2 or len(ref) < 1:
+            raise ValueError(f"reference must be an (N, d) path, got shape {ref.shape}")
+        if not threshold > 0 or stall_ticks < 2 or min_ticks < 1 or not 0 < release <= 1:
+            raise ValueError("need threshold > 0, stall_ticks >= 2, min_ticks >= 1, 0 < release <= 1")
+        self.reference = ref
+        self.threshold, self.stall_ticks = float(threshold), int(stall_ticks)
+        self.stall_distance, self.goal_radius = float(stall_distance), float(goal_radius)
+        self.release, self.min_ticks = float(release), int(min_ticks)
+        self.gate = gate if gate is not None else InterventionGate()
+        self.reset()
+
+    def reset(self, seed: Optional[int] = None) -> None:
+        self.gate.reset()
+        self._history: list = []
+        self._held = 0
+        self.reason = ""
+        self.takeovers = {"deviation": 0, "stall": 0}
+
+    def path_distance(self, ee) -> float:
+        """Distance from `ee` to the nearest point of the expert's path (m)."""
+        p = np.asarray(ee, dtype=float)[:self.reference.shape[1]]
+        return float(np.min(np.linalg.norm(self.reference - p, axis=1)))
+
+    def observe(self, ee) -> bool:
+        p = np.asarray(ee, dtype=float)[:self.reference.shape[1]]
+        self._history.append(p)
+        dist = self.path_distance(p)
+        if self.gate.active:
+            self._held += 1
+            if self._held >= self.min_ticks and dist < self.release * self.threshold:
+                self.gate.set(False)
+                self._history = [p]     # the stall window restarts at the hand-back
+        else:
+            why = ""
+            if dist > self.threshold:
+                why = "deviation"
+            elif (len(self._history) > self.stall_ticks
+                  and np.linalg.norm(p - self._history[-1 - self.stall_ticks]) < self.stall_distance
+                  and np.linalg.norm(p - self.reference[-1]) > self.goal_radius):
+                why = "stall"
+            if why:
+                self.gate.set(True)
+                self._held, self.reason = 0, why
+                self.takeovers[why] += 1
+        return self.gate.active
+
+    def decide(self, ee) -> GateDecision:
+        """`observe(ee)` and the gate's decision for this tick."""
+        self.observe(ee)
+        return self.gate.decide()

@@ -1,0 +1,747 @@
+"""In-process DAgger: roll out the current policy in `SimEnv` with a gate, label with the
+scripted expert, aggregate with everything collected before, retrain, export, evaluate.
+
+Fast (no ROS, no bags): a round on long_horizon is ~10 s of rollouts + one training run.
+The pieces are plain functions so the ROS loop (`bc-policy dagger` through the graph) can
+reuse the aggregation / retraining / export / evaluation halves unchanged:
+
+    demos  = expert_demos("planar3", "long_horizon", range(20))          # round 0 data
+    ds     = aggregate([demos])                                          # -> core Dataset
+    run    = retrain(ds, model_cfg, train_cfg, "runs/r0")                # from scratch
+    onnx   = export_policy(run.run_dir, "runs/r0/policy.onnx")
+    eps, s = collect_round("planar3", "long_horizon", "classic", onnx, seeds, round_index=1, beta=0.5)
+    ds     = aggregate([demos, eps])                                     # all earlier data
+    ...
+    records = run_dagger("planar3", "long_horizon", "classic", rounds=5, out_dir="runs/dagger")
+
+Variants (`collect_round`):
+- ``classic`` (Ross et al. 2011): per tick the expert acts with probability beta_i
+  (`core.dagger.BetaGate`), the expert's label is recorded at EVERY visited state;
+- ``robot_gated`` (EnsembleDAgger / ThriftyDAgger style): an ensemble of N policies trained
+  with different seeds on the same aggregate; when their disagreement
+  (`core.dagger.EnsembleDisagreement`, in units of the data's action std) exceeds a threshold
+  calibrated on the training observations, the expert takes over (`UncertaintyGate`,
+  hysteresis, per-episode query budget). Only expert-acted ticks are labelled;
+- ``human_gated`` (HG-DAgger): a simulated human (`core.dagger.SimulatedHuman`) watches the
+  end effector against the expert's path for that seed and takes over on deviation > X or a
+  stall; only intervention segments are labelled.
+
+Torch is imported only by `retrain` / `export_policy` / `train_ensemble` (via
+`bc_policy_node.learning`), so collection and aggregation are usable without it.
+
+Retraining: FROM SCRATCH on the full aggregate every round, with a fixed optimizer-step
+budget (not an epoch budget). Reasons: (1) DAgger's guarantee is for the policy trained on the
+aggregate, and a from-scratch fit is a pure function of that aggregate (reproducible,
+resumable, no dependence on the order rounds were run in); (2) normalization statistics are
+part of the exported graph and change as the aggregate grows: a warm-started net would be
+fitted under old statistics; (3) `learning.train` resumes only a run on identical data, so a
+warm start would need a second training loop. The fixed step budget keeps the cost of a round
+constant as the aggregate grows (it does mean fewer epochs over a larger aggregate; the
+budget-matched BC baseline gets the same budget, so the comparison is fair).
+
+Round folders (resumable: a finished round has ``record.json``; a partial one restarts from
+what is on disk)::
+
+    <round0_dir>/data  run/  policy.onnx  eval.json  dev.npz  [ensemble/member_<k>.onnx]
+    <out_dir>/round_<i>/data (this round's new episodes only)  run/  policy.onnx  eval.json ...
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..core.contract import Contract
+from ..core.dagger import (GATE_BUDGET, BetaGate, EnsembleDisagreement, SimulatedHuman, UncertaintyGate,
+                           beta_schedule)
+from ..core.env import SimEnv, load_contract
+from ..core.episodes import Dataset, DatasetError, Episode
+from ..core.metrics import growth_exponent, mean_ci
+from ..core.rollout import PolicyRunner, RolloutResult, evaluate, expert_act_fn, rollout
+from ..core.runtime import OnnxPolicy
+from ..core.types import ACTOR_EXPERT
+
+VARIANTS = ("classic", "robot_gated", "human_gated")
+SOURCE_EXPERT = "expert"
+EVAL_FILE, DEV_FILE, RECORD_FILE = "eval.json", "dev.npz", "record.json"
+
+# Defaults sized for this package's tasks on a small CPU: chunk MLP, K = 20, 1 thread,
+# a fixed step budget, no validation split (selection by training loss, cosine schedule).
+DEFAULT_MODEL = {"kind": "chunk_mlp", "depth": 3, "width": 128, "chunk_length": 20}
+DEFAULT_TRAIN = {"threads": 1, "max_epochs": 10_000, "max_steps": 1000, "val_fraction": 0.0,
+                 "patience": 0, "batch_size": 256, "lr": 1e-3, "seed": 0}
+
+
+# ============================================================================ expert data
+def _env(robot: str, task: str, contract: Contract) -> SimEnv:
+    return SimEnv(robot, task, control_rate_hz=contract.control_rate_hz)
+
+
+def expert_demos(robot: str, task: str, seeds: Iterable[int], contract: Optional[Contract] = None,
+                 round_index: int = 0) -> List[Episode]:
+    """Scripted-expert demonstrations (every frame labelled, source ``expert``)."""
+    contract = contract or load_contract(robot, task)
+    env = _env(robot, task, contract)
+    fn = expert_act_fn(env, contract)
+    dt = 1.0 / contract.control_rate_hz
+    out = []
+    for s in seeds:
+        ep = rollout(env, contract, fn, int(s)).episode(dt, SOURCE_EXPERT)
+        ep.meta.update(round=round_index, variant="demo", labels=len(ep))
+        out.append(ep)
+    return out
+
+
+def expert_frames(robot: str, task: str, n_frames: int, seed0: int = 0,
+                  contract: Optional[Contract] = None) -> List[Episode]:
+    """Whole expert demonstrations from seeds seed0, seed0+1, ... until >= n_frames frames
+    (the budget-matched BC baseline: same number of expert labels, as demonstrations only)."""
+    contract = contract or load_contract(robot, task)
+    env = _env(robot, task, contract)
+    fn = expert_act_fn(env, contract)
+    dt = 1.0 / contract.control_rate_hz
+    out, total, s = [], 0, int(seed0)
+    while total < n_frames:
+        ep = rollout(env, contract, fn, s).episode(dt, SOURCE_EXPERT)
+        ep.meta.update(round=0, variant="demo", labels=len(ep))
+        out.append(ep)
+        total += len(ep)
+        s += 1
+    return out
+
+
+@dataclass
+class Reference:
+    """The expert's own rollout at a seed: its ee path (T+1, d), length and status."""
+    seed: int
+    ee: np.ndarray
+    steps: int
+    status: str
+
+
+def expert_references(robot: str, task: str, seeds: Iterable[int], cache: Optional[Path] = None,
+                      contract: Optional[Contract] = None) -> Dict[int, Reference]:
+    """Expert rollouts at `seeds` (deviation baselines, the simulated human's path), cached
+    as an npz when `cache` is given (deterministic: same seed, same path)."""
+    seeds = [int(s) for s in seeds]
+    if cache is not None and Path(cache).is_file():
+        z = np.load(cache, allow_pickle=False)
+        if [int(s) for s in z["seeds"]] == seeds:
+            bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
+            return {s: Reference(s, z["ee"][a:b], int(n), str(st)) for s, a, b, n, st in
+                    zip(seeds, bounds[:-1], bounds[1:], z["steps"], z["status"])}
+    contract = contract or load_contract(robot, task)
+    env = _env(robot, task, contract)
+    fn = expert_act_fn(env, contract)
+    refs = {}
+    for s in seeds:
+        r = rollout(env, contract, fn, s)
+        refs[s] = Reference(s, r.ee, r.steps, r.status)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        rs = [refs[s] for s in seeds]
+        np.savez(cache, seeds=np.array(seeds), lengths=np.array([len(r.ee) for r in rs]),
+                 ee=np.concatenate([r.ee for r in rs]), steps=np.array([r.steps for r in rs]),
+                 status=np.array([r.status for r in rs]))
+    return refs
+
+
+# ============================================================================ gated rollouts
+class DaggerController:
+    """Who acts at each tick of one DAgger episode, as hooks for `core.rollout.rollout`.
+
+    The policy runner is stepped on EVERY tick (also while the expert acts), exactly like the
+    policy node keeps running while a DAgger node switches the command stream: its chunk
+    executor stays consistent and hand-backs are smooth. `expert_acts(t, obs)` decides;
+    `act(obs, t, msgs)` returns the policy's command computed in that decision.
+    """
+
+    def __init__(self, variant: str, env: SimEnv, contract: Contract, runner: PolicyRunner, *,
+                 gate=None, ensemble: Optional[EnsembleDisagreement] = None,
+                 human: Optional[SimulatedHuman] = None):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant {variant!r} not in {VARIANTS}")
+        self.variant, self.env, self.contract, self.runner = variant, env, contract, runner
+        self.gate, self.ensemble, self.human = gate, ensemble, human
+        self._jidx = [list(env.joint_names).index(j) for j in contract.action.joints]
+        self.reasons: List[str] = []
+        self.uncertainty: List[float] = []
+        self._policy_action: Optional[np.ndarray] = None
+
+    def reset(self, seed: int) -> None:
+        self.runner.reset(seed=seed)
+        if self.gate is not None:
+            self.gate.reset(seed)
+        if self.human is not None:
+            self.human.reset()
+        self.reasons, self.uncertainty = [], []
+
+    def expert_acts(self, t: int, obs: np.ndarray) -> bool:
+        self._policy_action = self.runner.act(obs, t, self.env.sim.qpos[self._jidx])
+        u = float(self.ensemble(obs)) if self.ensemble is not None else 0.0
+        if self.human is not None:
+            d = self.human.decide(self.env.sim.ee_position()[:self.env.task.dim])
+            reason = self.human.reason if d.expert_acts else ""
+        else:
+            d = self.gate.decide(u)
+            reason = d.reason
+        self.reasons.append(reason if d.expert_acts or d.reason == GATE_BUDGET else "")
+        self.uncertainty.append(u)
+        return bool(d.expert_acts)
+
+    def act(self, obs, t, msgs) -> np.ndarray:
+        return self._policy_action
+
+
+def tag_episode(result: RolloutResult, variant: str, round_index: int, dt: float,
+                beta: Optional[float] = None, reasons: Sequence[str] = (),
+                uncertainty: Sequence[float] = ()) -> Episode:
+    """A DAgger rollout as a training episode with its `labelled` mask.
+
+    classic: act = the expert's label at every visited state, all frames labelled.
+    gated: act = the executed command (= the expert's label on expert ticks), labelled only
+    where the expert acted; the policy's own frames carry no label and are excluded from the
+    loss (and from the normalization statistics of the actions).
+    """
+    if variant == "classic":
+        if result.labels is None:
+            raise ValueError("classic DAgger needs labels at every visited state (label_fn)")
+        act, labelled = result.labels, np.ones(result.steps, dtype=bool)
+    else:
+        act, labelled = result.actions, result.actors == ACTOR_EXPERT
+    expert_ticks = int((result.actors == ACTOR_EXPERT).sum())
+    counts: Dict[str, int] = {}
+    for r in reasons:
+        if r:
+            counts[r] = counts.get(r, 0) + 1
+    meta = {"seed": result.seed, "source": f"dagger_{variant}", "round": int(round_index), "variant": variant,
+            "success": result.success, "status": result.status, **result.meta,
+            "labels": int(labelled.sum()), "expert_ticks": expert_ticks,
+            "expert_share": expert_ticks / max(result.steps, 1), "gate_reasons": counts}
+    if beta is not None:
+        meta["beta"] = float(beta)
+    if len(uncertainty):
+        u = np.asarray(uncertainty, dtype=float)
+        meta["uncertainty"] = {"mean": float(u.mean()), "max": float(u.max())}
+    return Episode(result.obs, act, np.arange(result.steps) * dt, meta, labelled)
+
+
+def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[int], round_index: int,
+                  beta: float = 0.5, ensemble: Sequence = (), threshold: Optional[float] = None,
+                  action_scale=None, query_budget: int = 150, release: float = 0.7,
+                  min_expert_ticks: int = 10, references: Optional[Mapping[int, Reference]] = None,
+                  human: Optional[Mapping[str, Any]] = None, execution_mode: str = "temporal_ensembling",
+                  contract: Optional[Contract] = None) -> Tuple[List[Episode], Dict[str, Any]]:
+    """One round of DAgger data: roll the current `policy` (ONNX path or OnnxPolicy) at each
+    seed with the variant's gate and label with the expert. Returns (tagged episodes, stats).
+
+    classic: `beta`; robot_gated: `ensemble` (>= 2 ONNX policies, the first may be `policy`),
+    `threshold` (disagreement in action-std units), `action_scale` (action std), `query_budget`
+    (expert ticks per episode), `release`, `min_expert_ticks`; human_gated: `references`
+    (expert rollouts at those seeds; computed if None) and `human` (SimulatedHuman kwargs).
+    """
+    policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
+    contract = contract or policy.contract
+    env = _env(robot, task, contract)
+    expert = env.make_expert()
+    mode_of = lambda msgs: int(msgs["/task_state"].mode)  # noqa: E731
+    label_timer = [0.0, 0]
+
+    def expert_label(obs, msgs):
+        t0 = time.perf_counter()
+        a = expert.act_obs(obs, contract, mode=mode_of(msgs))
+        label_timer[0] += time.perf_counter() - t0
+        label_timer[1] += 1
+        return a
+
+    seeds = [int(s) for s in seeds]
+    runner = PolicyRunner(policy, contract, execution_mode)
+    ens = None
+    if variant == "robot_gated":
+        members = [m if isinstance(m, OnnxPolicy) else OnnxPolicy(m) for m in ensemble]
+        if threshold is None:
+            raise ValueError("robot_gated needs a disagreement threshold (see calibrate_threshold)")
+        ens = EnsembleDisagreement(members, scale=action_scale)
+    if variant == "human_gated" and references is None:
+        references = expert_references(robot, task, seeds, contract=contract)
+    dt = 1.0 / contract.control_rate_hz
+    episodes, results = [], []
+    t_start = time.perf_counter()
+    for s in seeds:
+        if variant == "classic":
+            ctl = DaggerController(variant, env, contract, runner, gate=BetaGate(beta, seed=s))
+        elif variant == "robot_gated":
+            ctl = DaggerController(variant, env, contract, runner, ensemble=ens,
+                                   gate=UncertaintyGate(threshold, query_budget, release, min_expert_ticks))
+        else:
+            ctl = DaggerController(variant, env, contract, runner,
+                                   human=SimulatedHuman(references[s].ee, **dict(human or {})))
+        ctl.reset(s)
+        r = rollout(env, contract, ctl.act, s, label_fn=expert_label if variant == "classic" else None,
+                    expert_acts=ctl.expert_acts,
+                    expert_fn=None if variant == "classic" else (lambda obs, t, msgs: expert_label(obs, msgs)))
+        results.append(r)
+        episodes.append(tag_episode(r, variant, round_index, dt, beta if variant == "classic" else None,
+                                    ctl.reasons, ctl.uncertainty))
+    total = time.perf_counter() - t_start
+    labels = sum(int(e.labelled.sum()) for e in episodes)
+    frames = sum(len(e) for e in episodes)
+    reasons: Dict[str, int] = {}
+    for e in episodes:
+        for k, v in e.meta["gate_reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    stats = {"episodes": len(episodes), "frames": frames, "labels": labels,
+             "expert_share": float(np.mean([e.meta["expert_share"] for e in episodes])),
+             "rollout_success": float(np.mean([r.success for r in results])),
+             "gate_reasons": reasons, "label_seconds": label_timer[0], "label_queries": label_timer[1],
+             "rollout_seconds": total - label_timer[0]}
+    return episodes, stats
+
+
+# ============================================================================ aggregation
+def aggregate(parts: Sequence[Sequence[Episode]], contract: Optional[Contract] = None) -> Dataset:
+    """All earlier data in one `Dataset` (episodes keep their `labelled` masks and meta)."""
+    eps = [e for part in parts for e in part]
+    if not eps:
+        raise DatasetError("nothing to aggregate")
+    if contract is None:
+        raise ValueError("aggregate needs the contract")
+    return Dataset(contract, eps)
+
+
+def labels_of(episodes: Iterable[Episode]) -> int:
+    """Expert labels (labelled frames) in `episodes`: what the data cost."""
+    return int(sum(int(e.labelled.sum()) for e in episodes))
+
+
+def save_round_data(episodes: Sequence[Episode], contract: Contract, directory) -> Path:
+    return Dataset(contract, episodes).save(directory)
+
+
+def load_round_data(directory) -> List[Episode]:
+    return Dataset.load(directory).episodes
+
+
+# ============================================================================ train / export
+def _configs(model_cfg, train_cfg, seed: Optional[int] = None):
+    from ..learning import ModelConfig, TrainConfig
+
+    m = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict({**DEFAULT_MODEL, **(model_cfg or {})})
+    if isinstance(train_cfg, TrainConfig):
+        t = train_cfg
+    else:
+        t = TrainConfig.from_dict({**DEFAULT_TRAIN, **(train_cfg or {})})
+    if seed is not None:
+        t = TrainConfig.from_dict({**t.to_dict(), "seed": int(seed)})
+    return m, t
+
+
+def retrain(dataset: Dataset, model_cfg=None, train_cfg=None, run_dir="run", seed: Optional[int] = None,
+            progress: bool = False):
+    """Train a policy FROM SCRATCH on the aggregate (resumes an interrupted run on the same
+    data). `model_cfg`/`train_cfg`: ModelConfig/TrainConfig or dicts over DEFAULT_MODEL /
+    DEFAULT_TRAIN; `seed` overrides the training seed. Returns `learning.RunResult`."""
+    from ..learning import train
+
+    m, t = _configs(model_cfg, train_cfg, seed)
+    return train(dataset, m, t, run_dir, resume=True, progress=progress)
+
+
+def export_policy(run_dir, onnx_path) -> Path:
+    """ONNX export with metadata and the torch/onnxruntime parity check (skipped if present)."""
+    from ..learning import export
+
+    onnx_path = Path(onnx_path)
+    if onnx_path.is_file():
+        return onnx_path
+    return export(run_dir, onnx_path)
+
+
+def train_ensemble(dataset: Dataset, size: int, directory, model_cfg=None, train_cfg=None,
+                   first: Optional[Path] = None, seed0: int = 0, progress: bool = False) -> List[Path]:
+    """`size` policies on the same data with training seeds seed0, seed0+1, ...; `first` (the
+    round's policy, trained with seed0) is reused as member 0. Returns ONNX paths."""
+    directory = Path(directory)
+    paths = [] if first is None else [Path(first)]
+    for k in range(len(paths), size):
+        onnx = directory / f"member_{k}.onnx"
+        if not onnx.is_file():
+            run = retrain(dataset, model_cfg, train_cfg, directory / f"run_{k}", seed=seed0 + k, progress=progress)
+            export_policy(run.run_dir, onnx)
+        paths.append(onnx)
+    return paths
+
+
+def calibrate_threshold(ensemble: EnsembleDisagreement, obs: np.ndarray, quantile: float = 0.99,
+                        max_rows: int = 3000, seed: int = 0) -> Dict[str, float]:
+    """Disagreement threshold = `quantile` of the ensemble's disagreement on (a sample of) its
+    own training observations: states scoring above it are rarer than 1 - quantile in the data
+    the ensemble has seen (ThriftyDAgger calibrates its novelty threshold the same way)."""
+    obs = np.asarray(obs, dtype=float)
+    if len(obs) > max_rows:
+        obs = obs[np.random.default_rng(seed).choice(len(obs), max_rows, replace=False)]
+    scores = ensemble.score_chunks(ensemble.chunks(obs))
+    return {"threshold": float(np.quantile(scores, quantile)), "quantile": float(quantile),
+            "median": float(np.median(scores)), "max": float(scores.max()), "n": int(len(obs))}
+
+
+# ============================================================================ evaluation
+def deviation_matrix(results: Sequence[RolloutResult], references: Mapping[int, Reference],
+                     length: int) -> np.ndarray:
+    """(n, length) ee deviation from the expert's rollout at the same seed, tick by tick.
+
+    Both trajectories are padded with their final position up to `length` (after success the
+    arm holds at the goal; a timed-out policy is compared where it stopped), so every episode
+    contributes at every t and there is no survivor bias in the mean."""
+    out = np.zeros((len(results), length))
+    for i, r in enumerate(results):
+        a, b = _pad(r.ee, length), _pad(references[r.seed].ee, length)
+        out[i] = np.linalg.norm(a - b, axis=1)
+    return out
+
+
+def _pad(x: np.ndarray, n: int) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    if len(x) >= n:
+        return x[:n]
+    return np.vstack([x, np.repeat(x[-1:], n - len(x), axis=0)])
+
+
+def evaluate_policy(policy_path, robot: str, task: str, seeds: Sequence[int],
+                    references: Mapping[int, Reference], execution_mode: str = "temporal_ensembling",
+                    progress: Optional[Callable] = None) -> Tuple[Dict[str, Any], np.ndarray]:
+    """core.rollout.evaluate over `seeds` (no expert re-rollouts: `references` are cached).
+    Returns (JSON-ready summary, (n, horizon+1) deviation matrix)."""
+    ev = evaluate(str(policy_path), robot, task, list(seeds), execution_mode=execution_mode,
+                  with_expert=False, progress=progress)
+    results = ev.pop("results")
+    ev.pop("experts", None)
+    env_len = max(max(len(r.ee) for r in results), max(len(references[s].ee) for s in seeds))
+    dev = deviation_matrix(results, references, env_len)
+    ev["deviation"] = mean_ci(dev.mean(axis=1))
+    ev["deviation_mean_by_t"] = dev.mean(axis=0).tolist()
+    ev["final_distance"] = mean_ci([r.meta["final_error"] for r in results])
+    ev["failed_final_distance"] = [float(r.meta["final_error"]) for r in results if not r.success]
+    ev["seeds"] = [int(s) for s in seeds]
+    ev["success_by_seed"] = [bool(r.success) for r in results]
+    return ev, dev
+
+
+def deviation_growth(dev: np.ndarray, horizons: Sequence[int], n_boot: int = 1000,
+                     seed: int = 0, confidence: float = 0.95) -> Dict[str, Any]:
+    """Growth of the CUMULATIVE deviation from the expert with the horizon T:
+    C(T) = sum_{t < T} d(t) (Ross et al.'s total cost: O(T^2 eps) for BC, O(T eps) for DAgger).
+
+    `growth_exponent` fits log C = alpha log T + c on every (episode, T) pair; its t-interval
+    treats the pairs as independent, which they are not (one episode gives all its T), so the
+    reported CI is a percentile bootstrap over EPISODES of the exponent of the mean curve
+    (the OLS interval is kept as ``ols_ci`` for reference)."""
+    dev = np.asarray(dev, dtype=float)
+    H = np.array([h for h in horizons if 1 <= h <= dev.shape[1]], dtype=int)
+    cum = np.cumsum(dev, axis=1)[:, H - 1]                    # (n, len(H))
+    fit = growth_exponent(np.tile(H, len(cum)), cum.reshape(-1), confidence)
+    mean_fit = growth_exponent(H, cum.mean(axis=0), confidence)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(int(n_boot)):
+        idx = rng.integers(0, len(cum), len(cum))
+        m = cum[idx].mean(axis=0)
+        if np.all(m > 0):
+            boots.append(growth_exponent(H, m)["exponent"])
+    lo, hi = (np.quantile(boots, [(1 - confidence) / 2, (1 + confidence) / 2]) if boots else (math.nan, math.nan))
+    return {"exponent": mean_fit["exponent"], "ci_low": float(lo), "ci_high": float(hi),
+            "r2": mean_fit["r2"], "prefactor": mean_fit["prefactor"],
+            "pooled_exponent": fit["exponent"], "ols_ci": [fit["ci_low"], fit["ci_high"]],
+            "horizons": H.tolist(), "cumulative_mean": cum.mean(axis=0).tolist(), "n_episodes": int(len(cum)),
+            "n_boot": len(boots), "confidence": confidence}
+
+
+# ============================================================================ the loop
+@dataclass
+class RoundRecord:
+    round: int
+    variant: str
+    beta: Optional[float]
+    episodes_new: int
+    frames_new: int
+    labels_new: int
+    frames_total: int
+    labels_total: int                      # cumulative expert labels incl. the initial demos
+    success: Dict[str, Any]
+    deviation: Dict[str, Any]
+    final_distance: Dict[str, Any]
+    statuses: Dict[str, int]
+    collect: Dict[str, Any] = field(default_factory=dict)
+    timing: Dict[str, float] = field(default_factory=dict)
+    policy: str = ""
+    deviation_mean_by_t: List[float] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> str:
+        s = self.success
+        return (f"| {self.variant} | {self.round} | {'' if self.beta is None else f'{self.beta:.3g}'} | "
+                f"{100 * s['rate']:.0f}% [{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}] | "
+                f"{self.labels_new} | {self.labels_total} | {self.frames_total} | "
+                f"{100 * self.deviation['mean']:.2f} |")
+
+
+TABLE_HEADER = ("| variant | round | beta | success (95% CI) | new labels | labels (cum.) | frames (cum.) | "
+                "mean dev. from expert (cm) |\n|---|---|---|---|---|---|---|---|")
+
+
+def format_table(records: Sequence[RoundRecord]) -> str:
+    return "\n".join([TABLE_HEADER] + [r.row() for r in records])
+
+
+def _record_from(d: Dict[str, Any]) -> RoundRecord:
+    return RoundRecord(**d)
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, flush=True)
+
+
+def _tqdm(progress: bool, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return lambda it: tqdm(it, desc=desc, unit="ep", leave=False, dynamic_ncols=True)
+
+
+def _round_zero(robot, task, contract, demo_seeds, model_cfg, train_cfg, d: Path, eval_seeds, refs,
+                execution_mode, progress) -> Tuple[List[Episode], Path, Dict[str, Any], np.ndarray, Dict[str, float]]:
+    timing = {}
+    t0 = time.perf_counter()
+    if (d / "data" / "meta.json").is_file():
+        demos = load_round_data(d / "data")
+    else:
+        demos = expert_demos(robot, task, demo_seeds, contract)
+        save_round_data(demos, contract, d / "data")
+    timing["rollout"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = retrain(aggregate([demos], contract), model_cfg, train_cfg, d / "run", progress=progress)
+    timing["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    onnx = export_policy(run.run_dir, d / "policy.onnx")
+    timing["export"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ev, dev = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress, "eval round 0")
+    timing["eval"] = time.perf_counter() - t0
+    return demos, onnx, ev, dev, timing
+
+
+def _cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc):
+    if (d / EVAL_FILE).is_file() and (d / DEV_FILE).is_file():
+        ev = json.loads((d / EVAL_FILE).read_text())
+        if ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(onnx):
+            return ev, np.load(d / DEV_FILE)["dev"]
+    ev, dev = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, _tqdm(progress, desc))
+    ev["policy"] = str(onnx)
+    (d / EVAL_FILE).write_text(json.dumps(ev, default=float))
+    np.savez_compressed(d / DEV_FILE, dev=dev.astype(np.float32))
+    return ev, dev
+
+
+def _ensemble_for(d: Path, dataset: Dataset, policy: Path, size: int, model_cfg, train_cfg,
+                  quantile: float, progress: bool) -> Tuple[List[Path], Dict[str, Any], np.ndarray]:
+    t = _configs(model_cfg, train_cfg)[1]
+    paths = train_ensemble(dataset, size, d / "ensemble", model_cfg, train_cfg, first=policy,
+                           seed0=t.seed, progress=progress)
+    cal_file = d / "ensemble" / "calibration.json"
+    scale = np.maximum(dataset.stats().act_std, 1e-3)
+    if cal_file.is_file():
+        cal = json.loads(cal_file.read_text())
+    else:
+        ens = EnsembleDisagreement([OnnxPolicy(p) for p in paths], scale=scale)
+        obs = np.concatenate([e.obs for e in dataset.episodes])
+        cal = calibrate_threshold(ens, obs, quantile)
+        cal_file.write_text(json.dumps(cal))
+    return paths, cal, scale
+
+
+def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str = "classic", rounds: int = 5,
+               episodes_per_round: int = 10, initial_demos: int = 20, beta_kind: str = "exponential",
+               beta0: float = 1.0, beta_decay: float = 0.5, model_cfg=None, train_cfg=None,
+               out_dir="dagger_runs", eval_seeds: Sequence[int] = tuple(range(10_000, 10_100)),
+               progress: bool = True, round0_dir=None, references_cache=None,
+               ensemble_size: int = 3, threshold: Optional[float] = None, threshold_quantile: float = 0.99,
+               query_budget: int = 150, release: float = 0.7, min_expert_ticks: int = 10,
+               human: Optional[Mapping[str, Any]] = None, rollout_seed0: int = 100_000,
+               execution_mode: str = "temporal_ensembling") -> List[RoundRecord]:
+    """DAgger for `rounds` rounds after round 0 (BC on `initial_demos` expert demos, seeds
+    0..initial_demos-1). Round i >= 1: roll the round i-1 policy on `episodes_per_round` seeds
+    (rollout_seed0 + 1000 i + j) with the variant's gate, label, aggregate with ALL earlier
+    data, retrain from scratch, export, evaluate on `eval_seeds`. beta_i =
+    beta_schedule(i, beta_kind, beta0, beta_decay) (classic; i = 1 is the first DAgger round,
+    so the default schedule is 0.5, 0.25, ...). Returns one `RoundRecord` per round (0..rounds);
+    finished rounds found in `out_dir` are loaded, not recomputed. `round0_dir` lets several
+    variants share round 0 (default `out_dir/round_00`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} not in {VARIANTS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    r0 = Path(round0_dir) if round0_dir is not None else out / "round_00"
+    r0.mkdir(parents=True, exist_ok=True)
+    contract = load_contract(robot, task)
+    eval_seeds = [int(s) for s in eval_seeds]
+    m_cfg, t_cfg = _configs(model_cfg, train_cfg)
+    base = {"robot": robot, "task": task, "initial_demos": initial_demos, "model": m_cfg.to_dict(),
+            "train": t_cfg.to_dict(), "eval_seeds": eval_seeds, "execution_mode": execution_mode}
+    _check_config(r0, base)
+    _check_config(out, {**base, "variant": variant, "episodes_per_round": episodes_per_round,
+                        "beta": [beta_kind, beta0, beta_decay], "ensemble_size": ensemble_size,
+                        "threshold": threshold, "threshold_quantile": threshold_quantile,
+                        "query_budget": query_budget, "release": release, "min_expert_ticks": min_expert_ticks,
+                        "human": dict(human or {}), "rollout_seed0": rollout_seed0})
+    refs = expert_references(robot, task, eval_seeds,
+                             Path(references_cache) if references_cache else r0 / "expert_eval.npz", contract)
+    human_kw = dict(human or {})
+
+    records: List[RoundRecord] = []
+    # ------------------------------------------------------------------ round 0
+    rec_file = r0 / RECORD_FILE
+    demos, policy, ev, dev, timing = _round_zero(robot, task, contract, range(initial_demos), model_cfg,
+                                                 train_cfg, r0, eval_seeds, refs, execution_mode, progress) \
+        if not rec_file.is_file() else (load_round_data(r0 / "data"), r0 / "policy.onnx", None, None, None)
+    if rec_file.is_file():
+        rec0 = _record_from(json.loads(rec_file.read_text()))
+    else:
+        n = labels_of(demos)
+        rec0 = RoundRecord(0, "bc", None, len(demos), sum(len(e) for e in demos), n, sum(len(e) for e in demos),
+                           n, ev["success"], ev["deviation"], ev["final_distance"], ev["statuses"],
+                           {}, timing, str(policy), ev["deviation_mean_by_t"])
+        rec_file.write_text(json.dumps(asdict(rec0), default=float))
+    rec0 = RoundRecord(**{**asdict(rec0), "variant": variant})
+    records.append(rec0)
+    _say(progress, f"[{task}/{variant}] round 0 (BC, {rec0.episodes_new} demos, {rec0.labels_total} labels): "
+                   f"success {_fmt_rate(rec0.success)}")
+    parts: List[List[Episode]] = [demos]
+    cur_dir = r0
+    for i in range(1, rounds + 1):
+        d = out / f"round_{i:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        rec_file = d / RECORD_FILE
+        if rec_file.is_file():
+            rec = _record_from(json.loads(rec_file.read_text()))
+            parts.append(load_round_data(d / "data"))
+            records.append(rec)
+            policy, cur_dir = Path(rec.policy), d
+            _say(progress, f"[{task}/{variant}] round {i}: loaded ({_fmt_rate(rec.success)}, {rec.labels_total} labels)")
+            continue
+        timing: Dict[str, float] = {}
+        beta = beta_schedule(i, beta_kind, beta0, beta_decay) if variant == "classic" else None
+        seeds = [rollout_seed0 + 1000 * i + j for j in range(episodes_per_round)]
+        extra: Dict[str, Any] = {}
+        kw: Dict[str, Any] = {}
+        prev = aggregate(parts, contract)
+        if variant == "robot_gated":
+            t0 = time.perf_counter()
+            members, cal, scale = _ensemble_for(cur_dir, prev, policy, ensemble_size, model_cfg, train_cfg,
+                                                threshold_quantile, progress)
+            timing["ensemble_train"] = time.perf_counter() - t0
+            thr = threshold if threshold is not None else cal["threshold"]
+            extra["threshold"], extra["calibration"] = thr, cal
+            kw = dict(ensemble=members, threshold=thr, action_scale=scale, query_budget=query_budget,
+                      release=release, min_expert_ticks=min_expert_ticks)
+        elif variant == "human_gated":
+            kw = dict(references=expert_references(robot, task, seeds, d / "expert_paths.npz", contract),
+                      human=human_kw)
+        if (d / "data" / "meta.json").is_file():
+            new = load_round_data(d / "data")
+            stats = json.loads((d / "collect.json").read_text())
+        else:
+            new, stats = collect_round(robot, task, variant, policy, seeds, i, beta=beta if beta is not None else 0.0,
+                                       execution_mode=execution_mode, contract=contract, **kw)
+            save_round_data(new, contract, d / "data")
+            (d / "collect.json").write_text(json.dumps(stats))
+        timing["rollout"], timing["label"] = stats["rollout_seconds"], stats["label_seconds"]
+        parts.append(new)
+        ds = aggregate(parts, contract)
+        _say(progress, f"[{task}/{variant}] round {i}: {len(new)} rollouts"
+                       f"{'' if beta is None else f' (beta {beta:.3g})'}, {stats['labels']} new labels "
+                       f"(expert share {100 * stats['expert_share']:.0f}%, {stats['gate_reasons']}); "
+                       f"aggregate {ds.num_frames} frames -> training")
+        t0 = time.perf_counter()
+        run = retrain(ds, model_cfg, train_cfg, d / "run", progress=progress)
+        timing["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        policy = export_policy(run.run_dir, d / "policy.onnx")
+        timing["export"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev, dev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}")
+        timing["eval"] = time.perf_counter() - t0
+        labels_total = labels_of(ds.episodes)
+        rec = RoundRecord(i, variant, beta, len(new), stats["frames"], stats["labels"], ds.num_frames,
+                          labels_total, ev["success"], ev["deviation"], ev["final_distance"], ev["statuses"],
+                          stats, timing, str(policy), ev["deviation_mean_by_t"], extra)
+        rec_file.write_text(json.dumps(asdict(rec), default=float))
+        records.append(rec)
+        cur_dir = d
+        _say(progress, f"[{task}/{variant}] round {i}: success {_fmt_rate(rec.success)}, labels {labels_total} "
+                       f"(train {timing['train']:.0f} s, eval {timing['eval']:.0f} s)")
+    _say(progress, format_table(records))
+    return records
+
+
+def _check_config(d: Path, cfg: Dict[str, Any]) -> None:
+    """Round folders are only reused for the settings that produced them."""
+    f = d / "dagger_config.json"
+    cfg = json.loads(json.dumps(cfg, default=str))
+    if f.is_file():
+        old = json.loads(f.read_text())
+        if old != cfg:
+            diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+            raise ValueError(f"{d} holds DAgger rounds made with other settings ({diff}); "
+                             f"use another out_dir or delete it")
+    else:
+        f.write_text(json.dumps(cfg, indent=1))
+
+
+def _fmt_rate(s: Mapping[str, Any]) -> str:
+    return f"{100 * s['rate']:.0f}% [{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}] (n={s['n']})"
+
+
+def bc_same_budget(robot: str, task: str, labels: int, out_dir, model_cfg=None, train_cfg=None,
+                   eval_seeds: Sequence[int] = tuple(range(10_000, 10_100)), references=None,
+                   execution_mode: str = "temporal_ensembling", progress: bool = True) -> Dict[str, Any]:
+    """Plain BC on the same number of expert labels, as demonstrations only (whole episodes
+    from seeds 0, 1, ... until >= `labels` frames; the first ones are round 0's demos)."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    rec_file = d / RECORD_FILE
+    if rec_file.is_file():
+        rec = json.loads(rec_file.read_text())
+        if rec.get("labels_target") == labels:
+            return rec
+    contract = load_contract(robot, task)
+    eval_seeds = [int(s) for s in eval_seeds]
+    refs = references if references is not None else expert_references(robot, task, eval_seeds, contract=contract)
+    timing = {}
+    t0 = time.perf_counter()
+    if (d / "data" / "meta.json").is_file():
+        demos = load_round_data(d / "data")
+    else:
+        demos = expert_frames(robot, task, labels, 0, contract)
+        save_round_data(demos, contract, d / "data")
+    timing["rollout"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = retrain(aggregate([demos], contract), model_cfg, train_cfg, d / "run", progress=progress)
+    timing["train"] = time.perf_counter() - t0
+    onnx = export_policy(run.run_dir, d / "policy.onnx")
+    t0 = time.perf_counter()
+    ev, dev = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress,
+                           f"eval BC {labels} labels")
+    timing["eval"] = time.perf_counter() - t0
+    rec = {"labels_target": int(labels), "labels": labels_of(demos), "episodes": len(demos),
+           "success": ev["success"], "deviation": ev["deviation"], "final_distance": ev["final_distance"],
+           "statuses": ev["statuses"], "timing": timing, "policy": str(onnx),
+           "deviation_mean_by_t": ev["deviation_mean_by_t"]}
+    rec_file.write_text(json.dumps(rec, default=float))
+    _say(progress, f"[{task}/bc] {len(demos)} demos ({rec['labels']} labels): success {_fmt_rate(rec['success'])}")
+    return rec
