@@ -71,6 +71,8 @@ POLICY_ARGS = [
     LaunchArg("execution_mode", "temporal_ensembling",
               "temporal_ensembling | receding_horizon | latency_aware | mode_consistent"),
     LaunchArg("autostart", "true", "Configure and activate the lifecycle node at start"),
+    LaunchArg("use_sim_time", "false", "Judge observation age on /clock: true with the MuJoCo bridge "
+              "(it stamps in sim time), false on a real robot"),
 ]
 DAGGER_ARGS = [
     LaunchArg("variant", "classic", "DAgger variant: classic (beta gate) | human_gated (~/intervention) | "
@@ -104,14 +106,18 @@ def record_nodes(robot="planar3", task="curved_reach", output_dir="bags", contra
 
 def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode="temporal_ensembling",
                  autostart=True, controller="forward_position_controller", lockstep=False,
-                 command_topic="", **_) -> List[NodeSpec]:
+                 command_topic="", use_sim_time=False, **_) -> List[NodeSpec]:
     """The policy node. lockstep: tick per observation stamp; command_topic: remap its command
-    output (``/<controller>/commands``) there, e.g. to the dagger node's input."""
+    output (``/<controller>/commands``) there, e.g. to the dagger node's input; use_sim_time:
+    required against the sim bridge, which stamps observations in sim time (on the wall clock
+    every observation would look stale and the policy would hold)."""
     params = {"model_path": model or str(model_path("policies", f"{robot}_{task}.onnx")),
               "contract": str(contract_path(robot, task)), "execution_mode": execution_mode,
               "autostart": _bool(autostart), "controller": controller}
     if _bool(lockstep):
         params["lockstep"] = True
+    if _bool(use_sim_time):
+        params["use_sim_time"] = True
     remaps = [(f"/{controller.strip('/')}/commands", command_topic)] if command_topic else []
     return [NodeSpec("policy_node", "policy", param_file="policy.yaml", parameters=params, remappings=remaps)]
 
@@ -125,9 +131,7 @@ def dagger_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
     sim_time: the policy node judges observation age on /clock (the bridge stamps in sim time;
     on the wall clock every lock-step observation would look stale and the policy would hold)."""
     policy = policy_nodes(robot, task, model, execution_mode, autostart=True, controller=controller,
-                          lockstep=True, command_topic=DAGGER_POLICY_COMMAND)[0]
-    if _bool(sim_time):
-        policy.parameters["use_sim_time"] = True
+                          lockstep=True, command_topic=DAGGER_POLICY_COMMAND, use_sim_time=sim_time)[0]
     params = {"contract": str(contract_path(robot, task)), "variant": variant, "beta": float(beta),
               "controller": controller, "seed": int(seed),
               "policy_command_topic": DAGGER_POLICY_COMMAND}
@@ -139,8 +143,10 @@ def dagger_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
 
 
 def demo_nodes(**kw) -> List[NodeSpec]:
-    """Sim + policy + recorder; the expert only serves labels (it must not fight the policy)."""
-    return sim_nodes(**{**kw, "drive": False}) + policy_nodes(**kw) + record_nodes(**kw)
+    """Sim + policy + recorder; the expert only serves labels (it must not fight the policy).
+    The policy runs on sim time and, with the bridge in lock-step, ticks per observation."""
+    policy = {**kw, "use_sim_time": True, "lockstep": kw.get("mode", "free") == "lockstep"}
+    return sim_nodes(**{**kw, "drive": False}) + policy_nodes(**policy) + record_nodes(**kw)
 
 
 GRAPHS = {

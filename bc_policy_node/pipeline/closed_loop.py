@@ -33,18 +33,18 @@ def policy_graph(robot: str, task: str, model: str, lockstep: bool, rtf: float =
                             real_time_factor=rtf, drive=False)
     specs = [s for s in specs if s.executable != "expert_node"]
     specs += graph.policy_nodes(robot=robot, task=task, model=str(model), execution_mode=execution_mode,
-                                autostart=True)
-    return specs, {"policy": {"lockstep": lockstep}}
+                                autostart=True, lockstep=lockstep, use_sim_time=True)
+    return specs
 
 
 def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_dir: Path,
                         lockstep: bool = True, progress=None, timeout_per_episode: float = 120.0,
                         execution_mode: str = "temporal_ensembling") -> Dict:
     """Episodes driven by the policy node; returns outcomes per seed and the final policy status."""
-    specs, extra = policy_graph(robot, task, model, lockstep, execution_mode=execution_mode)
+    specs = policy_graph(robot, task, model, lockstep, execution_mode=execution_mode)
     status: Dict[str, Optional[PolicyStatus]] = {"last": None}
     outcomes = []
-    with Graph(specs, Path(log_dir), extra_params=extra) as g, GraphClient("closed_loop", check=g.check_alive) as client:
+    with Graph(specs, Path(log_dir)) as g, GraphClient("closed_loop", check=g.check_alive) as client:
         client.node.create_subscription(PolicyStatus, "/policy/status",
                                         lambda m: status.__setitem__("last", m), qos.STATUS)
         client.wait_for_services([RESET], timeout=60.0)
@@ -64,9 +64,9 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
 
 def measure_free_run(model, robot: str, task: str, seconds: float, log_dir: Path, seed: int = 0) -> Dict:
     """Policy node + bridge in free-run at real time for `seconds`: the node's timing status."""
-    specs, extra = policy_graph(robot, task, model, lockstep=False)
+    specs = policy_graph(robot, task, model, lockstep=False)
     status: Dict[str, Optional[PolicyStatus]] = {"last": None}
-    with Graph(specs, Path(log_dir), extra_params=extra) as g, GraphClient("free_run", check=g.check_alive) as client:
+    with Graph(specs, Path(log_dir)) as g, GraphClient("free_run", check=g.check_alive) as client:
         client.node.create_subscription(PolicyStatus, "/policy/status",
                                         lambda m: status.__setitem__("last", m), qos.STATUS)
         client.wait_for_services([RESET], timeout=60.0)

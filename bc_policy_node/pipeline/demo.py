@@ -106,7 +106,7 @@ def main(args) -> int:
         from ..core.dataset_builder import build_dataset
         ds, report = build_dataset([out / "bags"], contract, out_dir=out / "dataset")
         return {"episodes": len(ds), "frames": ds.num_frames, "hash": ds.content_hash(),
-                "excluded": len(report.get("excluded", [])) if isinstance(report, dict) else 0}
+                "excluded": int(report["excluded"])}
 
     def train():
         from ..learning import train as run
