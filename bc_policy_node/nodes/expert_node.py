@@ -118,6 +118,7 @@ class ExpertNode(Node):
             self._pending: Dict[str, OrderedDict] = {"js": OrderedDict(), "ts": OrderedDict()}
             self._last_tick = -1                  # stamp (ns) of the last observation handled
             self._latest: Tuple[Optional[np.ndarray], Optional[TaskState]] = (None, None)
+            self._latest_js: Optional[JointState] = None     # free mode
             self._idx_cache: Dict[Tuple[str, ...], Optional[np.ndarray]] = {}
             self._done_episode = -1
             self.command_topic = f"/{p.controller.strip('/')}/commands"
@@ -182,6 +183,9 @@ class ExpertNode(Node):
         return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
     def _on_joint_state(self, msg: JointState) -> None:
+        if self.params.mode == "free":    # only the latest matters: decode it at the timer
+            self._latest_js = msg
+            return
         q = self._positions(msg)
         if q is None:
             return
@@ -214,9 +218,12 @@ class ExpertNode(Node):
             self._command(q, ts)
 
     def _on_timer(self) -> None:
-        with self._lock:
-            q, ts = self._latest
-            if q is not None and ts is not None:
+        js, ts = self._latest_js, self._latest[1]
+        if js is None or ts is None:
+            return
+        q = self._positions(js)
+        if q is not None:
+            with self._lock:
                 self._command(q, ts)
 
     def _command(self, q: np.ndarray, ts: TaskState) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -23,7 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 from bc_msgs.msg import TaskState
 from bc_msgs.srv import ResetEpisode, StepSim
 
-from ..core.env import SimEnv, robot_mjcf
+from ..core.env import JOINT_STATES_TOPIC, TASK_STATE_TOPIC, SimEnv, robot_mjcf
 from ..core.safety import validate_command
 from ..core.sim import SimError
 from ..core.tasks import TaskError
@@ -49,8 +50,8 @@ RATE_LIMITED = "rate_limited"
 IGNORED = "ignored_not_running"
 COUNTERS = (ACCEPTED, CLAMPED, REJ_LENGTH, REJ_NONFINITE, REJ_MALFORMED, REJ_UNKNOWN_JOINT,
             REJ_JOINT_SET, REJ_NO_POINTS, RATE_LIMITED, IGNORED)
+SWITCH_INTERVAL_S = 0.0005  # s; GIL hand-over interval of the bridge process (CPython default 0.005)
 RATE_BURST_S = 0.1          # s of max_command_rate_hz the rate limiter lets through at once
-CATCH_UP_S = 0.005          # free mode: a lag up to this (wall s) is caught up, a longer one is dropped
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class MujocoBridge(Node):
         self._last_stamp_ns = 0
         self._last_finite_js: Optional[JointState] = None
         self._pending_cmd: Optional[np.ndarray] = None   # free mode: next target to apply
+        self._since_pub = self._since_clock = 0
         self._first_pair_pending = False
         self._diverged_logged = False
         self.counts: Dict[str, int] = {c: 0 for c in COUNTERS}
@@ -304,17 +306,21 @@ class MujocoBridge(Node):
                                 throttle_duration_sec=2.0)
 
     # ------------------------------------------------------------------ publishing
-    def _publish_pair(self, with_task: bool = True, with_clock: bool = True) -> Optional[TaskState]:
-        """Publish /clock, /joint_states (and /task_state) for the current state. Lock held."""
+    def _publish_pair(self, with_task: bool = True, with_clock: bool = True,
+                      msgs: Optional[dict] = None) -> Optional[TaskState]:
+        """Publish /joint_states (+ /task_state, /clock) of the current state. Lock held.
+
+        msgs: the current state as returned by SimEnv.reset()/step() (saves rebuilding it).
+        """
         env = self.env
         ns = self._offset_ns + int(round(env.sim.time * 1e9))
         if ns <= self._last_stamp_ns and self._last_finite_js is not None:
             ns = self._last_stamp_ns          # re-publication of the current pair (~/step 0)
         self._last_stamp_ns = ns
         stamp = _stamp(ns)
-        js_data = env.joint_state
-        if (not env.sim.diverged and np.all(np.isfinite(js_data.position))
-                and np.all(np.isfinite(js_data.velocity)) and np.all(np.isfinite(js_data.effort))):
+        js_data = msgs[JOINT_STATES_TOPIC] if msgs else env.joint_state
+        if not env.sim.diverged and np.isfinite(np.sum(js_data.position) + np.sum(js_data.velocity)
+                                                + np.sum(js_data.effort)):
             js = joint_state_msg(js_data)
             self._last_finite_js = js
         else:   # never publish a diverged state: repeat the last good positions, at rest
@@ -327,7 +333,7 @@ class MujocoBridge(Node):
             self._js_stats.record(time.perf_counter(), self.k_pub * env.sim.timestep / self.params.real_time_factor)
         ts = None
         if with_task:
-            ts = task_state_msg(env.task_state)
+            ts = task_state_msg(msgs[TASK_STATE_TOPIC] if msgs else env.task_state)
             ts.header.stamp = stamp
             self._ts_pub.publish(ts)
             if ts.status == STATUS_DIVERGED and not self._diverged_logged:
@@ -357,16 +363,17 @@ class MujocoBridge(Node):
         if task and task != env.task_name:
             env.set_task(task, variant)       # raises with the env unchanged
         self._episode = False                 # until reset() succeeds (it may fail to sample)
-        env.reset(int(seed), variant)
+        msgs = env.reset(int(seed), variant)
         self._episode = True
         self._first_pair_pending = False
         # next episode starts one period after the last stamp, on a multiple of the period (so
         # sim-time timers at the control rate tick on the control boundaries)
         self._offset_ns = -(-(self._last_stamp_ns + self.period_ns) // self.period_ns) * self.period_ns
         self._pending_cmd = None
+        self._since_pub = self._since_clock = 0     # free mode: steps since the last js / clock
         self._diverged_logged = False
         self.counts["episodes"] += 1
-        return self._publish_pair() if publish else None
+        return self._publish_pair(msgs=msgs) if publish else None
 
     def _srv_reset(self, req: ResetEpisode.Request, resp: ResetEpisode.Response):
         try:
@@ -459,10 +466,10 @@ class MujocoBridge(Node):
                 self._pending_cmd = target
             return
         self._first_pair_pending = False
-        env.step(env.last_command if target is None else target)
+        msgs = env.step(env.last_command if target is None else target)
         self.counts["ticks"] += 1
         self._record_ticks(1)
-        self._publish_pair()
+        self._publish_pair(msgs=msgs)
 
     def _record_ticks(self, n: int) -> None:
         now = time.monotonic()
@@ -484,8 +491,11 @@ class MujocoBridge(Node):
     def _free_run(self) -> None:
         env, p = self.env, self.params
         wall_per_substep = env.sim.timestep / p.real_time_factor
+        # A lag of up to one control period (sim time) is caught up by running without sleeping;
+        # a longer one (machine stalled) is dropped: the achieved real-time factor shows it.
+        # Catching up more would run several control periods before a controller can answer.
+        catch_up = env.substeps * wall_per_substep
         t_ref, n_ref = time.perf_counter(), 0
-        since_pub = since_clock = 0
         while not self._stop.is_set():
             n = 0
             with self._lock:
@@ -494,16 +504,16 @@ class MujocoBridge(Node):
                     if self._pending_cmd is not None:
                         env.set_command(self._pending_cmd)
                         self._pending_cmd = None
-                    n = min(self.k_pub - since_pub, env.substeps - env.substep_phase)
+                    n = min(self.k_pub - self._since_pub, env.substeps - env.substep_phase)
                     env.advance(n)
-                    since_pub += n
-                    since_clock += n
+                    self._since_pub += n
+                    self._since_clock += n
                     boundary = env.substep_phase == 0
-                    if boundary or since_pub >= self.k_pub:
-                        clock = boundary or since_clock >= self.k_clock
-                        since_pub = 0
+                    if boundary or self._since_pub >= self.k_pub:
+                        clock = boundary or self._since_clock >= self.k_clock
+                        self._since_pub = 0
                         if clock:
-                            since_clock = 0
+                            self._since_clock = 0
                         self._publish_pair(with_task=boundary, with_clock=clock)
                     self._substeps_total += n
             if not running:               # idle until a reset; keep the pacing reference fresh
@@ -516,8 +526,10 @@ class MujocoBridge(Node):
             wait = t_ref + n_ref * wall_per_substep - now
             if wait > 0:
                 time.sleep(wait)
-            elif wait < -CATCH_UP_S:      # far behind (machine stalled): do not sprint to catch up
-                t_ref, n_ref = now, 0
+            else:
+                time.sleep(0)             # behind schedule: still let the command thread run
+                if wait < -catch_up:      # far behind: do not sprint through control periods
+                    t_ref, n_ref = now, 0
             w = self._rtf_window
             if not w or now - w[-1][0] > 0.05:
                 w.append((now, self._substeps_total))
@@ -541,8 +553,9 @@ class MujocoBridge(Node):
         with self._lock:
             ts = env.task_state if self._episode else None
             out: Dict[str, object] = dict(self.counts)
-        out.update(state_subscribers=min(self._js_pub.get_subscription_count(),
-                                         self._ts_pub.get_subscription_count()),
+        js_subs, ts_subs = self._js_pub.get_subscription_count(), self._ts_pub.get_subscription_count()
+        out.update(joint_state_subscribers=js_subs, task_state_subscribers=ts_subs,
+                   state_subscribers=min(js_subs, ts_subs),
                    command_publishers=self.count_publishers(self.command_topic),
                    mode=self.params.mode, episode_id=env.episode_id,
                    step=ts.step if ts else 0, status=ts.status if ts else "no episode",
@@ -579,6 +592,10 @@ class MujocoBridge(Node):
 
 
 def main(args=None) -> int:
+    # Three Python threads share the GIL (executor, commands, physics): hand it over within
+    # 0.5 ms instead of CPython's default 5 ms, so a busy physics thread cannot delay a
+    # command by several control periods of sim time.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     rclpy.init(args=args)
     try:
         node = MujocoBridge()

@@ -36,7 +36,8 @@ from bc_policy_node.procs import Graph, NodeProcess  # noqa: E402
 pytestmark = pytest.mark.ros
 TIMEOUT = 60.0                 # s; only turns a hang into a failure
 SEED = 7
-FREE_SEED = 1                  # curved_reach: 92 ticks in lock-step, horizon 200 (see the free-run test)
+RTF = 4.0
+FREE_SEED = 0                  # curved_reach: 80 ticks in lock-step, horizon 200 (see the free-run test)
 PERIOD_NS = 20_000_000         # 50 Hz control period
 BURST = 90                     # commands sent back to back (bad-input test)
 CMD = "/forward_position_controller/commands"
@@ -282,10 +283,11 @@ def test_free_run_reaches_the_lockstep_outcome(ros, tmp_path):
     2 x 0.02 m apart. Tick-exact equality is not expected: in free run a command computed
     from the state at tick k reaches the physics a few ms (sim time) later instead of exactly
     at tick k. Each tick therefore makes less progress (the servo gets less than a period to
-    reach the target): at 4x on a loaded 2-core machine we saw up to 40% more ticks, so the
-    seed is one whose lock-step episode takes under half the horizon.
+    reach the target): at 4x on a 2-core machine loaded by other jobs (load average 8-11) we
+    saw up to twice as many ticks, so the seed is one whose lock-step episode takes 40% of the
+    horizon.
     """
-    specs = sim_nodes(task="curved_reach", mode="free", real_time_factor=4.0, drive=True)
+    specs = sim_nodes(task="curved_reach", mode="free", real_time_factor=RTF, drive=True)
     extra = {"mujoco_bridge": BRIDGE_TEST_PARAMS, "expert": {"mode": "free", "use_sim_time": True}}
     with Graph(specs, tmp_path / "logs", extra) as g:
         c = Client("free_client", g)
@@ -302,13 +304,16 @@ def test_free_run_reaches_the_lockstep_outcome(ros, tmp_path):
     assert final.status == ref.status == "success", final.reason
     gap = float(np.linalg.norm(np.array(final.ee_position) - ref.ee_position))
     assert gap <= 2 * 0.02, f"final tool positions {gap:.4f} m apart"
-    # real physics between control ticks: a /joint_states every 2 ms of sim time, all distinct
+    # real physics between control ticks: a /joint_states every physics step (2 ms of sim time),
+    # each the next integrator step of the previous one (implicit Euler: q' = q + h v')
     t0, t1 = stamp_ns(r.state), stamp_ns(final)
     js = sorted({stamp_ns(m): m for m in list(c.js) if t0 <= stamp_ns(m) <= t1}.items())
     stamps = np.array([s for s, _ in js])
     assert len(stamps) == 10 * final.step + 1 and np.all(np.abs(np.diff(stamps) - 2_000_000) <= 1)
     q = np.array([m.position for _, m in js])
-    assert len(np.unique(q, axis=0)) > 0.9 * len(q)
+    v = np.array([m.velocity for _, m in js])
+    np.testing.assert_allclose(np.diff(q, axis=0) / 0.002, v[1:], rtol=0, atol=1e-9)
+    assert np.abs(v).max() > 0.1                    # the arm did move
     print(f"\nfree run x4: success at tick {final.step} (lock-step {ref.step}), final tool gap "
           f"{gap * 1000:.1f} mm, achieved rtf {diag['achieved_rtf']}, joint-state period error p99 "
           f"{diag['joint_state_period_err_p99_us']} us")
