@@ -95,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--episodes-per-round", type=int, default=10)
     p.add_argument("--out", default="runs/dagger")
+    p.add_argument("--demos", type=int, default=20,
+                   help="without --dataset: in-process expert demonstrations for round 0 (seeds 0..N-1)")
+    p.add_argument("--seed", type=int, default=200_000,
+                   help="rollout seeds: SEED + 1000 * round + episode")
+    p.add_argument("--beta-schedule", default="exponential", choices=("exponential", "linear", "constant"),
+                   help="classic: beta_i = schedule(i), i = 1 the first DAgger round")
+    p.add_argument("--beta0", type=float, default=1.0, help="classic: beta schedule start")
+    p.add_argument("--beta-decay", type=float, default=0.5, help="classic: beta schedule decay")
+    p.add_argument("--eval-episodes", type=int, default=100, help="in-process evaluation seeds per round")
+    p.add_argument("--eval-seed", type=int, default=10_000, help="first in-process evaluation seed")
+    p.add_argument("--ros-eval-episodes", type=int, default=0,
+                   help="classic: policy-only (beta 0) episodes through the graph after each hot swap")
+    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps per retraining (default 1000)")
+    p.add_argument("--expert-timeout-periods", type=float, default=None,
+                   help="dagger node: control periods to wait for an expert label (default config/dagger.yaml)")
+    p.add_argument("--log-dir", default=None, help="node logs (default <out>/logs)")
 
     p = add("experiments", "bc_policy_node.experiments.runner:main",
             "reproduce BC's known behaviours on the sim tasks (report + PNG figures)")

@@ -60,6 +60,8 @@ REASON_HOLD = "hold"
 REASON_TELEOP = "teleop"
 LOG_EVERY_S = 2.0
 PENDING_STAMPS = 64
+RUNTIME_PARAMS = ("beta", "expert_timeout_periods", "policy_timeout_periods")
+MAX_LATE_REQUESTS = 100      # timed-out expert requests still awaited (a late answer = alive again)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class DaggerParams:
                         "per-tick step bound", "")
     variant: str = doc("classic (beta gate) | human_gated (~/intervention) | robot_gated "
                        "(uncertainty gate)", "classic")
-    beta: float = doc("classic: probability that the expert acts at a step (settable at run time)", 0.5)
+    beta: float = doc("classic: probability that the expert acts at a step (run-time settable)", 0.5)
     seed: int = doc("Seed of the beta gate; reseeded per episode from (seed, episode seed)", 0)
     controller: str = doc("ros2_control controller: executed commands go to /<controller>/commands",
                           "forward_position_controller")
@@ -361,8 +363,9 @@ class DaggerNode(Node):
         expert_service, task_state_topic, expert_timeout_periods, policy_timeout_periods,
         absent_after, teleop_timeout_periods, uncertainty_source, ensemble_models,
         uncertainty_threshold, uncertainty_scale, uncertainty_horizon, chunk_window,
-        query_budget, release, min_expert_ticks, status_rate_hz. Only ``beta`` changes at run
-        time (the DAgger loop sets it per round).
+        query_budget, release, min_expert_ticks, status_rate_hz. ``beta`` (the DAgger loop sets
+        it per round), ``expert_timeout_periods`` and ``policy_timeout_periods`` change at run
+        time (from the next frame on); the others are read once.
 
     Failure behaviour: an expert that does not answer within ``expert_timeout_periods`` (or
     refuses, or whose service is gone) leaves the frame unlabelled and the policy acts; a
@@ -387,6 +390,7 @@ class DaggerNode(Node):
         self._assembler = ObservationAssembler(self.contract)
         self._frames: Deque[_Frame] = collections.deque()
         self._policy_fifo: Deque[np.ndarray] = collections.deque()
+        self._late: Deque = collections.deque()
         self._policy_absent = False
         self._expert_absent = False
         self._policy_misses = 0
@@ -431,6 +435,8 @@ class DaggerNode(Node):
                                                  clock=self._wall)
         self._deadline_timer.cancel()
         self.create_timer(1.0 / p.status_rate_hz, self._publish_status, clock=self._wall)
+        self._expert_ready = False     # ~/status is also published when this flips (10 Hz check)
+        self.create_timer(0.1, self._check_expert_ready, clock=self._wall)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
             f"dagger: variant {p.variant}"
@@ -442,21 +448,27 @@ class DaggerNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
+        changes = {}
         for prm in params:
             if prm.name == "use_sim_time":
                 continue
-            if prm.name != "beta":
+            if prm.name not in RUNTIME_PARAMS:
                 return SetParametersResult(successful=False, reason=(
-                    f"{prm.name} is read once at startup; only beta changes at run time"))
+                    f"{prm.name} is read once at startup; only {', '.join(RUNTIME_PARAMS)} change at run time"))
             try:
-                b = float(prm.value)
+                changes[prm.name] = float(prm.value)
             except (TypeError, ValueError):
-                return SetParametersResult(successful=False, reason="beta must be a number")
-            if not 0.0 <= b <= 1.0:
-                return SetParametersResult(successful=False, reason=f"beta must be in [0, 1], got {b}")
-            self.params = dataclasses.replace(self.params, beta=b)
-            self.core.set_beta(b)
-            self.get_logger().info(f"beta set to {b:g}")
+                return SetParametersResult(successful=False, reason=f"{prm.name} must be a number")
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            new = dataclasses.replace(self.params, **changes)   # validated in __post_init__
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self.params = new
+        if "beta" in changes:
+            self.core.set_beta(new.beta)
+        self.get_logger().info("set " + ", ".join(f"{k}={v:g}" for k, v in changes.items()))
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ observations
@@ -536,20 +548,26 @@ class DaggerNode(Node):
             req = QueryExpert.Request(count=1, observations=f.obs.tolist(), modes=[f.mode], chunk_length=1)
             f.future = self._expert.call_async(req)
             f.future.add_done_callback(lambda fut, frame=f: self._on_expert(frame, fut))
-            f.expert_deadline = now if self._expert_absent else now + p.expert_timeout_periods * self.dt
+            # an absent expert gets one control period (so that it can come back), at most
+            wait = min(p.expert_timeout_periods, 1.0) if self._expert_absent else p.expert_timeout_periods
+            f.expert_deadline = now + wait * self.dt
         self._frames.append(f)
         self._advance()
 
     # ------------------------------------------------------------------ answers
     def _on_expert(self, f: _Frame, fut) -> None:
-        if f.label is not _PENDING:
-            return                                 # already timed out / decided
         try:
             resp = fut.result()
         except Exception as e:                     # noqa: BLE001 - any client failure = unlabelled
             resp, err = None, str(e)
         else:
             err = "" if resp is None else resp.message
+        if f.label is not _PENDING:                # too late for its frame, but the expert is alive
+            self._counts["late_labels"] += 1
+            if resp is not None and resp.success and self._expert_absent:
+                self._expert_misses, self._expert_absent = 0, False
+                self.get_logger().info("expert answers again")
+            return
         a = self.contract.act_dim
         if resp is not None and resp.success and len(resp.actions) >= a:
             label = np.asarray(resp.actions[:a], dtype=float)
@@ -614,8 +632,7 @@ class DaggerNode(Node):
             if f.policy is None and self._policy_fifo:
                 f.policy = self._policy_fifo.popleft()
             policy_waiting = f.policy is None and now < f.policy_deadline
-            # (an absent expert still gets until the policy has answered)
-            if f.label is _PENDING and not policy_waiting and now >= f.expert_deadline:
+            if f.label is _PENDING and now >= f.expert_deadline:
                 self._expert_timed_out(f)
             if f.label is _PENDING or policy_waiting:
                 if self._deadline_timer.is_canceled():
@@ -638,18 +655,22 @@ class DaggerNode(Node):
     def _expert_timed_out(self, f: _Frame) -> None:
         f.label, f.label_failure = None, REASON_EXPERT_TIMEOUT
         if f.future is not None:
-            try:
-                self._expert.remove_pending_request(f.future)
-            except Exception:  # noqa: BLE001 - already answered / removed
-                pass
-            f.future.cancel()
+            # Keep waiting for the answer (it tells that the expert is back), but not forever.
+            self._late.append(f.future)
+            while len(self._late) > MAX_LATE_REQUESTS:
+                old = self._late.popleft()
+                if not old.done():
+                    try:
+                        self._expert.remove_pending_request(old)
+                    except Exception:  # noqa: BLE001 - answered / removed meanwhile
+                        pass
         self._counts["expert_timeouts"] += 1
         if not self._expert_absent:
             self._expert_misses += 1
             if self._expert_misses >= self.params.absent_after:
                 self._expert_absent = True
-                self.get_logger().warn(f"expert silent for {self._expert_misses} frames: labels are "
-                                       f"used only if already there when the frame is decided")
+                self.get_logger().warn(f"expert silent for {self._expert_misses} frames: waiting at most "
+                                       f"one control period for it until it answers again")
 
     def _act(self, f: _Frame) -> None:
         if f.done:                                # final observation: nothing to command
@@ -663,9 +684,12 @@ class DaggerNode(Node):
         policy = f.policy if f.policy is not None and f.policy.shape == (self.contract.act_dim,) else None
         out = self.core.decide(f.obs, f.q, f.step, f.label, f.label_failure, policy,
                                intervention=self._intervention, teleop=teleop)
+        # The tag first: it is published before the command that advances the robot, so in
+        # publish order it sits between observation k and observation k + 1 (the dataset
+        # builder cross-checks its observation against the raw topics at its time).
+        self._tag_pub.publish(self._frame_tag(f, policy, out))
         if out.command is not None:
             self._cmd_pub.publish(command_msg(out.command, self.contract.action.joints))
-        self._tag_pub.publish(self._frame_tag(f, policy, out))
 
     def _frame_tag(self, f: _Frame, policy, out: Outcome) -> FrameTag:
         m = FrameTag()
@@ -684,9 +708,18 @@ class DaggerNode(Node):
         return m
 
     # ------------------------------------------------------------------ status / logs
+    def _check_expert_ready(self) -> None:
+        ready = self._expert.service_is_ready()
+        if ready != self._expert_ready:
+            self._expert_ready = ready
+            self.get_logger().info(f"expert service {self.params.expert_service} "
+                                   f"{'available' if ready else 'gone'}")
+            self._publish_status()
+
     def status(self) -> Dict[str, object]:
         c = {**self.core.counts, **self._counts}
         return {"variant": self.params.variant, "beta": self.params.beta, "episode_id": self._episode,
+                "expert_ready": self._expert_ready,
                 "policy_absent": self._policy_absent, "expert_absent": self._expert_absent,
                 "pending_frames": len(self._frames), "intervention": self._intervention,
                 **{k: int(v) for k, v in c.items()}}
