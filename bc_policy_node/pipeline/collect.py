@@ -17,6 +17,8 @@ from .. import graph, procs
 EPISODE_TIMEOUT_S = 300.0     # wall-clock limit of one episode
 READY_TIMEOUT_S = 60.0        # graph start-up (processes, discovery)
 KICK_AFTER_S = 2.0            # lock-step loop without progress: ask the bridge to re-publish
+SETTLE_TIMEOUT_S = 10.0       # wait for the recorder to hold the whole episode before stopping
+CMD = "/forward_position_controller/commands"
 
 
 class CollectError(RuntimeError):
@@ -42,14 +44,32 @@ def _wait_ready(client, timeout: float) -> None:
 
     client.wait_for_services([RESET, STEP, START_EPISODE, STOP_EPISODE], timeout)
     node = client.node
-    cmd = "/forward_position_controller/commands"
     client.wait_until(lambda: node.count_subscribers("/joint_states") >= 2       # expert + recorder
                       and node.count_subscribers("/task_state") >= 3            # + this client
-                      and node.count_publishers(cmd) >= 1 and node.count_subscribers(cmd) >= 2,
+                      and node.count_publishers(CMD) >= 1 and node.count_subscribers(CMD) >= 2,
                       timeout, "the bridge, expert and recorder topics to connect")
     client.wait_recorder(lambda s: all(s["publishers"].get(t, 0) >= 1
-                                       for t in ("/joint_states", "/task_state", cmd)),
+                                       for t in ("/joint_states", "/task_state", CMD)),
                          timeout, "the recorder to match the bridge and expert publishers")
+
+
+def _wait_recorded(client, steps: int) -> str:
+    """Until the recorder holds the episode's steps + 1 state pairs and `steps` commands (the
+    lock-step protocol's counts), so stop_episode never cuts data still in flight on a busy
+    machine. Returns '' or what was missing after SETTLE_TIMEOUT_S (then it stops anyway)."""
+    from .graph_client import GraphError
+
+    need = {"/joint_states": steps + 1, "/task_state": steps + 1, CMD: steps}
+
+    def have(s):
+        w = (s.get("episode") or {}).get("written", {})
+        return all(w.get(t, 0) >= n for t, n in need.items())
+    try:
+        client.wait_recorder(have, SETTLE_TIMEOUT_S, "the episode's messages")
+        return ""
+    except GraphError:
+        w = ((client.recorder or {}).get("episode") or {}).get("written", {})
+        return ", ".join(f"{t} {w.get(t, 0)}/{n}" for t, n in need.items() if w.get(t, 0) < n)
 
 
 def _log_tails(g, n: int = 1500) -> str:
@@ -78,7 +98,7 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
     first_id = next_episode_id(out)
     specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep", seed=seed, drive=True) + \
         graph.record_nodes(robot=robot, task=task, output_dir=str(out))
-    extra = {"mujoco_bridge": {"auto_reset": False}}
+    extra = {"mujoco_bridge": {"auto_reset": False}, "recorder": {"status_period_s": 0.1}}
     t0 = time.monotonic()
     rows: List[Dict[str, Any]] = []
     bar = None
@@ -100,11 +120,13 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
                     except BaseException:
                         c.stop_episode(task_success=False, outcome="collect error", discard=True)
                         raise
+                    short = _wait_recorded(c, int(final.step))
                     resp = c.stop_episode(task_success=bool(final.success), outcome=final.status,
                                           notes=final.reason)
                     rows.append({"episode_id": eid, "seed": s, "success": bool(final.success),
                                  "status": final.status, "frames": int(final.step),
-                                 "messages": int(resp.messages_written), "bag": resp.bag_path or bag})
+                                 "messages": int(resp.messages_written), "bag": resp.bag_path or bag,
+                                 "recorder_short": short})
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(success=f"{sum(r_['success'] for r_ in rows)}/{len(rows)}")
@@ -128,6 +150,8 @@ def format_summary(s: Dict[str, Any], max_rows: int = 12) -> str:
              f"  frames    {s['frames']} control ticks, {s['messages']} messages recorded",
              f"  bags      {s['bag_dir']}",
              f"  logs      {s['log_dir']}"]
+    for r in [r for r in s["rows"] if r.get("recorder_short")][:max_rows]:
+        lines.append(f"  WARNING episode {r['episode_id']}: recorder had only {r['recorder_short']} at stop")
     failed = [r for r in s["rows"] if not r["success"]]
     for r in failed[:max_rows]:
         lines.append(f"  not successful: episode {r['episode_id']} seed {r['seed']}: {r['status']}")

@@ -138,6 +138,12 @@ def wait_up(client, rec):
     client.wait_for_services([START_EPISODE, STOP_EPISODE], timeout=WAIT)
 
 
+def wait_written(client, sent: dict):
+    """Until the open episode has every message `sent` (a condition, never a duration)."""
+    client.wait_recorder(lambda s: all((s["episode"] or {}).get("written", {}).get(t) == n
+                                       for t, n in sent.items()), WAIT, f"episode written: {sent}")
+
+
 def wait_exit(node: procs.NodeProcess, timeout: float = WAIT) -> int:
     try:
         return node.proc.wait(timeout=timeout)
@@ -154,14 +160,13 @@ def test_records_episodes_exactly_and_rejects_bad_commands(tmp_path, publisher, 
         wait_up(client, rec)
         publisher.wait_ready()
         idle = publisher.run(99, 10, 250)                  # no episode open: counted, not written
-        client.wait_recorder(lambda s: s["idle"][CMD_TOPIC] == 10, WAIT, "idle messages counted")
+        client.wait_recorder(lambda s: all(s["idle"][t] == 10 for t in TOPICS), WAIT, "idle messages counted")
         plan = [(0, 300, 250, 0), (1, 300, 500, 0), (2, 100, 250, 25)]
         sent, bags = {}, {}
         for ep, frames, rate, bad in plan:
             bags[ep] = Path(client.start_episode("curved_reach", seed=ep, episode_id=ep))
             sent[ep] = publisher.run(ep, frames, rate, bad)
-            client.wait_recorder(lambda s: all((s["episode"] or {}).get("written", {}).get(t) == frames
-                                               for t in TOPICS), WAIT, f"episode {ep} received")
+            wait_written(client, sent[ep])
             resp = client.stop_episode(task_success=ep != 2, outcome="success" if ep != 2 else "timeout")
             assert resp.bag_path == str(bags[ep]) and resp.message == "saved"
             assert resp.messages_written == sum(sent[ep].values()), (ep, sent[ep])
@@ -221,6 +226,7 @@ def test_kill9_keeps_finished_episodes_and_recovers_the_interrupted_one(tmp_path
         publisher.wait_ready()
         done = Path(client.start_episode("curved_reach", seed=0, episode_id=0))
         sent0 = publisher.run(0, 100, 250)
+        wait_written(client, sent0)
         client.stop_episode(task_success=True)
         digest = dir_digest(done)
 
@@ -262,8 +268,7 @@ def test_sigint_finalizes_the_open_episode(tmp_path, publisher, client):
         wait_up(client, rec)
         bag = Path(client.start_episode("curved_reach", seed=3, episode_id=3, source="teleop"))
         sent = publisher.run(3, 150, 250)
-        client.wait_recorder(lambda s: (s["episode"] or {}).get("written", {}).get(CMD_TOPIC) == 150,
-                             WAIT, "150 commands written")
+        wait_written(client, sent)
     finally:
         code = rec.stop()                                    # SIGINT first
     assert code == 0, rec.log()[-2000:]
@@ -288,7 +293,7 @@ def test_disk_full_fails_the_episode_clearly_and_keeps_earlier_ones(tmp_path, pu
     try:
         wait_up(client, rec)
         first = Path(client.start_episode("curved_reach", seed=0, episode_id=0))
-        publisher.run(0, 50, 250)
+        wait_written(client, publisher.run(0, 50, 250))
         assert client.stop_episode(task_success=True).success
         client.start_episode("curved_reach", seed=1, episode_id=1)
         publisher.run(1, 1500, 500)                           # ~600 kB uncompressed
@@ -299,6 +304,7 @@ def test_disk_full_fails_the_episode_clearly_and_keeps_earlier_ones(tmp_path, pu
         # the recorder keeps serving: the next (small) episode records normally
         nxt = Path(client.start_episode("curved_reach", seed=2, episode_id=2))
         sent = publisher.run(2, 20, 250)
+        wait_written(client, sent)
         assert client.stop_episode(task_success=True).messages_written == sum(sent.values())
         assert episode_yaml(nxt)["complete"] is True
     finally:
