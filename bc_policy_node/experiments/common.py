@@ -160,7 +160,8 @@ class Trained:
 def train_cached(ds: Dataset, model_cfg, train_cfg, cache: Path, tag: str = "") -> Trained:
     """Train `model_cfg` on `ds` with `train_cfg` and export to ONNX, or reuse the cached result.
 
-    Key: dataset content hash + both configs. Layout: cache/models/<tag>_<key>/{run/, policy.onnx,
+    Key: dataset content hash + both configs (the tag only names the folder; a cached model with
+    the same key under another tag is reused). Layout: cache/models/<tag>_<key>/{run/, policy.onnx,
     info.json}. An interrupted run (no info.json) is discarded and retrained.
     """
     from ..learning import export, train
@@ -170,6 +171,9 @@ def train_cached(ds: Dataset, model_cfg, train_cfg, cache: Path, tag: str = "") 
     onnx_path, info_path = d / "policy.onnx", d / "info.json"
     if onnx_path.is_file() and info_path.is_file():
         return Trained(onnx_path, json.loads(info_path.read_text()))
+    for other in sorted(d.parent.glob(f"*{key}")):     # same content under another tag
+        if (other / "policy.onnx").is_file() and (other / "info.json").is_file():
+            return Trained(other / "policy.onnx", json.loads((other / "info.json").read_text()))
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     t0 = time.time()
@@ -475,6 +479,28 @@ def pooled_rate(evals: Sequence[EvalResult], status: str = "success") -> Dict[st
     """Rate of `status` pooled over several evaluations (e.g. training seeds) with a Wilson
     interval over all their episodes."""
     return success_summary([s == status for ev in evals for s in ev.status])
+
+
+def paired_diff(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95) -> Dict[str, Any]:
+    """Difference of two success rates measured on the *same* episodes (same seeds, same model):
+    rate(a) - rate(b) with a Wald interval for paired proportions (uses the discordant pairs).
+    Returns {n, diff, ci_low, ci_high, a_only, b_only}."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = int(a.size)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if n == 0:
+        return {"n": 0, "diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                "a_only": 0, "b_only": 0}
+    d = (a_only - b_only) / n
+    se = math.sqrt(max(a_only + b_only - (a_only - b_only) ** 2 / n, 0.0)) / n
+    from ..core.metrics import normal_quantile
+    z = normal_quantile(0.5 + confidence / 2.0)
+    return {"n": n, "diff": d, "ci_low": d - z * se, "ci_high": d + z * se, "a_only": a_only, "b_only": b_only}
+
+
+def fmt_diff(p: Dict[str, Any]) -> str:
+    """'-8 pts [-12, -4]' from a paired_diff dict."""
+    return f"{100 * p['diff']:+.0f} pts [{100 * p['ci_low']:+.0f}, {100 * p['ci_high']:+.0f}]"
 
 
 # ----------------------------------------------------------------------------- tables
