@@ -229,8 +229,9 @@ class RecorderNode(Node):
       open or the bag cannot be created (disk full, unwritable folder). Messages already
       queued when the request is served were sent before it: counted idle, not recorded.
       `~/stop_episode` (bc_msgs/StopEpisode): records what is queued or still arriving (until
-      `stop_settle_s` without a message), then finalizes
-      the bag (complete=true, task_success, outcome, notes) or deletes it (discard).
+      `stop_settle_s` without a message), then finalizes the bag (complete=true,
+      task_success, outcome, notes) or deletes it (discard); success=false with the reason
+      if no episode is open or the bag failed (it is then recovered as incomplete).
 
     Parameters: contract, extra_topics, output_dir, flush_interval_s, queue_depth,
     recover_on_start, compression, fsync, status_period_s, stop_settle_s (config/recorder.yaml).
@@ -241,6 +242,10 @@ class RecorderNode(Node):
     Command messages whose size does not match the contract are recorded as received but
     counted as rejected (status, diagnostics, episode.yaml `rejected`); the dataset builder
     excludes such episodes with the reason.
+    SIGINT/SIGTERM (see main): the open episode is closed outside any callback with
+    complete=false, outcome "interrupted (SIGINT)". kill -9: recover_on_start repairs the
+    cut bag at the next start. Unknown types / unwritable output_dir: the node exits at start
+    with a message naming the topic and type / the folder.
     """
 
     def __init__(self, **kwargs):
