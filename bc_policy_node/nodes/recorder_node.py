@@ -237,7 +237,8 @@ class RecorderNode(Node):
     recover_on_start, compression, fsync, status_period_s, stop_settle_s (config/recorder.yaml).
 
     Time stamps: MCAP log_time = DDS reception time (wall clock, in arrival order) or, with
-    use_sim_time, the node clock (sim time) at the callback; publish_time = the sender's DDS
+    use_sim_time, the node clock (sim time) at the callback (reception time while no /clock
+    has arrived); publish_time = the sender's DDS
     source timestamp (rosbag2's send_timestamp). Header stamps stay in the messages.
     Command messages whose size does not match the contract are recorded as received but
     counted as rejected (status, diagnostics, episode.yaml `rejected`); the dataset builder
@@ -345,9 +346,9 @@ class RecorderNode(Node):
             if w is None:
                 stats.idle += 1
                 return
-            recv = 0 if sim_time else info.get("received_timestamp") or 0
+            recv = clock.now().nanoseconds if sim_time else 0     # sim time: 0 until /clock runs
             if recv <= 0:
-                recv = clock.now().nanoseconds
+                recv = info.get("received_timestamp") or time.time_ns()
             src = info.get("source_timestamp") or recv
             try:
                 w.write(topic, raw, recv, src)
