@@ -8,8 +8,10 @@ STATE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=Reli
                    durability=DurabilityPolicy.VOLATILE)
 # Best-effort sensor data for consumers that only want the latest sample (e.g. visualizers).
 SENSOR = qos_profile_sensor_data
-# Commands to a ros2_control forward controller: reliable depth 10 (deep for lock-step bursts).
-COMMAND = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+# Commands to a ros2_control forward controller: reliable and deep. At 0.5-1 kHz on a CPU-starved
+# machine depth 100 lost commands (Fast DDS re-sends only after a heartbeat); 1000 lost none
+# (bench/bench_recorder_node.py).
+COMMAND = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.VOLATILE)
 # Status / model info: the latest value is delivered to late joiners.
 STATUS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
