@@ -282,7 +282,9 @@ class DaggerCore:
         else:
             proposed = None                   # nobody answered: hold the last command
             reasons.append(REASON_HOLD)
-        labelled = bool(d.labelled and expert_action is not None)
+        # labelled: the gate says so (classic: always; gated: the expert's turns), or the
+        # expert's label was executed because the policy was silent (it is expert data too)
+        labelled = bool(expert_action is not None and (d.labelled or proposed is label))
         if proposed is None:
             cmd = self.safety.hold()
             if cmd is None:
@@ -435,7 +437,8 @@ class DaggerNode(Node):
                                                  clock=self._wall)
         self._deadline_timer.cancel()
         self.create_timer(1.0 / p.status_rate_hz, self._publish_status, clock=self._wall)
-        self._expert_ready = False     # ~/status is also published when this flips (10 Hz check)
+        self._expert_ready = False     # ~/status is also published when these change (10 Hz check)
+        self._linked: Dict[str, bool] = {}
         self.create_timer(0.1, self._check_expert_ready, clock=self._wall)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
@@ -709,17 +712,25 @@ class DaggerNode(Node):
 
     # ------------------------------------------------------------------ status / logs
     def _check_expert_ready(self) -> None:
+        """10 Hz: ~/status at once when the expert service or an input appears / disappears."""
         ready = self._expert.service_is_ready()
-        if ready != self._expert_ready:
-            self._expert_ready = ready
-            self.get_logger().info(f"expert service {self.params.expert_service} "
-                                   f"{'available' if ready else 'gone'}")
+        links = {t: n > 0 for t, n in self.links().items()}
+        if ready != self._expert_ready or links != self._linked:
+            if ready != self._expert_ready:
+                self.get_logger().info(f"expert service {self.params.expert_service} "
+                                       f"{'available' if ready else 'gone'}")
+            self._expert_ready, self._linked = ready, links
             self._publish_status()
+
+    def links(self) -> Dict[str, int]:
+        """Publishers this node has discovered on its inputs (0 = not connected yet)."""
+        topics = list(self._sync_topics) + [self.params.policy_command_topic]
+        return {t: self.count_publishers(t) for t in topics}
 
     def status(self) -> Dict[str, object]:
         c = {**self.core.counts, **self._counts}
         return {"variant": self.params.variant, "beta": self.params.beta, "episode_id": self._episode,
-                "expert_ready": self._expert_ready,
+                "expert_ready": self._expert_ready, "links": self.links(),
                 "policy_absent": self._policy_absent, "expert_absent": self._expert_absent,
                 "pending_frames": len(self._frames), "intervention": self._intervention,
                 **{k: int(v) for k, v in c.items()}}

@@ -158,8 +158,8 @@ class DaggerGraph:
             c.wait_until(cl.service_is_ready, timeout, f"service {name}")
         c.wait_until(lambda: self.policy_status is not None and self.policy_status.lifecycle_state == "active",
                      timeout, "the policy node to become active")
-        c.wait_until(lambda: self.dagger_status is not None and self.dagger_status.get("expert_ready"), timeout,
-                     "the dagger node to see the expert's service")
+        c.wait_until(self._dagger_connected, timeout, "the dagger node to see the expert's service, the "
+                     "observations and the policy's commands")
         node = c.node
         c.wait_until(lambda: node.count_subscribers("/dagger/frame_tag") >= 2
                      and node.count_publishers("/dagger/policy_command") >= 1
@@ -167,6 +167,10 @@ class DaggerGraph:
                      "the dagger node's topics to connect")
         self.model_id = self.policy_status.model_id
         c.spin(0.3)
+
+    def _dagger_connected(self) -> bool:
+        s = self.dagger_status
+        return bool(s and s.get("expert_ready") and s.get("links") and all(s["links"].values()))
 
     def _change_policy_state(self, transition: int) -> None:
         from lifecycle_msgs.msg import Transition
@@ -228,8 +232,7 @@ class DaggerGraph:
         self.graph.procs["dagger"].stop()
         self.dagger_status = None
         self.graph.procs["dagger"] = NodeProcess(self.specs["dagger"], self.log_dir, self.dagger_params)
-        self.client.wait_until(lambda: self.dagger_status is not None and self.dagger_status.get("expert_ready"),
-                               timeout, "the restarted dagger node to see the expert's service")
+        self.client.wait_until(self._dagger_connected, timeout, "the restarted dagger node to connect")
         self.client.wait_until(lambda: node.count_subscribers("/dagger/policy_command") >= 1
                                and all(node.count_subscribers(t) >= n for t, n in subs.items()), timeout,
                                "the restarted dagger node's topics")
@@ -393,7 +396,7 @@ def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     return {"episodes": len(episodes), "ros_success": success_summary([bool(e["success"]) for e in episodes]),
             "frames_tagged": frames, "labelled_tagged": sum(int(e.get("labelled", 0)) for e in episodes),
             "actors": actors, "gate_reasons": reasons,
-            "expert_share": actors.get("expert", 0) / max(frames, 1),
+            "expert_share": (actors.get("expert", 0) + actors.get("intervention", 0)) / max(frames, 1),
             "missing_steps": sum(int(e.get("missing_steps", 0)) for e in episodes),
             "statuses": {s: sum(e["status"] == s for e in episodes) for s in sorted({e["status"] for e in episodes})},
             "seconds": sum(float(e.get("seconds", 0.0)) for e in episodes)}
@@ -450,16 +453,24 @@ def _round_row(rec: RoundRecord) -> Dict[str, Any]:
 
 
 def format_ros_table(records: Sequence[RoundRecord]) -> str:
-    lines = ["| round | beta | ROS rollouts success | expert share | new labels | labels (cum.) | "
-             "in-process success (95% CI) | model |", "|---|---|---|---|---|---|---|---|"]
+    """Per-round markdown table: the ROS rollouts (gated), the policy-only ROS episodes (if
+    any), labels and the in-process evaluation."""
+    policy_only = any(rec.extra.get("ros_eval_success") for rec in records)
+    head = ("| round | beta | ROS rollouts success | expert share | "
+            + ("ROS policy-only success | " if policy_only else "")
+            + "new labels | labels (cum.) | in-process success (95% CI) | model |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for rec in records:
         ros = rec.collect.get("ros_success")
         share = rec.collect.get("expert_share")
-        beta = "" if rec.beta is None else f"{rec.beta:.3g}"
-        ros_s = "" if not ros else f"{ros['successes']}/{ros['n']}"
-        share_s = "" if share is None else f"{100 * share:.0f}%"
-        lines.append(f"| {rec.round} | {beta} | {ros_s} | {share_s} | {rec.labels_new} | {rec.labels_total} | "
-                     f"{_rate(rec.success)} | {rec.extra.get('model_id', '')} |")
+        ev = rec.extra.get("ros_eval_success")
+        cells = [str(rec.round), "" if rec.beta is None else f"{rec.beta:.3g}",
+                 "" if not ros else f"{ros['successes']}/{ros['n']}",
+                 "" if share is None else f"{100 * share:.0f}%"]
+        if policy_only:
+            cells.append("" if not ev else f"{ev['successes']}/{ev['n']}")
+        cells += [str(rec.labels_new), str(rec.labels_total), _rate(rec.success), rec.extra.get("model_id", "")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

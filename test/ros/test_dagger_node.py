@@ -26,6 +26,7 @@ from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 from bc_msgs.msg import FrameTag  # noqa: E402
 from bc_policy_node.core.env import SimEnv, load_contract  # noqa: E402
 from bc_policy_node.core.episodes import Dataset  # noqa: E402
+from bc_policy_node.core.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
 from bc_policy_node.core.runtime import OnnxPolicy, embed_metadata  # noqa: E402
 from bc_policy_node.core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
@@ -41,12 +42,15 @@ GENEROUS = {"expert_timeout_periods": 500.0}   # 10 s: labels never time out on 
 DEEP = QoSProfile(depth=5000, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def tiny_policy(path, const=None):
-    """ONNX chunk policy: every action = the measured joint positions ("hold"), or `const`."""
+def tiny_policy(path, const=None, bias=None):
+    """ONNX chunk policy: action k = the measured joint positions ("hold"), + (k + 1) * `bias`
+    ("drift"), or `const` for every k."""
     w, b = np.zeros((D, K * A)), np.zeros((K, A))
     for k in range(K):
         if const is None:
             w[np.arange(A), k * A + np.arange(A)] = 1.0    # joint_pos is the first observation term
+            if bias is not None:
+                b[k] = (k + 1) * np.asarray(bias)
         else:
             b[k] = const
     inits = [numpy_helper.from_array(w.astype(np.float32), "W"),
@@ -169,10 +173,12 @@ def dagger(tmp_path_factory):
         dg.close()
 
 
-def test_beta_one_reproduces_the_expert_driving_alone(dagger):
-    """beta = 1: the executed commands and the joint trajectory are the expert's own rollout
-    of that seed (in-process SimEnv + the same scripted expert), to the last bit."""
-    dg, w, _ = dagger
+def test_beta_one_is_the_expert_alone_and_beta_zero_the_policy_alone(dagger):
+    """beta = 1: executed commands and joint trajectory are the expert's own rollout of that
+    seed (in-process SimEnv + the same scripted expert), to the last bit. beta = 0: they are
+    the in-process rollout of the same ONNX policy (core.rollout.PolicyRunner) - which also
+    proves each policy command is paired with the observation it answered."""
+    dg, w, d = dagger
     dg.set_beta(1.0)
     w.clear()
     seed = 7
@@ -185,6 +191,21 @@ def test_beta_one_reproduces_the_expert_driving_alone(dagger):
     assert all(t.actor == ACTOR_EXPERT and t.labelled and t.gate_reason == "beta" for t in tags)
     np.testing.assert_allclose(executed, traj["act"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(w.positions()[:len(traj["q"])], traj["q"], rtol=0, atol=1e-12)
+
+    drift = tiny_policy(d / "drift.onnx", bias=[0.03, -0.02, 0.01])
+    dg.swap(drift)
+    dg.set_beta(0.0)
+    w.clear()
+    out = dg.run_episode(seed, episode_id=2, record=False)
+    env = SimEnv(ROBOT, TASK)
+    runner = PolicyRunner(OnnxPolicy(drift), CONTRACT)
+    runner.reset(seed=seed)
+    ref = rollout(env, CONTRACT, policy_act_fn(runner, env, CONTRACT), seed)
+    tags, executed = w.episode(out["bridge_episode"])
+    assert (out["status"], out["steps"]) == (ref.status, ref.steps)
+    assert all(t.actor == ACTOR_POLICY and t.labelled for t in tags)     # classic: labels everywhere
+    np.testing.assert_allclose(executed, ref.actions, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.array([t.policy_action for t in tags]), ref.actions, rtol=0, atol=1e-12)
 
 
 def test_expert_timeout_unlabels_frames_and_the_loop_keeps_running(dagger):
@@ -278,3 +299,42 @@ def test_intervention_handover_never_jumps_beyond_the_step_clamp(dagger):
             assert t.labelled and len(t.expert_action) == A
         else:
             assert not t.labelled and len(t.expert_action) == 0
+
+
+# ----------------------------------------------------------------------------- the core alone
+def test_core_fallbacks_and_chunk_disagreement_gate():
+    """DaggerCore without processes: who acts when a party is silent, and the robot-gated
+    chunk-disagreement score (the spread of successive chunks about the same ticks)."""
+    from bc_policy_node.nodes.dagger_node import DaggerCore, DaggerParams, chunk_disagreement
+
+    q = np.zeros(A)
+    obs = np.zeros(D)
+    label, prop = np.full(A, 0.01), np.full(A, -0.01)
+    core = DaggerCore(CONTRACT, DaggerParams(variant="classic", beta=0.0))
+    core.begin_episode(1, 0)
+    o = core.decide(obs, q, 0, None, "expert_timeout", prop)          # expert late: policy acts, no label
+    assert (o.actor, o.labelled, o.reason) == (ACTOR_POLICY, False, "expert_timeout")
+    o = core.decide(obs, q, 1, label, "", None)                       # policy silent: the label acts
+    assert (o.actor, o.labelled, o.reason) == (ACTOR_EXPERT, True, "policy_missing")
+    last = o.command
+    o = core.decide(obs, q, 2, None, "expert_timeout", None)          # nobody: hold the last command
+    assert o.reason == "expert_timeout|policy_missing|hold" and not o.labelled
+    np.testing.assert_array_equal(o.command, last)
+    o = core.decide(obs, q, 3, label, "", np.full(A, 2.0))            # a jump is clamped to max_step
+    np.testing.assert_allclose(np.abs(o.command - last), MAX_STEP)
+
+    # two chunks about the same ticks, 0.2 rad apart -> std 0.1 rad everywhere
+    c0, c1 = np.zeros((K, A)), np.full((K, A), 0.2)
+    assert chunk_disagreement([(0, c0), (1, c1[:-1])], step=1, horizon=5) == pytest.approx(0.1)
+    assert chunk_disagreement([(1, c1)], step=1, horizon=5) == 0.0    # one chunk: no spread
+    core = DaggerCore(CONTRACT, DaggerParams(variant="robot_gated", uncertainty_threshold=0.05,
+                                             uncertainty_scale=1.0, min_expert_ticks=1))
+    core.begin_episode(1, 0)
+    core.add_chunk(0, c0)
+    o = core.decide(obs, q, 0, label, "", prop)                       # one chunk: policy acts, unlabelled
+    assert (o.actor, o.labelled, o.uncertainty) == (ACTOR_POLICY, False, 0.0)
+    core.add_chunk(1, c1)
+    o = core.decide(obs, q, 1, label, "", prop)                       # plans disagree: the expert acts
+    assert (o.actor, o.labelled, o.reason) == (ACTOR_EXPERT, True, "uncertainty")
+    assert o.uncertainty == pytest.approx(0.1)
+    np.testing.assert_array_equal(o.expert_action, label)
