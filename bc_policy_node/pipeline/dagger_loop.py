@@ -742,8 +742,15 @@ def _ros_eval(dg: DaggerGraph, variant: str, n: int, round_index: int, progress:
 
 
 # ============================================================================ CLI
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(args) -> int:
-    """`bc-policy dagger` (arguments in cli.py)."""
+    """`bc-policy dagger` (arguments in cli.py). SIGTERM ends it like Ctrl-C: the graph's node
+    processes are stopped and the round folders stay resumable."""
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
     train_cfg = {}
     if getattr(args, "train_steps", None):
         train_cfg["max_steps"] = int(args.train_steps)
