@@ -96,10 +96,11 @@ class DaggerParams:
                                   "auto")
     ensemble_models: Tuple[str, ...] = doc("robot_gated: ONNX policies of the ensemble (>= 2); [''] = none "
                                            "(a string array needs one element to be typed)", ("",))
-    uncertainty_threshold: float = doc("robot_gated: the expert takes over above this score "
-                                       "(unitless: std / uncertainty_scale)", 0.5)
-    uncertainty_scale: float = doc("rad; divides the spread (0 = the ensemble's action std from "
-                                   "its metadata, or 1 rad)", 0.0)
+    uncertainty_threshold: float = doc("robot_gated: the expert takes over above this score (spread / "
+                                       "uncertainty_scale: action stds for an ensemble, rad for chunk "
+                                       "disagreement unless a scale is given)", 0.5)
+    uncertainty_scale: float = doc("rad; divides the spread (0 = the ensemble's training action std "
+                                   "from its metadata; chunk source: no scaling)", 0.0)
     uncertainty_horizon: int = doc("robot_gated: chunk actions (ticks ahead) compared", 5)
     chunk_window: int = doc("robot_gated, chunk source: how many successive chunks are compared", 5)
     query_budget: int = doc("robot_gated: expert-acted ticks per episode at most", 100)
