@@ -249,7 +249,6 @@ class MujocoBridge(Node):
         self._js_stats = PeriodStats()
         self._rtf_window = deque(maxlen=64)      # (wall, sim substeps) samples
         self._substeps_total = 0
-        self._start_wall = time.monotonic()
         self._tick_window = deque(maxlen=64)     # (wall, ticks) samples (lockstep rate)
 
         self._js_pub = self.create_publisher(JointState, "/joint_states", qos.STATE)
@@ -526,10 +525,8 @@ class MujocoBridge(Node):
             wait = t_ref + n_ref * wall_per_substep - now
             if wait > 0:
                 time.sleep(wait)
-            else:
-                time.sleep(0)             # behind schedule: still let the command thread run
-                if wait < -catch_up:      # far behind: do not sprint through control periods
-                    t_ref, n_ref = now, 0
+            elif wait < -catch_up:        # far behind: do not sprint through control periods
+                t_ref, n_ref = now, 0
             w = self._rtf_window
             if not w or now - w[-1][0] > 0.05:
                 w.append((now, self._substeps_total))

@@ -24,7 +24,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from bc_msgs.msg import TaskState  # noqa: E402
-from bc_msgs.srv import QueryExpert, ResetEpisode  # noqa: E402
+from bc_msgs.srv import QueryExpert, ResetEpisode, StepSim  # noqa: E402
 from bc_policy_node.core.contract import Contract, ObservationAssembler  # noqa: E402
 from bc_policy_node.core.env import MODELS_DIR, SimEnv, contract_path  # noqa: E402
 from bc_policy_node.graph import sim_nodes  # noqa: E402
@@ -394,6 +394,28 @@ def _check_bad_inputs(c):
     env.step(c4)
     np.testing.assert_array_equal(js.position, env.sim.qpos)
     assert ts.status == "running"
+
+    # ~/step: N periods holding the last target, one pair at the end; 0 re-publishes the pair
+    s0 = ts.step
+    resp = c.call(StepSim, "/mujoco_bridge/step", StepSim.Request(ticks=3))
+    assert resp.success and resp.step == s0 + 3, resp.message
+    js, ts = c.pair(eid, s0 + 3)
+    for _ in range(3):
+        env.step(c4)
+    np.testing.assert_array_equal(js.position, env.sim.qpos)
+    assert not [m for m in c.episode(eid) if s0 < m.step < s0 + 3]
+    resp = c.call(StepSim, "/mujoco_bridge/step", StepSim.Request(ticks=0))
+    assert resp.success and resp.step == s0 + 3
+    c.wait(lambda: sum(m.step == s0 + 3 for m in c.episode(eid)) == 2, "the re-published pair")
+    again = [m for m in c.episode(eid) if m.step == s0 + 3]
+    assert stamp_ns(again[0]) == stamp_ns(again[1])
+    # a refused reset leaves the running episode alone
+    resp = c.call(ResetEpisode, "/mujoco_bridge/reset", ResetEpisode.Request(seed=1, task="juggling"))
+    assert not resp.success and "unknown task 'juggling'" in resp.message, resp.message
+    c.cmd_pub.publish(command_msg(c4))
+    js, ts = c.pair(eid, s0 + 4)
+    env.step(c4)
+    np.testing.assert_array_equal(js.position, env.sim.qpos)
 
 
 # ------------------------------------------------------------------------------ divergence
