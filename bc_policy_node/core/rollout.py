@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .contract import Contract, ObservationAssembler
-from .ensemble import make_executor
+from .ensemble import NoChunkError, make_executor
 from .env import SimEnv
 from .episodes import Episode
 from .metrics import path_deviation, success_summary, mean_ci
@@ -20,6 +20,10 @@ from .runtime import OnnxPolicy
 from .safety import SafetyFilter
 from .types import ACTOR_EXPERT, ACTOR_POLICY, STATUS_COLLISION
 
+# Measured position this far (rad) from the last command on some joint: start a new plan there
+# (the policy node's reset_jump_rad default; tracking lag in the sim stays below ~0.06 rad,
+# also in DAgger with the expert driving, so it only fires when something else moved the arm).
+RESET_JUMP_RAD = 0.5
 EXEC_DEFAULTS = {"temporal_ensembling": {"m": 0.01}, "mode_consistent": {"m": 0.01, "threshold": 0.15},
                  "receding_horizon": {}, "latency_aware": {}}
 
@@ -27,12 +31,21 @@ EXEC_DEFAULTS = {"temporal_ensembling": {"m": 0.01}, "mode_consistent": {"m": 0.
 class PolicyRunner:
     """An ONNX policy + chunk executor + safety filter: observation in, safe command out.
 
-    The policy node runs the same pieces tick by tick; this is their in-process twin.
+    The policy node runs the same pieces tick by tick; this is their in-process twin
+    (`nodes.policy_loop.ControlLoop`; in lock-step through the bridge the node commands the
+    same actions, test/ros/test_policy_parity.py). Like the node it
+
+    * starts a new plan at the measured position when `reset` is called (the node: when the
+      episode id changes) and when the measured position is more than `reset_jump_rad` from
+      the last command on some joint (something else moved the arm; 0 = off; the node's
+      parameter of the same name, same default) — counted in `jump_resets`;
+    * holds the last command (the measured position before the first one) when the policy
+      outputs NaN/inf, instead of using the rest of the plan.
     """
 
     def __init__(self, policy: OnnxPolicy, contract: Optional[Contract] = None,
                  execution_mode: str = "temporal_ensembling", mode_select: str = "argmax",
-                 seed: int = 0, **exec_params):
+                 seed: int = 0, reset_jump_rad: float = RESET_JUMP_RAD, **exec_params):
         self.policy = policy
         self.contract = contract or policy.contract
         self.mode = execution_mode
@@ -43,12 +56,17 @@ class PolicyRunner:
         self.rng = np.random.default_rng(seed)
         self.executor = make_executor(execution_mode, **params)
         self.safety = SafetyFilter(self.contract)
+        self.reset_jump_rad = float(reset_jump_rad)
+        self.jump_resets = 0
         self.last_chunk: Optional[np.ndarray] = None
+        self._last_cmd: Optional[np.ndarray] = None
+        self._nan = np.full(self.contract.act_dim, np.nan)
 
     def reset(self, seed: Optional[int] = None) -> None:
         self.executor.reset()
         self.safety.reset()
         self.last_chunk = None
+        self._last_cmd = None
         if seed is not None:
             self.rng = np.random.default_rng(seed)
 
@@ -56,12 +74,30 @@ class PolicyRunner:
         return self.policy.predict_chunk(obs, mode_select=self.mode_select, rng=self.rng)[0]
 
     def act(self, obs: np.ndarray, t: int, current_position: np.ndarray) -> np.ndarray:
+        last = self._last_cmd
+        if (self.reset_jump_rad > 0 and last is not None
+                and np.max(np.abs(np.asarray(current_position, dtype=float) - last)) > self.reset_jump_rad):
+            self.executor.reset()
+            self.safety.reset()
+            self.jump_resets += 1
+        proposed = None
         if self.executor.needs_query(t):
-            self.last_chunk = self.chunk(obs)
-            self.executor.add(self.last_chunk, t)
-        proposed = self.executor.action(t)
+            chunk = self.chunk(obs)
+            if np.isfinite(chunk).all():
+                self.last_chunk = chunk
+                self.executor.add(chunk, t)
+            else:
+                proposed = self._nan            # rejected: the safety filter holds
+        if proposed is None:
+            try:
+                proposed = self.executor.action(t)
+            except NoChunkError:                # NaN before any chunk: stay where we are
+                proposed = self._nan
         cmd, _ = self.safety.filter(proposed, now=0.0, obs_stamp=0.0, current_position=current_position)
-        return proposed if cmd is None else cmd
+        if cmd is None:
+            return proposed
+        self._last_cmd = cmd
+        return cmd.copy()
 
 
 @dataclass

@@ -4,6 +4,7 @@
 services); everything that decides *what* to command lives here and imports no rclpy, so it
 can be exercised directly. One tick (`ControlLoop.step`)::
 
+    new episode seen / arm moved away from the last command? -> new plan (see below)
     observation stale?  -> no query; the safety filter holds the last command
     executor.needs_query(t) -> policy.predict_chunk(obs) -> NaN/inf? reject, hold
                                                          -> executor.add(chunk, t)
@@ -13,6 +14,19 @@ Ticks are counted, not derived from the clock: tick t is the t-th control period
 activation, and a chunk computed at tick t has its first action at tick t (synchronous
 inference; the chunk executors' latency alignment stays exact). A stalled timer therefore
 delays the plan instead of skipping actions; stalls are measured (`LoopStats.missed`).
+
+New plan ("restart"): the executor forgets every chunk and the safety filter forgets its last
+command, so the tick queries the policy on the current observation (its chunk is the plan's
+first) and the step bound is measured from the measured joint positions — exactly what
+`core.rollout.PolicyRunner.reset()` does between in-process episodes. Triggers:
+  * ``reset_on_change`` (default ``/task_state:episode_id``): the value of that field changed
+    (`ControlLoop.watch`, fed by the node with every accepted message of that topic); in
+    lock-step the tick of the new episode's first observation pair is the new plan's first;
+  * ``reset_jump_rad``: a fresh measured position differs from the last command by more than
+    that on some joint (something else moved the arm: an e-stop recovery, another controller,
+    a person, a sim reset the node could not see).
+Without them the plan of the previous episode would be ensembled into the new one and the
+first commands clamped towards the old arm position.
 """
 from __future__ import annotations
 
@@ -33,6 +47,8 @@ from ..core.safety import SafetyFilter, SafetyLimits
 from .params import doc
 
 COMMAND_INTERFACES = ("forward", "trajectory")
+RESTART_EPISODE = "episode"    # the reset_on_change field changed
+RESTART_JUMP = "jump"          # measured position far from the last command
 
 
 @dataclass(frozen=True)
@@ -55,7 +71,8 @@ class PolicyParams:
     query_every: int = doc("temporal_ensembling / mode_consistent: ticks between policy queries", 1)
     n_execute: int = doc("receding_horizon / latency_aware: actions executed per chunk (0 = K/2)", 0)
     mode_threshold: float = doc("mode_consistent: RMS distance (rad) above which a chunk is not "
-                                "averaged with the plan", 0.1)
+                                "averaged with the plan (0.15 = the in-process evaluator's default, "
+                                "core.rollout.EXEC_DEFAULTS)", 0.15)
     mode_select: str = doc("gmm policies: argmax | sample (mixture component per query)", "argmax")
     threads: int = doc("onnxruntime intra-op threads (1 is best for batch-1 control)", 1)
     status_rate_hz: float = doc("Rate of ~/status and /diagnostics (Hz)", 1.0)
@@ -66,6 +83,12 @@ class PolicyParams:
     missed_tick_factor: float = doc("A tick is missed when its period exceeds this times the "
                                     "nominal period", 1.5)
     stats_window: int = doc("Ticks in the rolling window of the timing percentiles", 10000)
+    reset_on_change: str = doc("'<topic>:<field>' of an observation topic of the contract: when the "
+                               "field's value changes (a new episode) the loop starts a new plan at "
+                               "the measured position; '' = off. A topic the contract does not observe "
+                               "is ignored with a warning at configure", "/task_state:episode_id")
+    reset_jump_rad: float = doc("Start a new plan at the measured position when it differs from the "
+                                "last command by more than this (rad) on some joint; 0 = off", 0.5)
 
     def __post_init__(self):
         if self.execution_mode not in EXECUTORS:
@@ -89,10 +112,27 @@ class PolicyParams:
                    ">= 0 (0 = from the contract)"),
                   ("missed_tick_factor", math.isfinite(self.missed_tick_factor) and self.missed_tick_factor > 1,
                    "> 1"),
-                  ("stats_window", self.stats_window >= 100, ">= 100"))
+                  ("stats_window", self.stats_window >= 100, ">= 100"),
+                  ("reset_jump_rad", math.isfinite(self.reset_jump_rad) and self.reset_jump_rad >= 0,
+                   ">= 0 (0 = off)"))
         for name, ok, what in checks:
             if not ok:
                 raise ValueError(f"parameter {name} must be {what}, got {getattr(self, name)!r}")
+        self.reset_marker()
+
+    def reset_marker(self) -> Optional[Tuple[str, Tuple[str, ...]]]:
+        """``reset_on_change`` parsed: ``(topic, field path)`` or None when off."""
+        spec = self.reset_on_change
+        if not isinstance(spec, str):
+            raise ValueError(f"parameter reset_on_change must be a string, got {spec!r}")
+        if not spec:
+            return None
+        topic, sep, field = spec.rpartition(":")
+        parts = tuple(field.split("."))
+        if not sep or not topic.startswith("/") or not all(p.isidentifier() for p in parts):
+            raise ValueError(f"parameter reset_on_change must be '' or '/<topic>:<field>' (e.g. "
+                             f"'/task_state:episode_id'), got {spec!r}")
+        return topic, parts
 
     def executor_kwargs(self) -> Dict[str, object]:
         mode = self.execution_mode
@@ -154,7 +194,10 @@ class ControlLoop:
 
     Attributes after each `step`: ``chunk`` (the chunk added at this tick or None),
     ``events`` (safety events of the tick), ``inference_s`` (NaN when no query ran),
-    ``obs_stamp`` (oldest observation stamp used), ``tick`` (index of the next tick), ``swaps``.
+    ``obs_stamp`` (oldest observation stamp used), ``tick`` (index of the next tick), ``swaps``,
+    ``restart`` (RESTART_EPISODE / RESTART_JUMP when this tick started a new plan, else ""),
+    ``restarts`` (counts per trigger), ``jump`` (largest |measured - last command| of the last
+    jump restart, rad).
     """
 
     def __init__(self, contract: Contract, policy: OnnxPolicy, params: PolicyParams):
@@ -169,21 +212,52 @@ class ControlLoop:
         self.executor = build_executor(params)
         self._mode_select = params.mode_select
         self._nan = np.full(contract.act_dim, np.nan)
+        self._pos = np.zeros(contract.act_dim)      # measured position of the commanded joints
+        self._diff = np.zeros(contract.act_dim)
+        self._jump_limit = float(params.reset_jump_rad)
+        self._last_cmd: Optional[np.ndarray] = None
+        self._marker = _UNSEEN
+        self._pending = ""
         self.tick = 0
         self.swaps = 0
         self.chunk: Optional[np.ndarray] = None
         self.events: Tuple[str, ...] = ()
         self.inference_s = float("nan")
         self.obs_stamp = -math.inf
+        self.restart = ""
+        self.restarts = {RESTART_EPISODE: 0, RESTART_JUMP: 0}
+        self.jump = float("nan")
         self._need_ref = True
 
     def reset(self) -> None:
         """New activation: forget chunks and the last command (the arm may have moved)."""
-        self.executor.reset()
-        self.safety.reset()
-        self._need_ref = True
+        self._new_plan()
+        self._pending = ""
         self.chunk = None
         self.events = ()
+        self.restart = ""
+
+    def _new_plan(self) -> None:
+        self.executor.reset()
+        self.safety.reset()
+        self._last_cmd = None
+        self._need_ref = True
+
+    def watch(self, value) -> bool:
+        """The current value of the ``reset_on_change`` field (any message of that topic).
+
+        A value different from the previous one (not the first one seen) makes the next tick
+        start a new plan. Returns True on a change."""
+        last, self._marker = self._marker, value
+        if last is _UNSEEN or value == last:
+            return False
+        self._pending = RESTART_EPISODE
+        return True
+
+    @property
+    def marker(self):
+        """The last value given to `watch` (None before any)."""
+        return None if self._marker is _UNSEEN else self._marker
 
     def swap(self, policy: OnnxPolicy) -> bool:
         """Use `policy` from the next tick on. Same chunk length: the executor keeps its chunks
@@ -207,10 +281,22 @@ class ControlLoop:
         self.chunk = None
         self.inference_s = float("nan")
         stamp = self.obs_stamp = obs.oldest_stamp()
+        fresh = now - stamp <= self.stale_after_s
+        x = obs.vector()
+        pos = np.take(x, self._pos_idx, out=self._pos)
+        restart = self._pending
+        if not restart and fresh and self._jump_limit > 0 and self._last_cmd is not None:
+            d = np.abs(np.subtract(pos, self._last_cmd, out=self._diff), out=self._diff).max()
+            if d > self._jump_limit:
+                restart, self.jump = RESTART_JUMP, float(d)
+        self.restart = restart
+        if restart:
+            self._pending = ""
+            self.restarts[restart] += 1
+            self._new_plan()
         ex = self.executor
         proposed = None
-        if now - stamp <= self.stale_after_s and ex.needs_query(t):
-            x = obs.vector()
+        if fresh and ex.needs_query(t):
             t0 = time.perf_counter()
             chunk = self.policy.predict_chunk(x, mode_select=self._mode_select)[0]
             self.inference_s = time.perf_counter() - t0
@@ -224,16 +310,25 @@ class ControlLoop:
                 proposed = ex.action(t)
             except NoChunkError:               # e.g. stale before the first chunk
                 pass
-        current = obs.vector()[self._pos_idx] if self._need_ref else None
+        current = pos if self._need_ref else None
         if proposed is None:                   # nothing planned: propose to stay where we are
             proposed = current if current is not None else self.safety.last_command
         cmd, self.events = self.safety.filter(proposed, now, stamp, current)
         if cmd is not None:
             self._need_ref = False
+            self._last_cmd = cmd
         return cmd
 
     def contributors(self) -> int:
         return int(self.executor.last_contributors)
+
+
+class _Unseen:
+    def __repr__(self) -> str:
+        return "<unseen>"
+
+
+_UNSEEN = _Unseen()
 
 
 class LoopStats:

@@ -38,7 +38,8 @@ from . import qos
 from .conversions import has_header, message_class
 from .params import declare_and_load
 from .policy_io import ChunkOut, CommandOut, diagnostics_msg, status_msg
-from .policy_loop import ControlLoop, LoopStats, PolicyLoader, PolicyParams, StampSync, load_policy
+from .policy_loop import (RESTART_JUMP, ControlLoop, LoopStats, PolicyLoader, PolicyParams, StampSync,
+                          load_policy)
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 LOG_EVERY_S = 2.0            # throttle of warnings raised inside the control loop
@@ -100,9 +101,17 @@ class PolicyNode(LifecycleNode):
     Parameters (`policy_loop.PolicyParams`; defaults with units in config/policy.yaml):
         model_path, contract, execution_mode, autostart, controller, command_interface, m,
         query_every, n_execute, mode_threshold, mode_select, threads, status_rate_hz,
-        stale_after_s, lockstep, missed_tick_factor, stats_window (+ use_sim_time, read at
-        activate). Only ``model_path`` changes at run time: setting it hot-swaps the model
-        (a refused model is reverted).
+        stale_after_s, lockstep, missed_tick_factor, stats_window, reset_on_change,
+        reset_jump_rad (+ use_sim_time, read at activate). Only ``model_path`` changes at run
+        time: setting it hot-swaps the model (a refused model is reverted).
+
+    New plan at the measured position (`policy_loop` docstring): when the ``reset_on_change``
+    field (default ``/task_state:episode_id``) changes, and when the measured position is more
+    than ``reset_jump_rad`` from the last command (throttled warning). Each one is reported in
+    ``~/status`` ``last_event`` and counted on ``/diagnostics`` (``new_plan_episode``,
+    ``new_plan_jump``). ``reset_on_change`` must name an observation topic of the contract (the
+    node reads the field from the messages it already takes); another topic is ignored with a
+    warning at configure, and a field the topic's message type lacks refuses configure.
     """
 
     def __init__(self, node_name: str = "policy", **kwargs):
@@ -127,6 +136,9 @@ class PolicyNode(LifecycleNode):
         self._obs_ready = False
         self._newest_stamp = -math.inf
         self._counters = {"bad_observations": 0, "tick_errors": 0}
+        # reset_on_change: the observation topic whose field is watched, and the field's path
+        self._marker_topic: Optional[str] = None
+        self._marker_path: tuple = ()
         self._log_next: Dict[str, float] = {}
         self._now = time.time
         # lock-step bookkeeping
@@ -166,10 +178,12 @@ class PolicyNode(LifecycleNode):
             loop = ControlLoop(contract, policy, p)
             if p.lockstep and not any(has_header(c) for c in types.values()):
                 raise ValueError("lockstep needs at least one stamped (header) observation topic")
+            marker_topic, marker_path = self._check_reset_marker(contract, types)
         except Exception as e:  # every refusal reason ends up in the log and in ~/status
             self._event(f"configure refused: {e}", error=True)
             return FAILURE
         self._contract, self._loop = contract, loop
+        self._marker_topic, self._marker_path = marker_topic, marker_path
         self._assembler = ObservationAssembler(contract)
         self._stats = LoopStats(contract.dt, p.missed_tick_factor, p.stats_window, count_missed=not p.lockstep)
         self._obs_ready, self._newest_stamp = False, -math.inf
@@ -193,6 +207,26 @@ class PolicyNode(LifecycleNode):
                     f"{p.execution_mode}, commands on {self._out.topic}"
                     f"{' (lock-step)' if p.lockstep else ''}")
         return SUCCESS
+
+    def _check_reset_marker(self, contract: Contract, types: Dict[str, type]):
+        """reset_on_change -> (topic, field path), or (None, ()) when off or not observed."""
+        marker = self.params.reset_marker()
+        if marker is None:
+            return None, ()
+        topic, path = marker
+        if topic not in types:
+            self.get_logger().warn(
+                f"reset_on_change: {topic} is not an observation topic of contract {contract.name!r} "
+                f"({sorted(types)}): episode changes are not detected; reset_jump_rad="
+                f"{self.params.reset_jump_rad:g} still starts a new plan when the arm is moved")
+            return None, ()
+        obj = types[topic]()
+        for part in path:
+            if not hasattr(obj, part):
+                raise ValueError(f"reset_on_change: {types[topic].__name__} on {topic} has no field "
+                                 f"{'.'.join(path)!r} (set reset_on_change:='' to turn it off)")
+            obj = getattr(obj, part)
+        return topic, path
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         sim_time = bool(self.get_parameter("use_sim_time").value)
@@ -316,6 +350,11 @@ class PolicyNode(LifecycleNode):
             return
         if stamp > self._newest_stamp:
             self._newest_stamp = stamp
+        if topic == self._marker_topic:
+            value = msg
+            for part in self._marker_path:
+                value = getattr(value, part)
+            self._loop.watch(value)
 
     def _poll_observations(self) -> None:
         """Free-run: take the newest sample of every observation topic (depth 1: one take)."""
@@ -396,6 +435,21 @@ class PolicyNode(LifecycleNode):
             self._last_event = f"tick {loop.tick - 1}: {'+'.join(loop.events)}"
             self._throttled_warn(loop.events[0], f"safety at tick {loop.tick - 1}: {', '.join(loop.events)} "
                                  f"(totals {loop.safety.stats()})")
+        if loop.restart:
+            self._report_restart(loop)
+
+    def _report_restart(self, loop: ControlLoop) -> None:
+        """A tick started a new plan (rare: once per episode / per disturbance)."""
+        n = loop.tick - 1
+        if loop.restart == RESTART_JUMP:
+            why = (f"measured position {loop.jump:.3f} rad from the last command "
+                   f"(> reset_jump_rad {self.params.reset_jump_rad:g})")
+            self._throttled_warn("restart_jump", f"tick {n}: new plan at the measured position: {why} "
+                                 f"(total {loop.restarts[RESTART_JUMP]})")
+        else:
+            why = f"{self.params.reset_on_change} changed to {loop.marker}"
+        events = f"; {'+'.join(loop.events)}" if loop.events else ""
+        self._last_event = f"tick {n}: new plan at the measured position ({why}){events}"
 
     # ------------------------------------------------------------------ hot swap
     def _request_load(self, path: str, source: str) -> Future:
@@ -494,6 +548,7 @@ class PolicyNode(LifecycleNode):
         extra = {"model_path": self._model_path, **self._counters, **summary}
         if loop is not None:
             extra.update(loop.safety.stats())
+            extra.update({f"new_plan_{k}": v for k, v in loop.restarts.items()})
         self._diag_pub.publish(diagnostics_msg(f"{self.get_name()}: policy control loop", st,
                                                self._contract.robot if self._contract else "", extra,
                                                not self._obs_ready))

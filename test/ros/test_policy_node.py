@@ -154,19 +154,19 @@ class Robot:
                              and self.node.count_publishers("/policy/action_chunk") > 0)
         assert ok, "policy node topics never matched\n" + proc.log()[-3000:]
 
-    def publish(self, q, goal, stamp=None):
+    def publish(self, q, goal, stamp=None, episode_id=0):
         st = to_time(time.time() if stamp is None else stamp)
         js = JointState(name=JOINTS, position=[float(v) for v in q], velocity=[0.0] * len(JOINTS))
         js.header.stamp = st
-        ts = TaskState(task="reach", goal=[float(v) for v in goal], status="running")
+        ts = TaskState(task="reach", goal=[float(v) for v in goal], status="running", episode_id=episode_id)
         ts.header.stamp = st
         self.js_pub.publish(js)
         self.ts_pub.publish(ts)
 
-    def step(self, q, goal, proc):
+    def step(self, q, goal, proc, episode_id=0):
         """Lock-step: one observation -> exactly one command."""
         n = len(self.commands)
-        self.publish(q, goal)
+        self.publish(q, goal, episode_id=episode_id)
         assert self.spin_until(lambda: len(self.commands) > n), \
             f"no command for observation {n}\n--- node log:\n{proc.log()[-3000:]}"
         return self.commands[-1]
@@ -451,3 +451,47 @@ def test_hot_swap_under_load_loses_no_tick_and_refuses_bad_models(tmp_path, star
     assert np.all(steps_taken <= MAX_STEP)
     s = r.wait_status(lambda s: s.ticks >= steps, proc, f"{steps} ticks")
     assert s.model_swaps == 2 and s.model_id == ids[-1] and s.ticks == steps
+
+
+def test_new_episode_and_moved_arm_start_a_new_plan_at_the_measured_position(tmp_path, start, robot):
+    """reset_on_change (/task_state episode_id) and reset_jump_rad through DDS: the tick that
+    sees the new episode (or the arm far from the last command) commands the first action of a
+    fresh chunk from the measured position instead of ensembling the old plan and clamping
+    towards the old arm position; ~/status says so."""
+    bias = 0.01
+    proc = start(affine_model(tmp_path / "drift.onnx", bias=bias), lockstep=True)
+    r = robot()
+    r.wait_active(proc)
+    q = np.zeros(A)
+    for _ in range(5):
+        q = r.step(q, [0.0, 0.0], proc, episode_id=1)
+    assert r.spin_until(lambda: len(r.chunks) >= 5)
+    far = np.array([0.6, -0.7, 0.8])                    # the next episode starts elsewhere
+    cmd = r.step(far, [0.0, 0.0], proc, episode_id=2)
+    np.testing.assert_allclose(cmd, affine_reference(np.r_[far, 0.0, 0.0], bias=bias)[0], atol=1e-6)
+    s = r.wait_status(lambda s: "new plan" in s.last_event, proc, "the new plan")
+    assert "/task_state:episode_id changed to 2" in s.last_event and s.ensembled_chunks == 1
+    for _ in range(3):
+        q = r.step(cmd, [0.0, 0.0], proc, episode_id=2)
+        cmd = q
+    moved = q + np.array([0.0, 0.6, 0.0])               # someone moved the arm, same episode
+    cmd = r.step(moved, [0.0, 0.0], proc, episode_id=2)
+    np.testing.assert_allclose(cmd, affine_reference(np.r_[moved, 0.0, 0.0], bias=bias)[0], atol=1e-6)
+    s = r.wait_status(lambda s: "reset_jump_rad" in s.last_event, proc, "the jump restart")
+    assert "new plan" in s.last_event and s.safety_step_clamps == 0
+    assert "new plan at the measured position" in proc.log()   # the throttled warning
+
+
+def test_reset_on_change_is_checked_at_configure(tmp_path, start, robot):
+    model = affine_model(tmp_path / "a.onnx")
+    bad = start(model, reset_on_change="/task_state:no_such_field")
+    r = robot()
+    s = r.wait_status(lambda s: s.last_event.startswith("configure refused"), bad, "configure refused")
+    assert "no field 'no_such_field'" in s.last_event and "reset_on_change" in s.last_event
+    bad.stop()
+    other = start(model, reset_on_change="/not_observed:episode_id", lockstep=True)
+    r.status = None
+    r.wait_active(other)
+    q = r.step(np.zeros(A), [0.0, 0.0], other)
+    assert np.allclose(q, 0.0, atol=1e-6)
+    assert "reset_on_change: /not_observed is not an observation topic" in other.log()
