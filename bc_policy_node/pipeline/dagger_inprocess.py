@@ -42,7 +42,7 @@ budget-matched BC baseline gets the same budget, so the comparison is fair).
 Round folders (resumable: a finished round has ``record.json``; a partial one restarts from
 what is on disk)::
 
-    <round0_dir>/data  run/  policy.onnx  eval.json  dev.npz  [ensemble/member_<k>.onnx]
+    <round0_dir>/data  run/  policy.onnx  eval.json  dev.npz (time/path deviation)  [ensemble/member_<k>.onnx]
     <out_dir>/round_<i>/data (this round's new episodes only)  run/  policy.onnx  eval.json ...
 """
 from __future__ import annotations
@@ -377,7 +377,7 @@ def train_ensemble(dataset: Dataset, size: int, directory, model_cfg=None, train
     return paths
 
 
-def calibrate_threshold(ensemble: EnsembleDisagreement, obs: np.ndarray, quantile: float = 0.99,
+def calibrate_threshold(ensemble: EnsembleDisagreement, obs: np.ndarray, quantile: float = 0.95,
                         max_rows: int = 3000, seed: int = 0) -> Dict[str, float]:
     """Disagreement threshold = `quantile` of the ensemble's disagreement on (a sample of) its
     own training observations: states scoring above it are rarer than 1 - quantile in the data
@@ -392,16 +392,24 @@ def calibrate_threshold(ensemble: EnsembleDisagreement, obs: np.ndarray, quantil
 
 # ============================================================================ evaluation
 def deviation_matrix(results: Sequence[RolloutResult], references: Mapping[int, Reference],
-                     length: int) -> np.ndarray:
-    """(n, length) ee deviation from the expert's rollout at the same seed, tick by tick.
+                     length: int, kind: str = "time") -> np.ndarray:
+    """(n, length) end-effector deviation from the expert's rollout at the same seed, per tick.
 
-    Both trajectories are padded with their final position up to `length` (after success the
-    arm holds at the goal; a timed-out policy is compared where it stopped), so every episode
-    contributes at every t and there is no survivor bias in the mean."""
+    kind="time": |ee(t) - ee_expert(t)|, both padded with their final position up to `length`
+    (after success the arm holds at the goal; a timed-out policy is compared where it stopped),
+    so every episode contributes at every t and the mean has no survivor bias. This counts
+    being late as deviation (a policy on the expert's path but slower drifts away in time).
+    kind="path": distance from ee(t) to the nearest point of the expert's whole path (time-free:
+    only leaving the demonstrated path counts), padded the same way."""
+    if kind not in ("time", "path"):
+        raise ValueError(f"kind must be 'time' or 'path', got {kind!r}")
     out = np.zeros((len(results), length))
     for i, r in enumerate(results):
-        a, b = _pad(r.ee, length), _pad(references[r.seed].ee, length)
-        out[i] = np.linalg.norm(a - b, axis=1)
+        a, ref = _pad(r.ee, length), np.asarray(references[r.seed].ee, dtype=float)
+        if kind == "time":
+            out[i] = np.linalg.norm(a - _pad(ref, length), axis=1)
+        else:
+            out[i] = np.sqrt(((a[:, None, :] - ref[None, :, :]) ** 2).sum(-1).min(axis=1))
     return out
 
 
@@ -414,22 +422,24 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
 
 def evaluate_policy(policy_path, robot: str, task: str, seeds: Sequence[int],
                     references: Mapping[int, Reference], execution_mode: str = "temporal_ensembling",
-                    progress: Optional[Callable] = None) -> Tuple[Dict[str, Any], np.ndarray]:
+                    progress: Optional[Callable] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """core.rollout.evaluate over `seeds` (no expert re-rollouts: `references` are cached).
-    Returns (JSON-ready summary, (n, horizon+1) deviation matrix)."""
+    Returns (JSON-ready summary, {"time": (n, L), "path": (n, L)} deviation matrices,
+    L = longest episode + 1, see `deviation_matrix`)."""
     ev = evaluate(str(policy_path), robot, task, list(seeds), execution_mode=execution_mode,
                   with_expert=False, progress=progress)
     results = ev.pop("results")
     ev.pop("experts", None)
     env_len = max(max(len(r.ee) for r in results), max(len(references[s].ee) for s in seeds))
-    dev = deviation_matrix(results, references, env_len)
-    ev["deviation"] = mean_ci(dev.mean(axis=1))
-    ev["deviation_mean_by_t"] = dev.mean(axis=0).tolist()
+    devs = {k: deviation_matrix(results, references, env_len, k) for k in ("time", "path")}
+    ev["deviation"] = mean_ci(devs["time"].mean(axis=1))
+    ev["path_deviation"] = mean_ci(devs["path"].mean(axis=1))
+    ev["deviation_mean_by_t"] = devs["time"].mean(axis=0).tolist()
     ev["final_distance"] = mean_ci([r.meta["final_error"] for r in results])
     ev["failed_final_distance"] = [float(r.meta["final_error"]) for r in results if not r.success]
     ev["seeds"] = [int(s) for s in seeds]
     ev["success_by_seed"] = [bool(r.success) for r in results]
-    return ev, dev
+    return ev, devs
 
 
 def deviation_growth(dev: np.ndarray, horizons: Sequence[int], n_boot: int = 1000,
@@ -537,15 +547,25 @@ def _round_zero(robot, task, contract, demo_seeds, model_cfg, train_cfg, d: Path
 
 
 def _cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc):
+    """Evaluation of `onnx` stored in `d` (eval.json + dev.npz), recomputed if missing or stale."""
     if (d / EVAL_FILE).is_file() and (d / DEV_FILE).is_file():
         ev = json.loads((d / EVAL_FILE).read_text())
-        if ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(onnx):
-            return ev, np.load(d / DEV_FILE)["dev"]
-    ev, dev = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, _tqdm(progress, desc))
+        z = np.load(d / DEV_FILE)
+        if ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(onnx) and "path" in z:
+            return ev, {"time": z["time"], "path": z["path"]}
+    ev, devs = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, _tqdm(progress, desc))
     ev["policy"] = str(onnx)
     (d / EVAL_FILE).write_text(json.dumps(ev, default=float))
-    np.savez_compressed(d / DEV_FILE, dev=dev.astype(np.float32))
-    return ev, dev
+    np.savez_compressed(d / DEV_FILE, **{k: v.astype(np.float32) for k, v in devs.items()})
+    return ev, devs
+
+
+def deviations_of(policy_dir, robot: str, task: str, seeds: Sequence[int], references: Mapping[int, Reference],
+                  execution_mode: str = "temporal_ensembling", progress: bool = False) -> Dict[str, np.ndarray]:
+    """The deviation matrices of the policy in a round (or BC) folder (re-evaluated if needed)."""
+    d = Path(policy_dir)
+    return _cached_eval(d / "policy.onnx", robot, task, seeds, references, execution_mode, d, progress,
+                        f"eval {d.name}")[1]
 
 
 def _ensemble_for(d: Path, dataset: Dataset, policy: Path, size: int, model_cfg, train_cfg,
@@ -570,7 +590,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                beta0: float = 1.0, beta_decay: float = 0.5, model_cfg=None, train_cfg=None,
                out_dir="dagger_runs", eval_seeds: Sequence[int] = tuple(range(10_000, 10_100)),
                progress: bool = True, round0_dir=None, references_cache=None,
-               ensemble_size: int = 3, threshold: Optional[float] = None, threshold_quantile: float = 0.99,
+               ensemble_size: int = 3, threshold: Optional[float] = None, threshold_quantile: float = 0.95,
                query_budget: int = 150, release: float = 0.7, min_expert_ticks: int = 10,
                human: Optional[Mapping[str, Any]] = None, rollout_seed0: int = 100_000,
                execution_mode: str = "temporal_ensembling") -> List[RoundRecord]:
@@ -674,7 +694,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
         policy = export_policy(run.run_dir, d / "policy.onnx")
         timing["export"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ev, dev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}")
+        ev, _ = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}")
         timing["eval"] = time.perf_counter() - t0
         labels_total = labels_of(ds.episodes)
         rec = RoundRecord(i, variant, beta, len(new), stats["frames"], stats["labels"], ds.num_frames,
@@ -735,7 +755,7 @@ def bc_same_budget(robot: str, task: str, labels: int, out_dir, model_cfg=None, 
     timing["train"] = time.perf_counter() - t0
     onnx = export_policy(run.run_dir, d / "policy.onnx")
     t0 = time.perf_counter()
-    ev, dev = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress,
+    ev, _ = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress,
                            f"eval BC {labels} labels")
     timing["eval"] = time.perf_counter() - t0
     rec = {"labels_target": int(labels), "labels": labels_of(demos), "episodes": len(demos),
