@@ -29,6 +29,11 @@ class NodeSpec:
     param_file: Optional[str] = None     # config/<file>.yaml keyed by node name
 
 
+def controller_command_topic(controller: str = "forward_position_controller") -> str:
+    """ros2_control forward controller command topic."""
+    return f"/{controller.strip('/')}/commands"
+
+
 def share_dir() -> Path:
     """share/bc_policy_node of the install, or the source tree when run from a checkout."""
     try:
@@ -118,7 +123,7 @@ def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
         params["lockstep"] = True
     if _bool(use_sim_time):
         params["use_sim_time"] = True
-    remaps = [(f"/{controller.strip('/')}/commands", command_topic)] if command_topic else []
+    remaps = [(controller_command_topic(controller), command_topic)] if command_topic else []
     return [NodeSpec("policy_node", "policy", param_file="policy.yaml", parameters=params, remappings=remaps)]
 
 

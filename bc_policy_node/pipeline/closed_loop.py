@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from std_msgs.msg import Float64MultiArray
+
 from bc_msgs.msg import PolicyStatus
 
 from .. import graph
@@ -32,6 +34,7 @@ def policy_graph(robot: str, task: str, model: str, lockstep: bool, rtf: float =
     specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep" if lockstep else "free",
                             real_time_factor=rtf, drive=False)
     specs = [s for s in specs if s.executable != "expert_node"]
+    specs[0].parameters["auto_reset"] = False   # episodes start only when we reset them
     specs += graph.policy_nodes(robot=robot, task=task, model=str(model), execution_mode=execution_mode,
                                 autostart=True, lockstep=lockstep, use_sim_time=True)
     return specs
@@ -44,16 +47,24 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
     specs = policy_graph(robot, task, model, lockstep, execution_mode=execution_mode)
     status: Dict[str, Optional[PolicyStatus]] = {"last": None}
     outcomes = []
+    commands = [0]
     with Graph(specs, Path(log_dir)) as g, GraphClient("closed_loop", check=g.check_alive) as client:
         client.node.create_subscription(PolicyStatus, "/policy/status",
                                         lambda m: status.__setitem__("last", m), qos.STATUS)
+        client.node.create_subscription(Float64MultiArray, graph.controller_command_topic(),
+                                        lambda m: commands.__setitem__(0, commands[0] + 1), qos.COMMAND)
         client.wait_for_services([RESET], timeout=60.0)
         client.wait_until(lambda: status["last"] is not None and status["last"].lifecycle_state == "active",
                           60.0, "the policy node to become active")
         it = progress(seeds) if progress else seeds
         for seed in it:
+            n0 = commands[0]
             ep = client.reset(seed=seed, task=task).episode_id
             final = client.wait_task_done(ep, timeout=timeout_per_episode, stall_timeout=30.0)
+            # Lock-step: the node answers every observation, the final (done) one included. Reset
+            # only after that answer arrived, or it would become the next episode's first command.
+            client.wait_until(lambda: commands[0] - n0 >= int(final.step) + 1, 10.0,
+                              "the policy's answer to the final observation")
             outcomes.append({"seed": int(seed), "status": final.status, "success": bool(final.success),
                              "steps": int(final.step)})
         client.spin(1.2)  # one more status period
