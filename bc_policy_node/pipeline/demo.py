@@ -35,6 +35,7 @@ class DemoConfig:
     free_run_s: float = 5.0       # real-time segment for rate/latency
     dagger_rounds: int = 3
     dagger_episodes: int = 10     # policy rollouts per DAgger round
+    dagger_variant: str = "human_gated"   # a simulated human takes over when the arm leaves the expert's path
     seed: int = 0
 
     @classmethod
@@ -108,12 +109,15 @@ def main(args) -> int:
         return {"episodes": len(ds), "frames": ds.num_frames, "hash": ds.content_hash(),
                 "excluded": int(report["excluded"])}
 
-    def train():
-        from ..learning import train as run
+    def configs():
         from ..learning.cli import resolve_configs
         from ..learning.config import TrainConfig
         model_cfg, train_cfg = resolve_configs(None)
-        train_cfg = TrainConfig.from_dict({**asdict(train_cfg), "max_epochs": cfg.max_epochs})
+        return model_cfg, TrainConfig.from_dict({**asdict(train_cfg), "max_epochs": cfg.max_epochs})
+
+    def train():
+        from ..learning import train as run
+        model_cfg, train_cfg = configs()
         r = run(out / "dataset", model_cfg, train_cfg, out / "train", progress=True)
         return {"epochs": r.epochs, "best_val_loss": r.best_val_loss, "samples_per_second": r.samples_per_second,
                 "parameters": r.num_parameters, "train_seconds": r.train_seconds}
@@ -144,8 +148,10 @@ def main(args) -> int:
 
     def dagger():
         from .dagger_loop import run_dagger_ros
+        model_cfg, train_cfg = configs()
         return run_dagger_ros(robot=cfg.robot, task=cfg.task, dataset=out / "dataset",
                               model=st.results["export"]["model"], rounds=cfg.dagger_rounds,
+                              variant=cfg.dagger_variant, model_cfg=model_cfg, train_cfg=train_cfg,
                               episodes_per_round=cfg.dagger_episodes, out=out / "dagger",
                               log_dir=logs / "dagger", eval_seeds=eval_seeds, progress=True)
 
