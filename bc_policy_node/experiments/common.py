@@ -550,13 +550,24 @@ def plot_scene(ax, goal=None, obstacle=None, start=None) -> None:
         ax.plot(start[0], start[1], marker="o", ms=5, color="k", zorder=5, ls="")
 
 
-def savefig(fig, path: Path) -> str:
-    """Save (tight) and close; returns the path as str."""
+def savefig(fig, path: Path, quantize: bool = True) -> str:
+    """Save (tight) and close; returns the path as str. PNGs are re-encoded with a 256-colour
+    palette (about 3x smaller, visually the same for line plots) to keep committed results small."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     import matplotlib.pyplot as _plt
     _plt.close(fig)
+    if quantize and path.suffix.lower() == ".png":
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                               dither=Image.Dither.NONE)
+            q.save(path, optimize=True)
+        except Exception:  # noqa: BLE001 - keep the full-colour file if Pillow is missing or old
+            pass
     return str(path)
 
 

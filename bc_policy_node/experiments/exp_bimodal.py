@@ -48,8 +48,8 @@ PATH_NAMES = [MSE, "GMM TE sample", "GMM mode-consistent sample"]
 
 def short(name: str) -> str:
     """Two-line tick label."""
-    return (name.replace("MSE chunk MLP", "MSE\nchunk MLP").replace("L1 chunk MLP", "L1\nchunk MLP").replace("GMM mode-consistent ", "GMM mode-\nconsistent ")
-            .replace("GMM TE ", "GMM\nTE "))
+    return (name.replace("MSE chunk MLP", "MSE\nchunk MLP").replace("L1 chunk MLP", "L1\nchunk MLP")
+            .replace("GMM mode-consistent ", "GMM\nmode-consistent\n").replace("GMM TE ", "GMM\nTE\n"))
 
 
 def demos(regime: str, n: int, cache: Path) -> Dataset:
@@ -208,9 +208,10 @@ def plot_rates(summs: List[Dict], regimes: List[str], path: Path, title_prefix: 
             ax.bar(x + (j - 1) * 0.26, 100 * r, 0.26, color=col, label=key,
                    yerr=100 * np.vstack([r - lo, hi - r]), capsize=2)
         ax.set_xticks(x, [short(n) for n in NAMES], fontsize=7.5)
-        ax.set(ylabel="% of episodes (95% Wilson)", ylim=(0, 105),
+        ax.set(ylabel="% of episodes (95% Wilson)", ylim=(0, 119),
                title=f"{title_prefix}{REGIME_TITLES[regime]}: outcomes")
-        ax.legend(loc="upper right", ncol=3)
+        ax.set_yticks([0, 20, 40, 60, 80, 100])
+        ax.legend(loc="upper center", ncol=3)
         bottom = np.zeros(len(NAMES))
         for key, col, lab in (("mode0", SIDE_COLORS[1], "passed left (mode 0)"),
                               ("mode1", SIDE_COLORS[-1], "passed right (mode 1)"),
@@ -246,6 +247,19 @@ def table(summ: Dict, regime: str) -> str:
                        "chunks rejected / adopted"], rows)
 
 
+def share_note(summ: Dict, regime: str = "") -> str:
+    """Settings whose share of left passes (Wilson interval) excludes the demonstrations' share."""
+    d = summ["demos"]
+    p = d["left"] / max(d["n"], 1)
+    off = [n for n in NAMES if summ[n]["share_left_of_passed"]
+           and not summ[n]["share_left_of_passed"]["ci_low"] <= p <= summ[n]["share_left_of_passed"]["ci_high"]]
+    if not off:
+        return f" [{regime}] Every policy passes left about as often as the demos ({100 * p:.0f}%)." if regime else ""
+    return (f" [{regime}] Side shares that differ from the demos' {100 * p:.0f}% left: "
+            + ", ".join(f"{n} {C.fmt_rate(summ[n]['share_left_of_passed'])}" for n in off)
+            + ".")
+
+
 def describe(summ: Dict) -> str:
     return "; ".join(f"{n}: success {C.fmt_rate(summ[n]['success'])}, collision {C.fmt_rate(summ[n]['collision'])}, "
                      f"left/right/never {summ[n]['sides']['mode0']}/{summ[n]['sides']['mode1']}/"
@@ -275,13 +289,14 @@ def run(out_dir: Path, quick: bool = False) -> dict:
             f"{C.fmt_rate(g['success'])}, collides in {C.fmt_rate(g['collision'])}")
     cap1 = (f"ee paths of the first {cfg['paths']} evaluation episodes in the obstacle's frame (x along the "
             "obstacle->goal line, y to its left; grey disc = mean post radius, dotted = largest), first training "
-            f"seed; rows = data regimes. {setup} Colour = side the ee passed, red = collision (x = where it ended). "
+            f"seed; rows = data regimes. {setup} Colour = side the ee passed, red = collision (any contact of the arm, "
+            "not only the ee, with the post; x = where the ee was when it ended). "
             + ". ".join(regime_txt) + f". Expert: {C.fmt_rate(e['success'])} success; its passing side matches its "
             f"latent mode in {e['side_matches_latent_mode']}/{e['n']} episodes (checks the side classifier).")
     cap2 = (f"Outcomes (pooled over training seeds, 95% Wilson) and the side the ee passed, per data regime. {setup} "
             + " ".join(f"[{REGIME_TITLES[r]}] {describe(s)}." for r, s in S.items())
-            + " Timeouts are mostly episodes that got past the obstacle but did not settle within 2 cm of the goal "
-            "(see 'passed obstacle safely' and the end distance in the table).")
+            + " Timeouts are mostly episodes that got past the obstacle and then did not come within 2 cm of the goal "
+            "(see 'passed obstacle safely' and the end distance in the table)." + "".join(share_note(x, r) for r, x in S.items()))
     calm = [r for r, x in S.items() if x[MSE]["collision"]["ci_high"] < 0.05]
     if calm:
         cap2 += (" The textbook failure - the MSE policy driving down the middle into the post - does NOT show here "
@@ -303,7 +318,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
             cap2 += (f" [{r}] The GMM (mode-consistent, sample) beats {' and '.join(below)} on success, but not at the "
                      "obstacle (they pass it safely in "
                      + ", ".join(C.fmt_rate(x[n]["passed_obstacle_safely"]) for n in below)
-                     + "): they lose episodes to timeouts near the goal.")
+                     + "): they lose episodes to timeouts after the obstacle.")
         if notbelow:
             cap2 += (f" [{r}] {' and '.join(notbelow)} reach{'es' if len(notbelow) == 1 else ''} "
                      + ", ".join(C.fmt_rate(x[n]["success"]) for n in notbelow)

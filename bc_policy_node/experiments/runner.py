@@ -15,17 +15,21 @@ EXPERIMENTS = {
     "bimodal": "bc_policy_node.experiments.exp_bimodal",
     "depth": "bc_policy_node.experiments.exp_depth",
     "deep_bimodal": "bc_policy_node.experiments.exp_deep_bimodal",
+    "observation": "bc_policy_node.experiments.exp_observation",
     "dagger": "bc_policy_node.experiments.exp_dagger",
 }
 
 
 def _rel(path, out: Path) -> str:
-    """A figure path as seen from report.md (relative to `out`), whatever form the experiment gave."""
+    """A figure path as seen from report.md (relative to `out`), whatever form the experiment gave:
+    absolute, relative to the working directory (e.g. results/drift/x.png) or already relative to
+    `out` (drift/x.png, as stored in section.json)."""
     p = Path(path)
-    for base in (out.resolve(), Path.cwd().resolve()):
+    root = out.resolve()
+    cands = [p] if p.is_absolute() else [Path.cwd() / p, root / p]
+    for c in sorted(cands, key=lambda c: not c.exists()):     # existing files first, cwd before out
         try:
-            full = p.resolve() if p.is_absolute() else (base / p).resolve()
-            return full.relative_to(out.resolve()).as_posix()
+            return c.resolve().relative_to(root).as_posix()
         except ValueError:
             continue
     return p.as_posix()

@@ -120,3 +120,15 @@ def test_runner_survives_a_failing_experiment(tmp_path, monkeypatch):
     monkeypatch.setitem(runner.EXPERIMENTS, "drift", "bc_policy_node.experiments.no_such_module")
     rc = runner.main(SimpleNamespace(out=str(tmp_path), only="drift", quick=True))
     assert rc == 1 and (tmp_path / "report.md").is_file()
+
+
+def test_report_paths_relative_to_cwd(tmp_path, monkeypatch):
+    """`--out results` gives experiments relative paths like results/x/f.png; report.md needs x/f.png."""
+    monkeypatch.chdir(tmp_path)
+    out = Path("results")
+    (out / "x").mkdir(parents=True)
+    (out / "x" / "f.png").write_bytes(b"png")
+    r = runner.normalize({"name": "drift", "figures": ["results/x/f.png"],
+                          "captions": {"results/x/f.png": "CAP"}}, out)
+    assert r["figures"] == ["x/f.png"] and r["captions"] == {"x/f.png": "CAP"}
+    assert runner.normalize(r, out)["figures"] == ["x/f.png"]          # idempotent (section.json)
