@@ -62,14 +62,13 @@ def model_id(kind: str, model: ChunkPolicy, data_hash: str) -> str:
 
 
 def build_metadata(run_cfg: Dict[str, Any], model: ChunkPolicy, opset: int,
-                   history: Optional[list] = None) -> Tuple[Contract, Dict[str, Any]]:
-    """(Contract, meta dict) for the ONNX ``metadata_props``, keys as in docs/design.md."""
+                   training: Optional[Dict[str, Any]] = None) -> Tuple[Contract, Dict[str, Any]]:
+    """(Contract, meta dict) for the ONNX ``metadata_props``, keys as in docs/design.md.
+
+    ``training``: facts about the run (epochs, best epoch, ...) stored under ``train_config``.
+    """
     contract = Contract.from_dict(run_cfg["contract"])
     mcfg = run_cfg["model"]
-    best = None
-    if history:
-        scored = [h for h in history if h.get("val_loss") is not None] or history
-        best = min(scored, key=lambda h: h["val_loss"] if h.get("val_loss") is not None else h["train_loss"])
     meta = {
         "format": META_FORMAT,
         "kind": mcfg["kind"],
@@ -87,11 +86,8 @@ def build_metadata(run_cfg: Dict[str, Any], model: ChunkPolicy, opset: int,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "opset": int(opset),
         "train_config": {"model": mcfg, "train": run_cfg["train"],
-                         "epochs": len(history or []),
-                         "best_epoch": best["epoch"] if best else None,
-                         "best_val_loss": best.get("val_loss") if best else None,
                          "num_samples": run_cfg.get("num_samples"),
-                         "num_parameters": run_cfg.get("num_parameters")},
+                         "num_parameters": run_cfg.get("num_parameters"), **(training or {})},
     }
     return contract, meta
 
@@ -166,9 +162,12 @@ def export(run_dir, out_path, which: str = "best", opset: int = DEFAULT_OPSET,
 
     run_dir, out_path = Path(run_dir), Path(out_path)
     model, run_cfg = ckpt.load_policy(run_dir, which)
-    history_path = run_dir / ckpt.HISTORY_FILE
-    history = json.loads(history_path.read_text()) if history_path.is_file() else []
-    contract, meta = build_metadata(run_cfg, model, opset, history)
+    last = ckpt.load_checkpoint(run_dir / ckpt.LAST_CHECKPOINT)
+    has_val = bool(run_cfg.get("num_samples", {}).get("val"))
+    training = {"weights": which, "epochs": int(last["epoch"]), "steps": int(last["step"]),
+                "best_epoch": int(last["best_epoch"]),
+                "best_val_loss": float(last["best_val"]) if has_val else None}
+    contract, meta = build_metadata(run_cfg, model, opset, training)
     try:
         proto = onnx.load_from_string(_to_onnx_bytes(model, opset))
     except Exception as e:  # noqa: BLE001 - surface any exporter failure with context

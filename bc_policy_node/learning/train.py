@@ -289,7 +289,7 @@ def train(data, model_cfg: Optional[ModelConfig], train_cfg: Optional[TrainConfi
         total = train_cfg.max_epochs * steps_per_epoch
         if train_cfg.max_steps is not None:
             total = min(total, train_cfg.max_steps)
-        title = f"{model_cfg.kind} K={model_cfg.chunk_length} ({ds.content_hash()})"
+        title = f"{model_cfg.kind} K={model_cfg.chunk_length} (data {run_cfg['data_hash']})"
         seconds, samples = 0.0, 0
         with tqdm(total=total, initial=min(state.step, total), disable=not progress, unit="step",
                   desc=f"train {model_cfg.kind}", dynamic_ncols=True) as bar:

@@ -93,3 +93,13 @@ def test_parity_failure_raises_and_leaves_no_file(exported, tmp_path):
     with pytest.raises(ExportError, match="differ by"):
         export(run, tmp_path / "p.onnx", tolerance=-1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_facts_in_metadata(exported):
+    kind, run, path = exported
+    _, meta = read_metadata(path)
+    facts = meta["train_config"]
+    history = json.loads((run / "history.json").read_text())
+    assert (facts["weights"], facts["epochs"], facts["steps"]) == ("best", 2, history[-1]["step"])
+    best = min(history, key=lambda h: h["val_loss"])
+    assert facts["best_epoch"] == best["epoch"] and facts["best_val_loss"] == pytest.approx(best["val_loss"])
