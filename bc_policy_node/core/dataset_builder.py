@@ -200,7 +200,9 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
     skews = [float(np.median(s.recv - s.header)) * 1e-9
              for s in streams.values() if s.has_header and len(s)]
     worst = max((abs(x) for x in skews), default=0.0)
-    src_worst = max((abs(float(np.median(s.recv - s.source))) * 1e-9
+    # clock offset recorder - senders: the smallest receive delay (a stalled recorder adds delay to
+    # every message it takes late, which a median would mistake for another clock)
+    src_worst = max((abs(float(np.min(s.recv - s.source))) * 1e-9
                      for s in streams.values() if len(s)), default=0.0)
     frame_clock = time_base
     if time_base == "auto":

@@ -5,8 +5,11 @@ real time gives the control rate and latency the policy node achieves (its ~/sta
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
+
+import numpy as np
 
 from std_msgs.msg import Float64MultiArray
 
@@ -59,6 +62,7 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
         it = progress(seeds) if progress else seeds
         for seed in it:
             n0 = commands[0]
+            t0 = time.perf_counter()
             ep = client.reset(seed=seed, task=task).episode_id
             final = client.wait_task_done(ep, timeout=timeout_per_episode, stall_timeout=30.0)
             # Lock-step: the node answers every observation, the final (done) one included. Reset
@@ -66,10 +70,14 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
             client.wait_until(lambda: commands[0] - n0 >= int(final.step) + 1, 10.0,
                               "the policy's answer to the final observation")
             outcomes.append({"seed": int(seed), "status": final.status, "success": bool(final.success),
-                             "steps": int(final.step)})
+                             "steps": int(final.step),
+                             "ms_per_tick": 1e3 * (time.perf_counter() - t0) / max(1, int(final.step))})
         client.spin(1.2)  # one more status period
         last = status["last"]
+    # wall time per lock-step tick = bridge -> policy node -> bridge round trip (+ physics step)
+    ms = [o["ms_per_tick"] for o in outcomes]
     return {"episodes": outcomes, "successes": sum(o["success"] for o in outcomes), "n": len(outcomes),
+            "round_trip_ms_median": float(np.median(ms)) if ms else float("nan"),
             "status": status_dict(last) if last is not None else {}}
 
 

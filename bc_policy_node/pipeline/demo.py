@@ -140,9 +140,15 @@ def main(args) -> int:
 
     def closed_loop():
         from .closed_loop import measure_free_run, run_policy_episodes
+        from ..core.rollout import evaluate as run
         model = st.results["export"]["model"]
-        eps = run_policy_episodes(model, cfg.robot, cfg.task, range(20_000, 20_000 + cfg.ros_episodes),
-                                  logs / "closed_loop", progress=_tqdm("policy node, lock-step"))
+        seeds = eval_seeds[:cfg.ros_episodes]          # the same seeds as in-process: outcomes must agree
+        eps = run_policy_episodes(model, cfg.robot, cfg.task, seeds, logs / "closed_loop",
+                                  progress=_tqdm("policy node, lock-step"))
+        ref = run(model, cfg.robot, cfg.task, seeds, with_expert=False)
+        eps["in_process_successes"] = int(ref["success"]["successes"])
+        eps["agree"] = sum(o["status"] == r.status and o["steps"] == r.steps
+                           for o, r in zip(eps["episodes"], ref["results"]))
         rt = measure_free_run(model, cfg.robot, cfg.task, cfg.free_run_s, logs / "free_run")
         return {"lockstep": eps, "free_run_status": rt}
 

@@ -30,14 +30,16 @@ def summary_rows(cfg, res: Dict):
                    f"ONNX {res.get('export', {}).get('size_mb', 0):.2f} MB, parity "
                    f"{res.get('export', {}).get('parity_max_abs_diff', float('nan')):.1e}"),
         ("success, BC (in-process)", f"{_rate(ev.get('success'))} over {ev.get('success', {}).get('n', 0)} seeds"),
-        ("success, BC (policy node)", f"{lock.get('successes', 0)}/{lock.get('n', 0)} lock-step episodes"),
+        ("success, BC (policy node)", f"{lock.get('successes', 0)}/{lock.get('n', 0)} lock-step episodes through ROS "
+                                      f"(in-process on the same seeds: {lock.get('in_process_successes', '?')}/"
+                                      f"{lock.get('n', 0)}; {lock.get('agree', '?')}/{lock.get('n', 0)} identical)"),
         ("success, after DAgger", f"{_rate(final)} after {len(rounds) - 1 if rounds else 0} rounds"),
         ("expert labels used", f"{rounds[-1][2] if rounds else 0:,} (DAgger, cumulative)"),
         ("control rate achieved", f"{st.get('achieved_rate_hz', 0):.1f} Hz of {st.get('target_rate_hz', 0):.0f} Hz, "
                                   f"{st.get('missed_ticks', 0)} missed of {st.get('ticks', 0)} ticks"),
         ("tick compute p50/p99", f"{st.get('tick_time_p50_us', 0):.0f} / {st.get('tick_time_p99_us', 0):.0f} us"),
-        ("obs->command p50/p99", f"{st.get('obs_to_cmd_latency_p50_us', 0):.0f} / "
-                                 f"{st.get('obs_to_cmd_latency_p99_us', 0):.0f} us (across processes)"),
+        ("lock-step round trip", f"{lock.get('round_trip_ms_median', float('nan')):.2f} ms per tick, median "
+                                 f"(bridge -> policy node -> bridge, wall clock)"),
     ]
     return rows
 
