@@ -85,6 +85,22 @@ def bench_inprocess_ticks(robot: str, seconds: float = 3.0) -> dict:
     return {"robot": robot, "ticks_per_s": ticks / (time.perf_counter() - t0)}
 
 
+def bench_sleep_jitter(seconds: float = 3.0, period: float = 0.002) -> dict:
+    """Baseline: a bare periodic sleep loop (absolute deadlines), no ROS, no physics."""
+    n = int(seconds / period)
+    t0 = time.perf_counter()
+    stamps = []
+    for i in range(1, n + 1):
+        wait = t0 + i * period - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        stamps.append(time.perf_counter())
+    err = np.abs(np.diff(stamps) - period) * 1e6
+    return {"period_s": period, "err_p50_us": float(np.percentile(err, 50)),
+            "err_p99_us": float(np.percentile(err, 99)), "stalls": int(np.sum(err > 0.5 * period * 1e6)),
+            "load_avg": load()}
+
+
 # ----------------------------------------------------------------------------- the probe
 class Probe:
     """This process's node: /task_state, /joint_states and /diagnostics with receive times."""
@@ -349,7 +365,7 @@ def main() -> None:
         hold_controller()
         return
     import mujoco
-    res = {"physics": [], "inprocess": [], "free": [], "lockstep": []}
+    res = {"physics": [], "inprocess": [], "free": [], "lockstep": [], "sleep_baseline": bench_sleep_jitter()}
     for robot in args.robots:
         res["physics"].append(bench_mj_step(robot))
         res["inprocess"].append(bench_inprocess_ticks(robot))
@@ -368,6 +384,9 @@ def main() -> None:
               f"{lh['ticks_per_s'] * 10:16.0f} {ip['ticks_per_s']:35.0f}")
     print(f"\nfree run, /joint_states 500 Hz sim time; period error = |interval - nominal| "
           f"(bridge: between its publish calls; subscriber: receive times in another process)")
+    sb = res["sleep_baseline"]
+    print(f"(baseline: a bare 500 Hz sleep loop in this process, no ROS: |period error| p50/p99 "
+          f"{sb['err_p50_us']:.0f}/{sb['err_p99_us']:.0f} us, {sb['stalls']} stalls > 1 ms, load {sb['load_avg']})")
     print(f"{'robot':8s} {'target':>6s} {'rtf bridge':>10s} {'rtf sub':>8s} {'p99 err bridge':>15s} "
           f"{'p50/p99 err sub':>17s} {'stalls':>6s} {'lost':>5s} {'bridge CPU':>10s} {'load':>12s}")
     for f in res["free"]:
