@@ -32,6 +32,10 @@ class Episode:
     t: np.ndarray                        # (T,) seconds since episode start
     meta: Dict[str, Any] = field(default_factory=dict)   # task, seed, source, success, ...
     labelled: Optional[np.ndarray] = None  # (T,) bool; False = no expert label (excluded from loss)
+    # (T, K, act_dim) optional per-frame chunk labels: the expert's planned chunk FROM obs[t]
+    # (DAgger with chunk labels). When present, training uses chunk_labels[t] as frame t's target
+    # instead of act[t:t+K] (see learning.data); act[t] is then chunk_labels[t, 0].
+    chunk_labels: Optional[np.ndarray] = None
 
     def __post_init__(self):
         self.obs = np.asarray(self.obs, dtype=np.float64)
@@ -44,6 +48,17 @@ class Episode:
         if not (self.act.shape[0] == self.t.shape[0] == self.labelled.shape[0] == n):
             raise DatasetError(f"episode arrays disagree in length: obs {self.obs.shape}, "
                                f"act {self.act.shape}, t {self.t.shape}")
+        if self.chunk_labels is not None:
+            self.chunk_labels = np.asarray(self.chunk_labels, dtype=np.float64)
+            c = self.chunk_labels
+            if c.ndim != 3 or c.shape[0] != n or c.shape[1] < 1 or (self.act.ndim == 2 and c.shape[2] != self.act.shape[1]):
+                raise DatasetError(f"chunk_labels shape {c.shape} does not fit (T={n}, K, act_dim="
+                                   f"{self.act.shape[1] if self.act.ndim == 2 else '?'})")
+
+    @property
+    def chunk_label_length(self) -> Optional[int]:
+        """K of the per-frame chunk labels, None without them."""
+        return None if self.chunk_labels is None else int(self.chunk_labels.shape[1])
 
     def __len__(self) -> int:
         return len(self.obs)
@@ -79,6 +94,15 @@ class Dataset:
             if ep.act.ndim != 2 or ep.act.shape[1] != contract.act_dim:
                 raise DatasetError(f"episode {i}: act shape {ep.act.shape} does not match contract "
                                    f"{contract.name!r} act_dim {contract.act_dim}")
+        ks = {ep.chunk_label_length for ep in self.episodes if ep.chunk_labels is not None}
+        if len(ks) > 1:
+            raise DatasetError(f"episodes carry chunk labels of different lengths K {sorted(ks)}")
+
+    @property
+    def chunk_label_length(self) -> Optional[int]:
+        """K of the episodes' chunk labels (None when no episode has them)."""
+        ks = [ep.chunk_label_length for ep in self.episodes if ep.chunk_labels is not None]
+        return ks[0] if ks else None
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -92,7 +116,8 @@ class Dataset:
         if not self.episodes or self.num_frames == 0:
             raise DatasetError("dataset is empty: no episodes with frames")
         for i, ep in enumerate(self.episodes):
-            if not (np.all(np.isfinite(ep.obs)) and np.all(np.isfinite(ep.act[ep.labelled]))):
+            if not (np.all(np.isfinite(ep.obs)) and np.all(np.isfinite(ep.act[ep.labelled]))
+                    and (ep.chunk_labels is None or np.all(np.isfinite(ep.chunk_labels[ep.labelled])))):
                 raise DatasetError(f"episode {i} ({ep.meta.get('episode_id', '?')}) contains NaN/inf")
 
     def stats(self, eps: float = 1e-6) -> NormStats:
@@ -116,6 +141,9 @@ class Dataset:
         for e in self.episodes:
             for a in (e.obs, e.act, e.labelled):
                 h.update(np.ascontiguousarray(a).tobytes())
+            if e.chunk_labels is not None:   # absent -> same hash as before chunk labels existed
+                h.update(b"chunk_labels")
+                h.update(np.ascontiguousarray(e.chunk_labels).tobytes())
         return h.hexdigest()[:16]
 
     def merged(self, other: "Dataset") -> "Dataset":
@@ -132,8 +160,13 @@ class Dataset:
         cat = lambda name, dim: (np.concatenate([getattr(e, name) for e in self.episodes])  # noqa: E731
                                  if self.episodes else np.zeros((0,) + dim))
         tmp = d / "data.tmp.npz"
+        extra = {}
+        has = np.array([e.chunk_labels is not None for e in self.episodes], dtype=bool)
+        if has.any():   # only written when present: older readers/datasets are unaffected
+            extra["chunk_labels"] = np.concatenate([e.chunk_labels for e in self.episodes if e.chunk_labels is not None])
+            extra["chunk_label_episodes"] = has
         np.savez(tmp, obs=cat("obs", (self.contract.obs_dim,)), act=cat("act", (self.contract.act_dim,)),
-                 t=cat("t", ()), labelled=cat("labelled", ()).astype(bool), lengths=lengths)
+                 t=cat("t", ()), labelled=cat("labelled", ()).astype(bool), lengths=lengths, **extra)
         tmp.replace(d / "data.npz")
         meta = {"format": DATASET_FORMAT, "contract": self.contract.to_dict(),
                 "episodes": [e.meta for e in self.episodes], "hash": self.content_hash(),
@@ -159,6 +192,18 @@ class Dataset:
         bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
         eps = [Episode(z["obs"][a:b], z["act"][a:b], z["t"][a:b], dict(m), z["labelled"][a:b])
                for a, b, m in zip(bounds[:-1], bounds[1:], meta["episodes"])]
+        if "chunk_labels" in z.files:
+            has = z["chunk_label_episodes"].astype(bool)
+            cl, pos = z["chunk_labels"], 0
+            if len(has) != len(eps):
+                raise DatasetError(f"{d}: chunk_label_episodes has {len(has)} entries for {len(eps)} episodes")
+            for ep, h in zip(eps, has):
+                if h:
+                    ep.chunk_labels = cl[pos:pos + len(ep)].astype(np.float64)
+                    pos += len(ep)
+            if pos != len(cl):
+                raise DatasetError(f"{d}: chunk_labels has {len(cl)} frames, episodes need {pos}")
+            return cls(contract, [Episode(e.obs, e.act, e.t, e.meta, e.labelled, e.chunk_labels) for e in eps])
         return cls(contract, eps)
 
 

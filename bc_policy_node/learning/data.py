@@ -5,6 +5,11 @@ of the episode the target is the last action (the arm holds) with ``mask = 0``, 
 not enter the loss (ACT's ``is_pad``). Frames with ``labelled = False`` are never samples,
 and as chunk targets of an earlier frame they are masked out too (their value is replaced
 by the previous valid target so the tensors stay finite).
+
+Episodes with per-frame chunk labels (`Episode.chunk_labels`, (T, K', act_dim), K' >= K: the
+expert's planned chunk from each state, DAgger with chunk labels) use them instead: frame t's
+target is ``chunk_labels[t, :K]`` with mask 1 for all K (labelled frames only). Episodes
+without them keep the rule above, so both kinds can be mixed in one dataset.
 """
 from __future__ import annotations
 
@@ -75,6 +80,18 @@ def episode_chunks(act: np.ndarray, labelled: np.ndarray, k: int
     return frames, act[idx], mask
 
 
+def episode_chunk_labels(chunk_labels: np.ndarray, labelled: np.ndarray, k: int
+                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chunk targets of one episode that carries per-frame chunk labels (T, K', act_dim).
+
+    Same return as `episode_chunks`: target = chunk_labels[t, :k], mask all True.
+    """
+    if chunk_labels.shape[1] < k:
+        raise DatasetError(f"episode chunk labels have K={chunk_labels.shape[1]} < chunk_length {k}")
+    frames = np.flatnonzero(labelled)
+    return frames, chunk_labels[frames, :k], np.ones((len(frames), k), dtype=bool)
+
+
 def check_dataset(ds: Dataset, chunk_length: int, contract: Optional[Contract] = None) -> None:
     """Raise a clear error for data that must not reach the training loop.
 
@@ -93,6 +110,9 @@ def check_dataset(ds: Dataset, chunk_length: int, contract: Optional[Contract] =
     ds.check_trainable()  # empty, NaN/inf
     if sum(int(e.labelled.sum()) for e in ds.episodes) == 0:
         raise DatasetError("dataset has no labelled frames to train on")
+    k_lab = ds.chunk_label_length
+    if k_lab is not None and k_lab < chunk_length:
+        raise DatasetError(f"episodes carry chunk labels of length {k_lab} < chunk_length {chunk_length}")
     longest = max(len(e) for e in ds.episodes)
     if chunk_length > longest:
         raise DatasetError(f"chunk_length {chunk_length} is longer than every episode "
@@ -105,7 +125,10 @@ def build_chunks(ds: Dataset, chunk_length: int, episode_offset: int = 0) -> Chu
         raise DatasetError("cannot build training samples from an empty dataset")
     obs, tgt, msk, epi = [], [], [], []
     for i, ep in enumerate(ds.episodes):
-        frames, target, mask = episode_chunks(ep.act, ep.labelled, chunk_length)
+        if ep.chunk_labels is not None:
+            frames, target, mask = episode_chunk_labels(ep.chunk_labels, ep.labelled, chunk_length)
+        else:
+            frames, target, mask = episode_chunks(ep.act, ep.labelled, chunk_length)
         obs.append(ep.obs[frames])
         tgt.append(target)
         msk.append(mask)

@@ -200,13 +200,16 @@ class DaggerController:
 
 def tag_episode(result: RolloutResult, variant: str, round_index: int, dt: float,
                 beta: Optional[float] = None, reasons: Sequence[str] = (),
-                uncertainty: Sequence[float] = ()) -> Episode:
+                uncertainty: Sequence[float] = (), chunk_labels: Optional[np.ndarray] = None) -> Episode:
     """A DAgger rollout as a training episode with its `labelled` mask.
 
     classic: act = the expert's label at every visited state, all frames labelled.
     gated: act = the executed command (= the expert's label on expert ticks), labelled only
     where the expert acted; the policy's own frames carry no label and are excluded from the
     loss (and from the normalization statistics of the actions).
+    chunk_labels: optional (T, K, act_dim) expert plans from each visited state (rows of
+    unlabelled frames are ignored); stored as `Episode.chunk_labels`, they replace the
+    consecutive-frame chunk targets in training.
     """
     if variant == "classic":
         if result.labels is None:
@@ -225,10 +228,12 @@ def tag_episode(result: RolloutResult, variant: str, round_index: int, dt: float
             "expert_share": expert_ticks / max(result.steps, 1), "gate_reasons": counts}
     if beta is not None:
         meta["beta"] = float(beta)
+    if chunk_labels is not None:
+        meta["chunk_labels"] = int(np.asarray(chunk_labels).shape[1])
     if len(uncertainty):
         u = np.asarray(uncertainty, dtype=float)
         meta["uncertainty"] = {"mean": float(u.mean()), "max": float(u.max())}
-    return Episode(result.obs, act, np.arange(result.steps) * dt, meta, labelled)
+    return Episode(result.obs, act, np.arange(result.steps) * dt, meta, labelled, chunk_labels)
 
 
 def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[int], round_index: int,
@@ -236,7 +241,8 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
                   action_scale=None, query_budget: int = 150, release: float = 0.7,
                   min_expert_ticks: int = 10, references: Optional[Mapping[int, Reference]] = None,
                   human: Optional[Mapping[str, Any]] = None, execution_mode: str = "temporal_ensembling",
-                  contract: Optional[Contract] = None) -> Tuple[List[Episode], Dict[str, Any]]:
+                  contract: Optional[Contract] = None, chunk_labels: bool = False,
+                  chunk_length: Optional[int] = None) -> Tuple[List[Episode], Dict[str, Any]]:
     """One round of DAgger data: roll the current `policy` (ONNX path or OnnxPolicy) at each
     seed with the variant's gate and label with the expert. Returns (tagged episodes, stats).
 
@@ -244,6 +250,13 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
     `threshold` (disagreement in action-std units), `action_scale` (action std), `query_budget`
     (expert ticks per episode), `release`, `min_expert_ticks`; human_gated: `references`
     (expert rollouts at those seeds; computed if None) and `human` (SimulatedHuman kwargs).
+
+    chunk_labels: label each labelled visited state with the expert's PLANNED chunk from it,
+    `ScriptedExpert.plan_obs(obs, contract, chunk_length, mode)` (K = `chunk_length`, default
+    the contract's), stored as `Episode.chunk_labels`; act[t] stays its first action (= act_obs).
+    Without it a frame's chunk target k >= 1 is the label at the state the mixture visited k
+    ticks later (the learner's own path). plan_obs rolls the goal of the current observation
+    only (no waypoint switch inside the chunk).
     """
     policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
     contract = contract or policy.contract
@@ -252,9 +265,17 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
     mode_of = lambda msgs: int(msgs["/task_state"].mode)  # noqa: E731
     label_timer = [0.0, 0]
 
-    def expert_label(obs, msgs):
+    K = int(chunk_length or contract.chunk_length)
+    plans: Dict[int, np.ndarray] = {}    # tick -> (K, act_dim) plan of the current episode
+
+    def expert_label(obs, msgs, t=None):
         t0 = time.perf_counter()
-        a = expert.act_obs(obs, contract, mode=mode_of(msgs))
+        if chunk_labels:
+            plan = expert.plan_obs(obs, contract, K, mode=mode_of(msgs))
+            plans[len(plans) if t is None else int(t)] = plan
+            a = plan[0].copy()
+        else:
+            a = expert.act_obs(obs, contract, mode=mode_of(msgs))
         label_timer[0] += time.perf_counter() - t0
         label_timer[1] += 1
         return a
@@ -282,12 +303,19 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
             ctl = DaggerController(variant, env, contract, runner,
                                    human=SimulatedHuman(references[s].ee, **dict(human or {})))
         ctl.reset(s)
+        plans.clear()
         r = rollout(env, contract, ctl.act, s, label_fn=expert_label if variant == "classic" else None,
                     expert_acts=ctl.expert_acts,
-                    expert_fn=None if variant == "classic" else (lambda obs, t, msgs: expert_label(obs, msgs)))
+                    expert_fn=None if variant == "classic" else (lambda obs, t, msgs: expert_label(obs, msgs, t)))
         results.append(r)
+        cl = None
+        if chunk_labels:
+            # unlabelled (policy) ticks of the gated variants: the executed action held (finite, never in the loss)
+            cl = np.repeat(r.actions[:, None, :], K, axis=1)
+            for t, plan in plans.items():
+                cl[t] = plan
         episodes.append(tag_episode(r, variant, round_index, dt, beta if variant == "classic" else None,
-                                    ctl.reasons, ctl.uncertainty))
+                                    ctl.reasons, ctl.uncertainty, cl))
     total = time.perf_counter() - t_start
     labels = sum(int(e.labelled.sum()) for e in episodes)
     frames = sum(len(e) for e in episodes)
@@ -593,7 +621,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                ensemble_size: int = 3, threshold: Optional[float] = None, threshold_quantile: float = 0.95,
                query_budget: int = 150, release: float = 0.7, min_expert_ticks: int = 10,
                human: Optional[Mapping[str, Any]] = None, rollout_seed0: int = 100_000,
-               execution_mode: str = "temporal_ensembling") -> List[RoundRecord]:
+               execution_mode: str = "temporal_ensembling",
+               chunk_labels: Optional[bool] = None) -> List[RoundRecord]:
     """DAgger for `rounds` rounds after round 0 (BC on `initial_demos` expert demos, seeds
     0..initial_demos-1). Round i >= 1: roll the round i-1 policy on `episodes_per_round` seeds
     (rollout_seed0 + 1000 i + j) with the variant's gate, label, aggregate with ALL earlier
@@ -601,7 +630,10 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     beta_schedule(i, beta_kind, beta0, beta_decay) (classic; i = 1 is the first DAgger round,
     so the default schedule is 0.5, 0.25, ...). Returns one `RoundRecord` per round (0..rounds);
     finished rounds found in `out_dir` are loaded, not recomputed. `round0_dir` lets several
-    variants share round 0 (default `out_dir/round_00`)."""
+    variants share round 0 (default `out_dir/round_00`). `chunk_labels`: label visited states
+    with the expert's planned chunk (`collect_round`); None = on for classic with a chunked
+    policy (K > 1), off for the gated variants (their contiguous expert segments already carry
+    the expert's own trajectory as chunk targets). Round 0's demos are unchanged."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} not in {VARIANTS}")
     out = Path(out_dir)
@@ -611,6 +643,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     contract = load_contract(robot, task)
     eval_seeds = [int(s) for s in eval_seeds]
     m_cfg, t_cfg = _configs(model_cfg, train_cfg)
+    if chunk_labels is None:
+        chunk_labels = variant == "classic" and m_cfg.chunk_length > 1
     base = {"robot": robot, "task": task, "initial_demos": initial_demos, "model": m_cfg.to_dict(),
             "train": t_cfg.to_dict(), "eval_seeds": eval_seeds, "execution_mode": execution_mode}
     _check_config(r0, base)
@@ -618,7 +652,9 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                         "beta": [beta_kind, beta0, beta_decay], "ensemble_size": ensemble_size,
                         "threshold": threshold, "threshold_quantile": threshold_quantile,
                         "query_budget": query_budget, "release": release, "min_expert_ticks": min_expert_ticks,
-                        "human": dict(human or {}), "rollout_seed0": rollout_seed0})
+                        "human": dict(human or {}), "rollout_seed0": rollout_seed0,
+                        # only recorded when on, so folders made before the option stay valid
+                        **({"chunk_labels": m_cfg.chunk_length} if chunk_labels else {})})
     refs = expert_references(robot, task, eval_seeds,
                              Path(references_cache) if references_cache else r0 / "expert_eval.npz", contract)
     human_kw = dict(human or {})
@@ -677,7 +713,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
             stats = json.loads((d / "collect.json").read_text())
         else:
             new, stats = collect_round(robot, task, variant, policy, seeds, i, beta=beta if beta is not None else 0.0,
-                                       execution_mode=execution_mode, contract=contract, **kw)
+                                       execution_mode=execution_mode, contract=contract,
+                                       chunk_labels=bool(chunk_labels), chunk_length=m_cfg.chunk_length, **kw)
             save_round_data(new, contract, d / "data")
             (d / "collect.json").write_text(json.dumps(stats))
         timing["rollout"], timing["label"] = stats["rollout_seconds"], stats["label_seconds"]

@@ -126,3 +126,38 @@ def test_deviation_growth_recovers_exponents():
     g2, g1 = deviation_growth(lin, H, n_boot=200), deviation_growth(const, H, n_boot=200)
     assert g2["exponent"] == pytest.approx(2.0, abs=0.05) and g2["ci_low"] <= g2["exponent"] <= g2["ci_high"]
     assert g1["exponent"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_classic_chunk_labels_are_the_experts_plan_at_each_visited_state(setup, tmp_path):
+    c = setup["contract"]
+    k = 7
+    eps, stats = collect_round(ROBOT, TASK, "classic", setup["hold"], SEEDS[:1], round_index=1, beta=0.3,
+                               contract=c, chunk_labels=True, chunk_length=k)
+    e = eps[0]
+    expert = SimEnv(ROBOT, TASK).make_expert()
+    plans = np.array([expert.plan_obs(o, c, k) for o in e.obs])
+    assert e.chunk_labels.shape == (len(e), k, c.act_dim) and e.meta["chunk_labels"] == k
+    np.testing.assert_allclose(e.chunk_labels, plans, atol=1e-12)
+    np.testing.assert_allclose(e.act, _expert_labels(c, e), atol=1e-12)   # act[t] = first planned action
+    np.testing.assert_allclose(e.act, plans[:, 0], atol=1e-12)
+    assert e.labelled.all() and stats["labels"] == len(e) and 0 < e.meta["expert_ticks"] < len(e)
+    # the same rollout as without chunk labels (labelling does not change what is executed)
+    plain, _ = collect_round(ROBOT, TASK, "classic", setup["hold"], SEEDS[:1], round_index=1, beta=0.3, contract=c)
+    np.testing.assert_array_equal(plain[0].obs, e.obs)
+    assert plain[0].chunk_labels is None
+    # saved with the round's data and loaded back
+    from bc_policy_node.pipeline.dagger_inprocess import load_round_data, save_round_data
+    save_round_data(eps, c, tmp_path / "data")
+    np.testing.assert_array_equal(load_round_data(tmp_path / "data")[0].chunk_labels, e.chunk_labels)
+
+
+def test_gated_chunk_labels_only_on_expert_ticks(setup):
+    c = setup["contract"]
+    eps, _ = collect_round(ROBOT, TASK, "robot_gated", setup["hold"], SEEDS[:1], round_index=2,
+                           ensemble=[setup["hold"], setup["hold2"]], threshold=0.005, query_budget=25,
+                           min_expert_ticks=1, contract=c, chunk_labels=True)
+    e = eps[0]
+    expert = SimEnv(ROBOT, TASK).make_expert()
+    lab = np.flatnonzero(e.labelled)
+    np.testing.assert_allclose(e.chunk_labels[lab], np.array([expert.plan_obs(e.obs[t], c) for t in lab]), atol=1e-12)
+    assert np.isfinite(e.chunk_labels).all()
