@@ -140,7 +140,7 @@ class TrainConfig:
     patience: int = 15
     min_delta: float = 1e-5
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
     loss: str = "l1"
     lr_schedule: str = "cosine"
     warmup_steps: int = 100

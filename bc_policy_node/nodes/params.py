@@ -21,8 +21,13 @@ def declare_and_load(node, cls: Type[T]) -> T:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, tuple):
             default = list(default)
-        desc = ParameterDescriptor(description=f.metadata.get("doc", ""))
+        # float fields also accept integers (`real_time_factor:=4`); rclpy's static typing would
+        # refuse them, so they are declared dynamically typed and converted here.
+        is_float = isinstance(default, float)
+        desc = ParameterDescriptor(description=f.metadata.get("doc", ""), dynamic_typing=is_float)
         value = node.declare_parameter(f.name, default, desc).value
+        if is_float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
 
