@@ -8,9 +8,6 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
-import rclpy
-from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
@@ -25,6 +22,7 @@ from ..core.sim import ArmSim, SimError
 from . import qos
 from .conversions import command_msg
 from .fastlane import FastLane
+from .spin import run_node
 from .params import declare_and_load, doc
 
 MODES = ("lockstep", "free")
@@ -288,25 +286,7 @@ class ExpertNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = ExpertNode()
-    except (SimError, ContractError, ValueError, InvalidParameterTypeException) as e:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
-        rclpy.try_shutdown()
-        return 1
-    try:
-        node.start()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(ExpertNode, NODE_NAME, (SimError, ContractError, ValueError), args)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
@@ -32,6 +29,7 @@ from ..core.types import STATUS_DIVERGED
 from . import qos
 from .conversions import joint_state_msg, task_state_msg, trajectory_first_point
 from .fastlane import FastLane
+from .spin import run_node
 from .params import declare_and_load, doc
 
 MODES = ("free", "lockstep")
@@ -593,25 +591,7 @@ def main(args=None) -> int:
     # 0.5 ms instead of CPython's default 5 ms, so a busy physics thread cannot delay a
     # command by several control periods of sim time.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    rclpy.init(args=args)
-    try:
-        node = MujocoBridge()
-    except (SimError, TaskError, ValueError, InvalidParameterTypeException) as e:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
-        rclpy.try_shutdown()
-        return 1
-    try:
-        node.start()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(MujocoBridge, NODE_NAME, (SimError, TaskError, ValueError), args)
 
 
 if __name__ == "__main__":
