@@ -4,6 +4,7 @@ Skipped where the launch stack is not installed (the same node specs are started
 processes by test/ros/, which always runs).
 """
 import threading
+import time
 
 import pytest
 
@@ -50,6 +51,11 @@ def test_sim_launch_runs_an_expert_episode_and_shuts_down_cleanly():
         # discovered the graph: start our own through the bridge's reset service.
         client = node.create_client(ResetEpisode, "/mujoco_bridge/reset")
         assert client.wait_for_service(timeout_sec=60.0), "bridge reset service never came up"
+        deadline = time.monotonic() + 30.0   # our subscriptions must see both publishers first
+        while time.monotonic() < deadline and not (
+                node.count_publishers("/forward_position_controller/commands") >= 1
+                and node.count_publishers("/joint_states") >= 1):
+            time.sleep(0.05)
         done.clear()
         future = client.call_async(ResetEpisode.Request(seed=3))
         assert done.wait(timeout=60.0), f"no finished episode (joint states {got['js']}, commands {got['cmd']})"
