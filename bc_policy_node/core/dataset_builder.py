@@ -38,6 +38,10 @@ Alignment rules (the report says which one each episode used):
   (or ZOH of the observation topics at its time if that field is empty); label =
   `expert_action` where `labelled` is true (and it has act_dim values), otherwise the
   `executed_action` with labelled=False (kept as context, excluded from the loss).
+  Chunk labels (the dagger node's ``label_chunk_length`` K > 1): when labelled frames carry
+  K x act_dim values (row-major, the expert's planned chunk from that observation), the
+  episode gets `Episode.chunk_labels` (T, K, act_dim) and act[t] = the chunk's first action;
+  unlabelled frames hold act[t] in every row (never in the loss).
 * ``command`` - one frame per command on the contract's action topic: act[j] = command j,
   obs[j] = ZOH at the command's receive time c_j, i.e. the newest observation that existed
   when the command was issued: in lock-step, the observation this command answered.
@@ -226,6 +230,7 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
         rep["source_clock_skew_s"] = src_worst
 
     labelled = None
+    chunks: Optional[np.ndarray] = None     # (T, K, act_dim) FrameTag chunk labels
     if frame_topic:
         fr = streams[frame_topic]
         if not len(fr):
@@ -263,21 +268,42 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
             if rep["frame_obs_mismatch"]:  # FrameTag is authoritative: warn, don't exclude
                 rep["warnings"].append(f"FrameTag.observation differs from the contract's assembly "
                                        f"in {rep['frame_obs_mismatch']} frames (max {diff.max():.3g})")
-        act = np.zeros((len(samples), contract.act_dim))
+        a_dim = contract.act_dim
+        act = np.zeros((len(samples), a_dim))
         labelled = np.zeros(len(samples), dtype=bool)
         actors: Dict[str, int] = {}
+        # chunk labels (dagger label_chunk_length K > 1): expert_action = K x act_dim, row-major;
+        # K = the first labelled frame's. Labels of another size in such an episode are dropped.
+        k_chunk = next((len(m.expert_action) // a_dim for m in frames if bool(m.labelled)
+                        and len(m.expert_action) > a_dim and len(m.expert_action) % a_dim == 0), 0)
+        chunks = np.zeros((len(samples), k_chunk, a_dim)) if k_chunk else None
+        odd_labels = 0
         prev = None
         for i, m in enumerate(frames):
             e = np.asarray(m.expert_action, float)
             x = np.asarray(m.executed_action, float)
-            if bool(m.labelled) and e.shape == (contract.act_dim,) and np.all(np.isfinite(e)):
+            if chunks is not None and bool(m.labelled) and e.size:
+                if e.size == k_chunk * a_dim and np.all(np.isfinite(e)):
+                    chunks[i] = e.reshape(k_chunk, a_dim)
+                    e = chunks[i, 0]
+                else:
+                    odd_labels += 1
+                    e = np.zeros(0)
+            if bool(m.labelled) and e.shape == (a_dim,) and np.all(np.isfinite(e)):
                 act[i], labelled[i] = e, True
             elif x.shape == (contract.act_dim,) and np.all(np.isfinite(x)):
                 act[i] = x
             elif prev is not None:
                 act[i] = prev
             prev = act[i]
+            if chunks is not None and not labelled[i]:
+                chunks[i] = act[i]           # held context (never in the loss)
             actors[str(int(m.actor))] = actors.get(str(int(m.actor)), 0) + 1
+        if chunks is not None:
+            rep["chunk_labels"] = k_chunk
+            if odd_labels:
+                rep["warnings"].append(f"{odd_labels} labelled frames whose expert_action is not a "
+                                       f"{k_chunk} x {a_dim} chunk like the others: unlabelled")
         steps = np.array([int(m.step) for m in frames])
         rep.update(alignment="frame_tag", label_source=frame_topic, actor_counts=actors,
                    missing_steps=int(np.sum(np.clip(np.diff(steps) - 1, 0, None))) if len(steps) > 1 else 0)
@@ -395,7 +421,11 @@ def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[floa
                 frame_clock=rep["frame_clock"],
                 label_source=rep["label_source"], start_time_ns=t0, flags=list(rep["flags"]),
                 duration_s=(t1 - t0) * 1e-9)
-    ep = Episode(obs=obs, act=act, t=(frame_t - t0) * 1e-9, meta=meta, labelled=labelled)
+    chunk_labels = chunks
+    if chunk_labels is not None:
+        meta["chunk_labels"] = int(chunk_labels.shape[1])
+    ep = Episode(obs=obs, act=act, t=(frame_t - t0) * 1e-9, meta=meta, labelled=labelled,
+                 chunk_labels=chunk_labels)
     rep.update(frames=len(ep), duration_s=meta["duration_s"], labelled=int(ep.labelled.sum()))
     return ep, rep
 

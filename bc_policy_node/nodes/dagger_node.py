@@ -107,6 +107,10 @@ class DaggerParams:
     release: float = doc("robot_gated: give control back below release * threshold", 0.7)
     min_expert_ticks: int = doc("robot_gated: ticks the expert keeps control at least", 5)
     status_rate_hz: float = doc("Hz; rate of ~/status (JSON counters)", 1.0)
+    label_chunk_length: int = doc("0 or 1 = label with the expert's single action; K > 1 = ask the "
+                                  "expert for its K-step planned chunk from the observation: the "
+                                  "first action acts (= the single-action label), FrameTag."
+                                  "expert_action carries the whole chunk (K x act_dim, row-major)", 0)
 
     def __post_init__(self):
         object.__setattr__(self, "ensemble_models", tuple(str(m) for m in self.ensemble_models if str(m)))
@@ -134,10 +138,15 @@ class DaggerParams:
                   ("query_budget", self.query_budget >= 0, ">= 0"),
                   ("release", 0 < self.release <= 1, "in (0, 1]"),
                   ("min_expert_ticks", self.min_expert_ticks >= 1, ">= 1"),
-                  ("status_rate_hz", self.status_rate_hz > 0, "> 0"))
+                  ("status_rate_hz", self.status_rate_hz > 0, "> 0"),
+                  ("label_chunk_length", self.label_chunk_length >= 0, ">= 0 (0 = single action)"))
         for name, ok, what in checks:
             if not ok:
                 raise ValueError(f"parameter {name} must be {what}, got {getattr(self, name)!r}")
+
+    def label_chunk(self) -> int:
+        """K of the expert's chunk labels (1 = single action)."""
+        return max(1, int(self.label_chunk_length))
 
     def command_topic(self) -> str:
         return "/" + self.controller.strip("/") + "/commands"
@@ -325,13 +334,14 @@ _PENDING = object()
 
 class _Frame:
     __slots__ = ("key", "stamp", "episode_id", "step", "task_seed", "mode", "done", "obs", "q",
-                 "label", "label_failure", "future", "expert_deadline", "policy", "policy_deadline",
-                 "started")
+                 "label", "label_chunk", "label_failure", "future", "expert_deadline", "policy",
+                 "policy_deadline", "started")
 
     def __init__(self, key, stamp, episode_id, step, task_seed, mode, done, obs, q):
         self.key, self.stamp, self.episode_id, self.step = key, stamp, episode_id, step
         self.task_seed, self.mode, self.done, self.obs, self.q = task_seed, mode, done, obs, q
         self.label = _PENDING
+        self.label_chunk: Optional[np.ndarray] = None   # (K, A) expert plan (label_chunk_length > 1)
         self.label_failure = ""
         self.future = None
         self.expert_deadline = math.inf
@@ -356,19 +366,23 @@ class DaggerNode(Node):
         ``/<controller>/commands`` std_msgs/Float64MultiArray: the executed command, through
         the safety filter (joint limits, ``max_step`` per tick from the last executed command);
         ``~/frame_tag`` bc_msgs/FrameTag for every frame that was acted on (actor, labelled,
-        expert label, policy proposal, executed command, beta, uncertainty, gate reason);
+        expert label, policy proposal, executed command, beta, uncertainty, gate reason; with
+        ``label_chunk_length`` K > 1 the expert label is the expert's planned K-step chunk,
+        K x act_dim row-major, whose first row is the action that acted);
         ``~/status`` std_msgs/String (JSON counters, transient local) at ``status_rate_hz``.
     Services used:
         ``expert_service`` (``/expert/query`` bc_msgs/QueryExpert), asynchronously, one
-        observation per call with the task's latent mode.
+        observation per call with the task's latent mode (chunk_length = label_chunk_length
+        when > 1, else 1).
     Parameters (`DaggerParams`; defaults with units in config/dagger.yaml):
         contract, variant, beta, seed, controller, policy_command_topic, policy_chunk_topic,
         expert_service, task_state_topic, expert_timeout_periods, policy_timeout_periods,
         absent_after, teleop_timeout_periods, uncertainty_source, ensemble_models,
         uncertainty_threshold, uncertainty_scale, uncertainty_horizon, chunk_window,
-        query_budget, release, min_expert_ticks, status_rate_hz. ``beta`` (the DAgger loop sets
-        it per round), ``expert_timeout_periods`` and ``policy_timeout_periods`` change at run
-        time (from the next frame on); the others are read once.
+        query_budget, release, min_expert_ticks, status_rate_hz, label_chunk_length. ``beta``
+        (the DAgger loop sets it per round), ``expert_timeout_periods`` and
+        ``policy_timeout_periods`` change at run time (from the next frame on); the others are
+        read once.
 
     Failure behaviour: an expert that does not answer within ``expert_timeout_periods`` (or
     refuses, or whose service is gone) leaves the frame unlabelled and the policy acts; a
@@ -549,7 +563,8 @@ class DaggerNode(Node):
         elif not self._expert.service_is_ready():
             f.label, f.label_failure = None, REASON_EXPERT_UNAVAILABLE
         else:
-            req = QueryExpert.Request(count=1, observations=f.obs.tolist(), modes=[f.mode], chunk_length=1)
+            req = QueryExpert.Request(count=1, observations=f.obs.tolist(), modes=[f.mode],
+                                      chunk_length=p.label_chunk())
             f.future = self._expert.call_async(req)
             f.future.add_done_callback(lambda fut, frame=f: self._on_expert(frame, fut))
             # an absent expert gets one control period (so that it can come back), at most
@@ -572,11 +587,13 @@ class DaggerNode(Node):
                 self._expert_misses, self._expert_absent = 0, False
                 self.get_logger().info("expert answers again")
             return
-        a = self.contract.act_dim
-        if resp is not None and resp.success and len(resp.actions) >= a:
-            label = np.asarray(resp.actions[:a], dtype=float)
-            if np.all(np.isfinite(label)):
-                f.label = label
+        a, k = self.contract.act_dim, self.params.label_chunk()
+        if resp is not None and resp.success and len(resp.actions) >= k * a \
+                and (k == 1 or int(resp.chunk_length) == k):
+            plan = np.asarray(resp.actions[:k * a], dtype=float).reshape(k, a)
+            if np.all(np.isfinite(plan)):
+                f.label = plan[0].copy()          # the chunk's first action acts (= act_obs)
+                f.label_chunk = plan if k > 1 else None
                 self._expert_misses, self._expert_absent = 0, False
                 self._advance()
                 return
@@ -706,7 +723,12 @@ class DaggerNode(Node):
         m.uncertainty = float(out.uncertainty) if math.isfinite(out.uncertainty) else -1.0
         m.gate_reason = out.reason
         m.observation = f.obs.tolist()
-        m.expert_action = [] if out.expert_action is None else np.asarray(out.expert_action, float).tolist()
+        if out.expert_action is None:
+            m.expert_action = []
+        elif f.label_chunk is not None and out.expert_action is f.label:
+            m.expert_action = f.label_chunk.ravel().tolist()    # K x A, row-major; row 0 = the label
+        else:                                                   # single action (or a teleop command)
+            m.expert_action = np.asarray(out.expert_action, float).tolist()
         m.policy_action = [] if policy is None else policy.tolist()
         m.executed_action = [] if out.command is None else np.asarray(out.command, float).tolist()
         return m

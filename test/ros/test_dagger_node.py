@@ -110,8 +110,10 @@ def assert_steps_within_clamp(q0, executed):
 # ----------------------------------------------------------------------------- one round
 def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
     """A short classic round (beta_1 = 0.5): every frame tagged, labels = the core expert's
-    act_obs at the recorded observations, aggregated with round 0, retrained, exported and
-    hot-swapped into the running policy node (its status reports the new model id)."""
+    act_obs at the recorded observations, each with the expert's planned chunk (chunk labels
+    on by default for classic: K = the retrained model's chunk_length) = plan_obs there,
+    aggregated with round 0, retrained, exported and hot-swapped into the running policy node
+    (its status reports the new model id)."""
     hold = tiny_policy(tmp_path / "hold.onnx")
     hold_id = OnnxPolicy(hold).model_id
     seen = {}
@@ -127,6 +129,8 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
                              dagger_params=GENEROUS, on_round=on_round)
     r0, r1 = summary["rounds"]
     assert r1["beta"] == 0.5
+    k_label = 20                                  # dagger_inprocess.DEFAULT_MODEL chunk_length
+    assert summary["label_chunk_length"] == k_label
     # ---- tags: one per control step, both actors, everything labelled (generous timeout)
     episodes = json.loads((out / "round_01" / "episodes.json").read_text())
     assert len(episodes) == 2
@@ -149,6 +153,12 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
         assert ep.labelled.all()
         want = np.array([expert.act_obs(o, CONTRACT, mode=-1) for o in ep.obs])
         np.testing.assert_allclose(ep.act, want, rtol=0, atol=1e-12)
+        # chunk labels: the expert's K-step plan from each recorded observation (FrameTag
+        # expert_action K x A -> Episode.chunk_labels); its first row is the label that acted
+        assert ep.chunk_labels is not None and ep.chunk_labels.shape == (len(ep), k_label, A)
+        plans = np.array([expert.plan_obs(o, CONTRACT, k_label, mode=-1) for o in ep.obs])
+        np.testing.assert_allclose(ep.chunk_labels, plans, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(ep.chunk_labels[:, 0], ep.act)
         n += len(ep)
     # ---- aggregate = round 0 + round 1; retrained model swapped into the running node
     assert r1["labels_new"] == n and r1["labels_cumulative"] == r0["labels_cumulative"] + n

@@ -290,6 +290,65 @@ def test_frame_tag_labels_come_from_the_expert(tmp_path):
     assert np.allclose(stats.act_mean, labelled_acts.mean(0))
 
 
+def test_frame_tag_chunk_labels_become_episode_chunk_labels(tmp_path):
+    """dagger label_chunk_length K > 1: labelled FrameTags carry the expert's K x act_dim plan
+    (row-major); the episode gets chunk_labels (T, K, A), act = the plans' first actions,
+    unlabelled frames hold the executed action in every row; saved and loaded back."""
+    topics = dict(TOPICS, **{"/dagger/frames": "bc_msgs/msg/FrameTag"})
+    w = EpisodeBagWriter(tmp_path / "bags" / "ep", topics, {"source": "dagger"})
+    c = contract()
+    kc, n = 5, 24                 # the label chunk length need not be the contract's (4)
+
+    def plan(k):
+        return cmd(k)[None, :] + 0.01 * np.arange(kc)[:, None]
+
+    for k in range(n):
+        t = T0 + k / RATE
+        recv = int(round(t * 1e9))
+        w.write("/joint_states", js(k, t), recv + 400_000)
+        w.write("/task_state", ts(k, t), recv + 450_000)
+        executed = cmd(k) + 1.0
+        w.write(CMD, {"data": executed}, recv + 3_000_000)
+        labelled = k % 4 != 1
+        w.write("/dagger/frames", {"stamp": t, "episode_id": 1, "step": k, "actor": k % 2,
+                                   "labelled": labelled, "observation": expected_obs(k, k),
+                                   "expert_action": plan(k).ravel() if labelled else [],
+                                   "policy_action": executed, "executed_action": executed},
+                recv + 3_100_000)
+    w.close()
+    ds, rep = build_dataset([tmp_path / "bags"], c, out_dir=tmp_path / "ds")
+    (ep,) = ds.episodes
+    e = rep["episodes"][0]
+    assert e["alignment"] == "frame_tag" and e["chunk_labels"] == kc and e["warnings"] == []
+    assert ep.chunk_labels.shape == (n, kc, 3) and ep.meta["chunk_labels"] == kc
+    assert np.array_equal(ep.labelled, [k % 4 != 1 for k in range(n)])
+    for k in range(n):
+        if k % 4 != 1:
+            assert np.array_equal(ep.chunk_labels[k], plan(k)), k
+            assert np.array_equal(ep.act[k], cmd(k)), k
+        else:
+            assert np.array_equal(ep.act[k], cmd(k) + 1.0)
+            assert np.array_equal(ep.chunk_labels[k], np.repeat((cmd(k) + 1.0)[None], kc, axis=0))
+    back = Dataset.load(tmp_path / "ds").episodes[0]
+    assert np.array_equal(back.chunk_labels, ep.chunk_labels)
+
+
+def test_frame_tag_single_action_labels_have_no_chunk_labels(tmp_path):
+    lockstep = dict(TOPICS, **{"/dagger/frames": "bc_msgs/msg/FrameTag"})
+    w = EpisodeBagWriter(tmp_path / "ep", lockstep, {"source": "dagger"})
+    for k in range(10):
+        t = T0 + k / RATE
+        recv = int(round(t * 1e9))
+        w.write("/joint_states", js(k, t), recv + 400_000)
+        w.write("/task_state", ts(k, t), recv + 450_000)
+        w.write("/dagger/frames", {"stamp": t, "episode_id": 1, "step": k, "actor": 0, "labelled": True,
+                                   "observation": expected_obs(k, k), "expert_action": cmd(k),
+                                   "policy_action": cmd(k), "executed_action": cmd(k)}, recv + 3_100_000)
+    w.close()
+    ds, rep = build_dataset([tmp_path], contract())
+    assert ds.episodes[0].chunk_labels is None and "chunk_labels" not in rep["episodes"][0]
+
+
 def test_out_dir_roundtrip_stats_split_and_report(tmp_path):
     for i in range(5):
         lockstep_bag(tmp_path / "bags" / f"ep_{i:03d}", n=20 + i, meta={"episode_id": i})
