@@ -310,6 +310,15 @@ class DaggerGraph:
         seconds = time.perf_counter() - t0
         written = 0
         if record:
+            # one FrameTag per acted step: stop only once the recorder holds them all (on a busy
+            # machine the last tags can still be in flight when /task_state says done)
+            from .graph_client import GraphError
+            try:
+                c.wait_recorder(lambda st: ((st.get("episode") or {}).get("written", {})
+                                            .get("/dagger/frame_tag", 0) >= int(final.step)),
+                                10.0, "the episode's frame tags")
+            except GraphError:
+                pass   # stop anyway; the builder reports what is missing
             stop = c.stop_episode(task_success=bool(final.success), outcome=str(final.status), notes=notes)
             bag, written = stop.bag_path or bag, int(stop.messages_written)
         c.spin(0.05)

@@ -35,7 +35,7 @@ class DemoConfig:
     free_run_s: float = 5.0       # real-time segment for rate/latency
     dagger_rounds: int = 3
     dagger_episodes: int = 10     # policy rollouts per DAgger round
-    dagger_variant: str = "human_gated"   # a simulated human takes over when the arm leaves the expert's path
+    dagger_variant: str = "classic"   # beta-mixed rollouts, every visited state labelled with the expert's K-step plan
     seed: int = 0
 
     @classmethod
