@@ -7,8 +7,8 @@
 Data: ``auto`` collects ~50 scripted-expert demonstrations from the in-process simulator
 (planar3 curved_reach, when `core.env` and its contract are available) and otherwise uses
 `learning.synthetic` (50 x 200 frames). For every shipped config (config/train/<kind>.yaml):
-training throughput in samples/s with 2 threads (best and median of ``--repeats`` runs of
-``--steps`` optimizer steps: the machine may be shared), then export and batch-1 ONNX
+training throughput in samples/s with 2 and 1 threads (best and median of ``--repeats`` runs
+of ``--steps`` optimizer steps: the machine may be shared), then export and batch-1 ONNX
 latency through `OnnxPolicy` with 1 intra-op thread (median / p99). The default policy
 (chunk_mlp; every kind with ``--full``) is also trained to completion to time the "well
 under a minute" budget. ``--sweep`` trains
@@ -97,23 +97,27 @@ def onnx_latency(path: Path, obs: np.ndarray, iters: int) -> dict:
 
 def bench_kind(kind: str, ds, work: Path, args) -> dict:
     mcfg, tcfg = load_configs(ROOT / "config" / "train" / f"{kind}.yaml")
-    tcfg = replace(tcfg, threads=2)
-    # Throughput: best and median of short runs (the machine may be shared; best = least disturbed).
-    rates = []
-    for i in range(args.repeats):
-        r = train(ds, mcfg, replace(tcfg, max_steps=args.steps, patience=0), work / f"{kind}-tp{i}",
-                  progress=False)
-        rates.append(r.samples_per_second)
+    # Throughput: best and median of short runs per thread count (the machine may be shared;
+    # best = least disturbed).
+    row = {"throughput_steps": args.steps, "batch_size": tcfg.batch_size, "model": mcfg.to_dict(),
+           "train": tcfg.to_dict(), "samples_per_s": {}, "samples_per_s_median": {}}
+    for threads in args.threads:
+        rates = []
+        for i in range(args.repeats):
+            r = train(ds, mcfg, replace(tcfg, max_steps=args.steps, patience=0, threads=threads),
+                      work / f"{kind}-t{threads}-{i}", progress=False)
+            rates.append(r.samples_per_second)
+        row["samples_per_s"][threads] = max(rates)
+        row["samples_per_s_median"][threads] = float(np.median(rates))
+    row["params"] = r.num_parameters
     full = args.full or kind == "chunk_mlp"
-    run = work / kind if full else work / f"{kind}-tp0"
-    row = {"params": r.num_parameters, "samples_per_s": max(rates),
-           "samples_per_s_median": float(np.median(rates)), "throughput_steps": args.steps,
-           "batch_size": tcfg.batch_size, "full_run": full, "model": mcfg.to_dict(), "train": tcfg.to_dict()}
-    if full:
+    run = work / kind if full else work / f"{kind}-t{args.threads[0]}-0"
+    row["full_run"] = full
+    if full:  # the shipped config as is (its own thread count)
         t0 = time.perf_counter()
         r = train(ds, mcfg, tcfg, run, progress=False)
         row.update(train_wall_s=time.perf_counter() - t0, epochs=r.epochs, steps=r.steps,
-                   best_epoch=r.best_epoch, best_val_loss=r.best_val_loss,
+                   best_epoch=r.best_epoch, best_val_loss=r.best_val_loss, threads=tcfg.threads,
                    final_train_loss=r.final_train_loss, stopped_early=r.stopped_early)
     path = export(run, work / f"{kind}.onnx")
     row["parity_max_abs_diff"] = json.loads((run / "export_parity.json").read_text())["max_abs_diff"]
@@ -143,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--steps", type=int, default=100, help="optimizer steps per throughput run")
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs per kind (best is reported)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch threads for throughput")
+    ap.add_argument("--keep-sweep", action="store_true",
+                    help="without --sweep: carry the depth sweep over from the existing --out file")
     ap.add_argument("--full", action="store_true", help="train every kind to completion")
     ap.add_argument("--sweep", action="store_true", help="depth sweep: residual vs plain MLPs")
     ap.add_argument("--sweep-epochs", type=int, default=20)
@@ -168,22 +175,31 @@ def main(argv=None) -> int:
         if args.sweep:
             sweep = depth_sweep(ds, work, args.sweep_epochs)
 
-    print(f"\n{'kind':<12} {'params':>8} {'samples/s':>10} {'(median)':>9} {'onnx med us':>12} {'p99 us':>8} "
-          f"{'parity':>8}   full run: {'epochs':>6} {'wall s':>7} {'val loss':>9}")
+    th = args.threads
+    print(f"\n{'kind':<12} {'params':>8} " + " ".join(f"{f'samples/s {t}T':>13}" for t in th)
+          + f" {'onnx med us':>12} {'p99 us':>8} {'parity':>8}   full run (shipped config): epochs, wall s, val loss")
     for kind, r in rows.items():
-        full = (f"{r['epochs']:>6} {r['train_wall_s']:>7.1f} {r['best_val_loss']:>9.4f}"
-                if r["full_run"] else f"{'-':>6} {'-':>7} {'-':>9}")
-        print(f"{kind:<12} {r['params']:>8} {r['samples_per_s']:>10.0f} {r['samples_per_s_median']:>9.0f} "
-              f"{r['median_us']:>12.1f} {r['p99_us']:>8.1f} {r['parity_max_abs_diff']:>8.1e}   "
-              f"full run: {full}")
-    print(f"(2 training threads, best of {args.repeats} x {args.steps} steps; ONNX batch 1, 1 thread. val loss: "
+        full = (f"{r['epochs']} epochs, {r['train_wall_s']:.1f} s ({r['threads']} thread), val {r['best_val_loss']:.4f}"
+                if r["full_run"] else "-")
+        print(f"{kind:<12} {r['params']:>8} " + " ".join(f"{r['samples_per_s'][t]:>13.0f}" for t in th)
+              + f" {r['median_us']:>12.1f} {r['p99_us']:>8.1f} {r['parity_max_abs_diff']:>8.1e}   {full}")
+    print(f"(throughput: best of {args.repeats} x {args.steps} steps; ONNX batch 1, 1 thread. val loss: "
           "normalized L1 (deterministic kinds), NLL per action dim (gmm).\n load average before/after: "
           f"{load_before[0]:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
+    sweep_note = "measured in this run" if sweep is not None else None
+    if sweep is None and args.keep_sweep and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        if old.get("depth_sweep"):
+            sweep = old["depth_sweep"]
+            sweep_note = f"carried over from the run of {old.get('created')} (losses are deterministic)"
 
     result = {"data": {"source": source, "episodes": len(ds), "frames": ds.num_frames,
                        "obs_dim": ds.contract.obs_dim, "act_dim": ds.contract.act_dim,
                        "data_hash": ds.content_hash()},
-              "training_threads": 2, "onnx_threads": 1, "results": rows, "depth_sweep": sweep,
+              "throughput_threads": args.threads, "onnx_threads": 1, "results": rows,
+              "depth_sweep": sweep, "depth_sweep_note": sweep_note,
+              "depth_sweep_setup": {"kind": "chunk_mlp", "width": 256, "epochs": args.sweep_epochs, "threads": 2,
+                                    "config": "config/train/chunk_mlp.yaml train section, patience 0"},
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
                           "cpus": os.cpu_count(),
