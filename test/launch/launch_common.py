@@ -12,11 +12,16 @@ LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"
 
 def include(name: str, exits: dict, **arguments) -> launch.LaunchDescription:
     """launch/<name>.launch.py with `arguments`; every process exit lands in `exits`."""
+    return include_many([(name, arguments)], exits)
+
+
+def include_many(files, exits: dict) -> launch.LaunchDescription:
+    """Several launch files [(name, arguments), ...] in one description, exits recorded."""
     def on_exit(event, _context):
         exits[event.action.name] = event.returncode
-    return launch.LaunchDescription([
-        RegisterEventHandler(OnProcessExit(on_exit=on_exit)),
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_DIR / f"{name}.launch.py")),
-                                 launch_arguments={k: str(v) for k, v in arguments.items()}.items()),
-        launch_pytest.actions.ReadyToTest(),
-    ])
+    return launch.LaunchDescription(
+        [RegisterEventHandler(OnProcessExit(on_exit=on_exit))]
+        + [IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_DIR / f"{name}.launch.py")),
+                                    launch_arguments={k: str(v) for k, v in args.items()}.items())
+           for name, args in files]
+        + [launch_pytest.actions.ReadyToTest()])
