@@ -11,7 +11,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from std_msgs.msg import Float64MultiArray
+from diagnostic_msgs.msg import DiagnosticArray
 
 from bc_msgs.msg import PolicyStatus
 
@@ -38,6 +38,7 @@ def policy_graph(robot: str, task: str, model: str, lockstep: bool, rtf: float =
                             real_time_factor=rtf, drive=False)
     specs = [s for s in specs if s.executable != "expert_node"]
     specs[0].parameters["auto_reset"] = False   # episodes start only when we reset them
+    specs[0].parameters["diagnostics_rate_hz"] = 20.0   # its counters gate our resets (below)
     specs += graph.policy_nodes(robot=robot, task=task, model=str(model), execution_mode=execution_mode,
                                 autostart=True, lockstep=lockstep, use_sim_time=True)
     return specs
@@ -50,25 +51,36 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
     specs = policy_graph(robot, task, model, lockstep, execution_mode=execution_mode)
     status: Dict[str, Optional[PolicyStatus]] = {"last": None}
     outcomes = []
-    commands = [0]
+    bridge: Dict[str, str] = {}
+
+    def on_diag(msg):
+        for s in msg.status:
+            if s.name.startswith("mujoco_bridge"):
+                bridge.update({kv.key: kv.value for kv in s.values})
+
     with Graph(specs, Path(log_dir)) as g, GraphClient("closed_loop", check=g.check_alive) as client:
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
         client.node.create_subscription(PolicyStatus, "/policy/status",
                                         lambda m: status.__setitem__("last", m), qos.STATUS)
-        client.node.create_subscription(Float64MultiArray, graph.controller_command_topic(),
-                                        lambda m: commands.__setitem__(0, commands[0] + 1), qos.COMMAND)
         client.wait_for_services([RESET], timeout=60.0)
         client.wait_until(lambda: status["last"] is not None and status["last"].lifecycle_state == "active",
                           60.0, "the policy node to become active")
+        cmd_topic = graph.controller_command_topic()
+        client.wait_until(lambda: (client.node.count_subscribers("/joint_states") >= 1
+                                   and client.node.count_subscribers("/task_state") >= 2
+                                   and client.node.count_subscribers(cmd_topic) >= 2), 60.0,
+                          "the policy node and the bridge to discover each other")
         it = progress(seeds) if progress else seeds
-        for seed in it:
-            n0 = commands[0]
+        for i, seed in enumerate(it):
             t0 = time.perf_counter()
             ep = client.reset(seed=seed, task=task).episode_id
-            final = client.wait_task_done(ep, timeout=timeout_per_episode, stall_timeout=30.0)
+            final = client.wait_task_done(ep, timeout=timeout_per_episode, stall_timeout=30.0,
+                                          kick_after_s=2.0)
             # Lock-step: the node answers every observation, the final (done) one included. Reset
-            # only after that answer arrived, or it would become the next episode's first command.
-            client.wait_until(lambda: commands[0] - n0 >= int(final.step) + 1, 10.0,
-                              "the policy's answer to the final observation")
+            # only once the BRIDGE has received (and ignored) that answer, or it would become the
+            # next episode's first command.
+            client.wait_until(lambda: int(bridge.get("ignored_not_running", -1)) >= i + 1, 10.0,
+                              "the bridge to receive the policy's answer to the final observation")
             outcomes.append({"seed": int(seed), "status": final.status, "success": bool(final.success),
                              "steps": int(final.step),
                              "ms_per_tick": 1e3 * (time.perf_counter() - t0) / max(1, int(final.step))})
