@@ -68,7 +68,8 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
         cmd_topic = graph.controller_command_topic()
         client.wait_until(lambda: (client.node.count_subscribers("/joint_states") >= 1
                                    and client.node.count_subscribers("/task_state") >= 2
-                                   and client.node.count_subscribers(cmd_topic) >= 2), 60.0,
+                                   and client.node.count_publishers(cmd_topic) >= 1
+                                   and client.node.count_subscribers(cmd_topic) >= 1), 60.0,
                           "the policy node and the bridge to discover each other")
         it = progress(seeds) if progress else seeds
         for i, seed in enumerate(it):
