@@ -29,8 +29,9 @@ except ImportError:  # pragma: no cover - other rclpy layouts
     _rclpy, _HAVE_WAITSET = None, False
 
 
-class _LaneGroup(CallbackGroup):
-    """Callback group that no executor ever runs (its entities belong to a FastLane)."""
+class NeverExecutedGroup(CallbackGroup):
+    """Callback group that no executor ever runs (its entities are taken by their owner: a
+    FastLane thread, or the policy node's control tick)."""
 
     def can_execute(self, entity) -> bool:
         return False
@@ -61,7 +62,7 @@ class FastLane:
         self.name = name
         self.on_error = on_error
         self.active = _HAVE_WAITSET
-        self._group = _LaneGroup() if self.active else None
+        self._group = NeverExecutedGroup() if self.active else None
         self._subs: List = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import CallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -36,6 +36,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from ..core.contract import Contract, ContractError, ObservationAssembler
 from . import qos
 from .conversions import has_header, message_class
+from .fastlane import NeverExecutedGroup
 from .params import declare_and_load
 from .policy_io import ChunkOut, CommandOut, diagnostics_msg, status_msg
 from .policy_loop import (RESTART_JUMP, ControlLoop, LoopStats, PolicyLoader, PolicyParams, StampSync,
@@ -49,19 +50,6 @@ GIL_SWITCH_S = 0.0005        # the control thread waits at most this long for th
 # (a take with a JointState costs ~40-50 us in Python).
 LATEST = copy.copy(qos.SENSOR)
 LATEST.depth = 1
-
-
-class _Polled(CallbackGroup):
-    """Subscriptions the control tick takes from itself: the executor never waits on them."""
-
-    def can_execute(self, entity) -> bool:
-        return False
-
-    def beginning_execution(self, entity) -> bool:
-        return False
-
-    def ending_execution(self, entity) -> None:
-        pass
 
 
 class _LoadRequest:
@@ -190,7 +178,7 @@ class PolicyNode(LifecycleNode):
         self._sync = StampSync([t for t, c in types.items() if has_header(c)]) if p.lockstep else None
         self._unticked = False
         self._subs, self._polled = [], []
-        polled = None if p.lockstep else _Polled()
+        polled = None if p.lockstep else NeverExecutedGroup()  # the control tick takes these itself
         for topic, cls in types.items():
             if polled is None:
                 self._subs.append(self.create_subscription(

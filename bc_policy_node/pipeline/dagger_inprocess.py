@@ -390,6 +390,18 @@ def export_policy(run_dir, onnx_path) -> Path:
     return export(run_dir, onnx_path)
 
 
+def train_round(dataset: Dataset, model_cfg, train_cfg, directory: Path, progress: bool,
+                timing: Dict[str, float]) -> Path:
+    """One round's retrain (from scratch) + export into `directory`; times both into `timing`."""
+    t0 = time.perf_counter()
+    run = retrain(dataset, model_cfg, train_cfg, directory / "run", progress=progress)
+    timing["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    policy = export_policy(run.run_dir, directory / "policy.onnx")
+    timing["export"] = time.perf_counter() - t0
+    return policy
+
+
 def train_ensemble(dataset: Dataset, size: int, directory, model_cfg=None, train_cfg=None,
                    first: Optional[Path] = None, seed0: int = 0, progress: bool = False) -> List[Path]:
     """`size` policies on the same data with training seeds seed0, seed0+1, ...; `first` (the
@@ -724,12 +736,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                        f"{'' if beta is None else f' (beta {beta:.3g})'}, {stats['labels']} new labels "
                        f"(expert share {100 * stats['expert_share']:.0f}%, {stats['gate_reasons']}); "
                        f"aggregate {ds.num_frames} frames -> training")
-        t0 = time.perf_counter()
-        run = retrain(ds, model_cfg, train_cfg, d / "run", progress=progress)
-        timing["train"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        policy = export_policy(run.run_dir, d / "policy.onnx")
-        timing["export"] = time.perf_counter() - t0
+        policy = train_round(ds, model_cfg, train_cfg, d, progress, timing)
         t0 = time.perf_counter()
         ev, _ = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}")
         timing["eval"] = time.perf_counter() - t0

@@ -46,7 +46,7 @@ from ..core.episodes import Dataset, Episode
 from ..core.types import ACTOR_NAMES
 from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, _configs, aggregate, expert_demos,
                                expert_references, export_policy, format_table, labels_of,
-                               load_round_data, retrain, save_round_data, evaluate_policy)
+                               load_round_data, retrain, train_round, save_round_data, evaluate_policy)
 
 EPISODES_FILE = "episodes.json"
 SUMMARY_FILE = "summary.json"
@@ -651,12 +651,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
                            f"(expert acted {100 * stats['expert_share']:.0f}%, {stats['gate_reasons']}); "
                            f"aggregate {ds.num_frames} frames -> training")
             # ---- 3. retrain on the aggregate, export
-            t0 = time.perf_counter()
-            run = retrain(ds, model_cfg, train_cfg, d / "run", progress=progress)
-            timing["train"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            policy = export_policy(run.run_dir, d / "policy.onnx")
-            timing["export"] = time.perf_counter() - t0
+            policy = train_round(ds, model_cfg, train_cfg, d, progress, timing)
             extra["model_id"] = _model_id(policy)
             # ---- 4. hot swap into the running policy node
             if dg is not None:
