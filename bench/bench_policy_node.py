@@ -95,6 +95,41 @@ def mlp_model(path: Path, contract, seed: int) -> Path:
     return path
 
 
+def transformer_model(path: Path, contract, seed: int) -> Path:
+    """The optional ACT-like transformer chunk policy (config/train/transformer.yaml: 2 layers,
+    d_model 128, 4 heads, K=20), exported by the package's own torch -> ONNX path. Weights are
+    untrained (inference cost does not depend on them); the action normalization is centred on
+    HOME so the commands stay inside the joint limits."""
+    import onnx
+    import torch
+    import yaml
+
+    from bc_policy_node.core.episodes import NormStats
+    from bc_policy_node.core.runtime import embed_metadata
+    from bc_policy_node.learning.config import ModelConfig
+    from bc_policy_node.learning.export import DEFAULT_OPSET, to_onnx_bytes
+    from bc_policy_node.learning.models import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig.from_dict(yaml.safe_load((ROOT / "config" / "train" / "transformer.yaml").read_text())["model"])
+    assert cfg.chunk_length == K, "the bench contract's K must match config/train/transformer.yaml"
+    d = contract.obs_dim
+    stats = NormStats(np.zeros(d), np.ones(d), np.array(HOME), np.full(A, 0.01))
+    model = build_model(cfg, d, A, stats).eval()
+    proto = onnx.load_from_string(to_onnx_bytes(model, DEFAULT_OPSET))
+    embed_metadata(proto, contract, {"kind": "transformer", "chunk_length": K})
+    onnx.save(proto, str(path))
+    return path
+
+
+MODELS = {"mlp": mlp_model, "transformer": transformer_model}
+MODEL = {"name": "mlp"}  # set from --model
+
+
+def build(path: Path, contract, seed: int) -> Path:
+    return MODELS[MODEL["name"]](path, contract, seed)
+
+
 def raw_onnxruntime_us(path: Path, d: int, iters: int = 5000) -> dict:
     import onnxruntime as ort
 
@@ -274,8 +309,8 @@ def run_case(watch, work: Path, rate: float, duration: float, warmup: float, loc
     cpath = work / f"contract_{int(rate)}.yaml"
     cpath.write_text(json.dumps(cdict))  # JSON is YAML
     contract = Contract.from_dict(cdict)
-    model = mlp_model(work / f"mlp_{int(rate)}_a.onnx", contract, seed=0)
-    swaps = [str(mlp_model(work / f"mlp_{int(rate)}_{s}.onnx", contract, seed=i + 1))
+    model = build(work / f"model_{int(rate)}_a.onnx", contract, seed=0)
+    swaps = [str(build(work / f"model_{int(rate)}_{s}.onnx", contract, seed=i + 1))
              for i, s in enumerate(swap_models)]
     spec = policy_nodes(model=str(model), autostart=True)[0]
     extra = {"contract": str(cpath), "status_rate_hz": 1.0, "lockstep": bool(lockstep),
@@ -354,6 +389,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per rate")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=3000, help="lock-step round trips")
+    ap.add_argument("--model", default="mlp", choices=sorted(MODELS),
+                    help="mlp: chunk MLP 14->256->256->K*A (default); transformer: the optional ACT-like "
+                         "policy of config/train/transformer.yaml")
     ap.add_argument("--skip-extras", action="store_true", help="only the rate sweep")
     ap.add_argument("--nice", type=int, default=0,
                     help="niceness for this process and its children, e.g. -10 to stand in for the "
@@ -365,13 +403,15 @@ def main() -> None:
         return
     if args.nice:
         os.nice(args.nice)
+    MODEL["name"] = args.model
 
     import rclpy
 
     rclpy.init()
     watch = StatusWatch()
     results = {"meta": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
-                        "K": K, "A": A, "obs_dim": 2 * A, "hidden": HIDDEN, "execution_mode": "temporal_ensembling",
+                        "model": args.model, "K": K, "A": A, "obs_dim": 2 * A,
+                        "hidden": HIDDEN if args.model == "mlp" else None, "execution_mode": "temporal_ensembling",
                         "m": 0.01, "query_every": 1, "duration_s": args.duration,
                         "missed_tick": "period > 1.5 x nominal", "niceness": os.nice(0),
                         "loadavg_start": os.getloadavg()}}
@@ -380,7 +420,7 @@ def main() -> None:
         from bc_policy_node.core.contract import Contract
 
         c = Contract.from_dict(contract_dict(1000.0))
-        raw_model = mlp_model(work / "raw.onnx", c, 0)
+        raw_model = build(work / "raw.onnx", c, 0)
         results["raw_onnxruntime"] = raw_onnxruntime_us(raw_model, c.obs_dim)
         results["in_process_step"] = in_process_step_us(raw_model, c)
         sweep = {}
@@ -417,7 +457,8 @@ def main() -> None:
 def print_table(res: dict) -> None:
     raw = res["raw_onnxruntime"]
     ips = res["in_process_step"]
-    print(f"\nraw onnxruntime (MLP 14->256->256->{K}x{A}, 1 thread): p50 {raw['p50_us']:.1f} us, p99 {raw['p99_us']:.1f} us; "
+    name = f"MLP 14->256->256->{K}x{A}" if res["meta"]["model"] == "mlp" else f"transformer K={K}, A={A}"
+    print(f"\nraw onnxruntime ({name}, 1 thread): p50 {raw['p50_us']:.1f} us, p99 {raw['p99_us']:.1f} us; "
           f"observation update + ControlLoop.step in-process (no DDS): p50 {ips['p50_us']:.1f} us, p99 {ips['p99_us']:.1f} us")
     print(f"load average during the run: {res['meta']['loadavg_start']} -> {res['meta'].get('loadavg_end')} "
           f"(2 cores shared with other work)")

@@ -92,7 +92,7 @@ def build_metadata(run_cfg: Dict[str, Any], model: ChunkPolicy, opset: int,
     return contract, meta
 
 
-def _to_onnx_bytes(model: ChunkPolicy, opset: int) -> bytes:
+def to_onnx_bytes(model: ChunkPolicy, opset: int) -> bytes:
     names = list(model.output_names)
     dyn = {"obs": {0: "batch"}, **{n: {0: "batch"} for n in names}}
     buf = io.BytesIO()
@@ -169,7 +169,7 @@ def export(run_dir, out_path, which: str = "best", opset: int = DEFAULT_OPSET,
                 "best_val_loss": float(last["best_val"]) if has_val else None}
     contract, meta = build_metadata(run_cfg, model, opset, training)
     try:
-        proto = onnx.load_from_string(_to_onnx_bytes(model, opset))
+        proto = onnx.load_from_string(to_onnx_bytes(model, opset))
     except Exception as e:  # noqa: BLE001 - surface any exporter failure with context
         raise ExportError(f"torch.onnx.export failed for {meta['kind']} model of {run_dir}: {e}") from e
     embed_metadata(proto, contract, meta)
