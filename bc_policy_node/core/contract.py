@@ -126,6 +126,23 @@ class Contract:
             raise ContractError(f"contract {self.name!r} has no observation term {name!r}; "
                                 f"it has {[t.name for t in self.observation]}") from None
 
+    def action_reference_index(self) -> List[int]:
+        """Observation index of the measured position of each action joint, in action order.
+
+        A policy with ``action_frame: relative`` predicts targets relative to these (the ONNX
+        graph adds them back, so its output is still absolute joint targets)."""
+        out = []
+        for j in self.action.joints:
+            for term, sl in zip(self.observation, self.slices().values()):
+                if term.field == "position" and term.joints and j in term.joints:
+                    out.append(sl.start + term.joints.index(j))
+                    break
+            else:
+                raise ContractError(f"contract {self.name!r}: action joint {j!r} has no measured position "
+                                    f"in the observation (a joint_states 'position' term listing it), which a "
+                                    f"relative action frame needs")
+        return out
+
     def topics(self) -> Dict[str, str]:
         """Every topic the contract reads or writes -> its message type."""
         out = {t.topic: t.msg_type for t in self.observation}

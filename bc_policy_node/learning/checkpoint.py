@@ -23,7 +23,7 @@ import torch
 from ..core.contract import Contract
 from ..core.episodes import NormStats
 from .config import ModelConfig, TrainConfig
-from .models import ChunkPolicy, build_model
+from .models import ChunkPolicy, build_model, reference_index
 
 RUN_FORMAT = 1
 CONFIG_FILE = "config.json"
@@ -85,14 +85,15 @@ def load_policy(run_dir, which: str = "best") -> Tuple[ChunkPolicy, Dict[str, An
     ``which``: ``best`` (model_best.pt) or ``last`` (checkpoint_last.pt).
     """
     run_cfg = read_run_config(run_dir)
-    model_cfg, train_cfg, _, stats = configs_of_run(run_cfg)
+    model_cfg, train_cfg, contract, stats = configs_of_run(run_cfg)
     if which == "best":
         state = load_checkpoint(Path(run_dir) / BEST_WEIGHTS)
     elif which == "last":
         state = load_checkpoint(Path(run_dir) / LAST_CHECKPOINT)["model"]
     else:
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    model = build_model(model_cfg, run_cfg["obs_dim"], run_cfg["act_dim"], stats, loss=train_cfg.loss)
+    model = build_model(model_cfg, run_cfg["obs_dim"], run_cfg["act_dim"], stats, loss=train_cfg.loss,
+                        ref_index=reference_index(model_cfg, contract))
     model.load_state_dict(state)
     return model.eval(), run_cfg
 

@@ -22,6 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 MODEL_KINDS = ("mlp", "chunk_mlp", "gmm", "transformer")
 DETERMINISTIC_KINDS = ("mlp", "chunk_mlp", "transformer")
+ACTION_FRAMES = ("absolute", "relative")
 LOSSES = ("l1", "mse", "smooth_l1")
 LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_CHUNK_LENGTH = 20
@@ -62,6 +63,11 @@ class ModelConfig:
         dropout: dropout probability inside the hidden blocks.
         num_heads: attention heads (``transformer`` only).
         min_std: lower bound of the GMM standard deviations, in normalized action units.
+        action_frame: ``absolute`` (the network outputs joint targets) or ``relative`` (it
+            outputs targets minus the measured joint positions of the observation, normalized by
+            the statistics of those offsets; the exported graph adds the positions back, so the
+            ONNX output and deployment are unchanged). Relative targets keep their precision
+            near the goal, where absolute ones are small differences of large numbers.
     """
 
     kind: str = "chunk_mlp"
@@ -74,6 +80,7 @@ class ModelConfig:
     dropout: float = 0.0
     num_heads: int = 4
     min_std: float = 0.01
+    action_frame: str = "absolute"
 
     def __post_init__(self):
         _check(self.kind in MODEL_KINDS, f"model.kind {self.kind!r} not in {MODEL_KINDS}")
@@ -90,6 +97,8 @@ class ModelConfig:
                f"chunk_length {self.chunk_length} - use kind 'chunk_mlp'")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.min_std > 0 and math.isfinite(self.min_std), "model.min_std must be > 0")
+        _check(self.action_frame in ACTION_FRAMES,
+               f"model.action_frame {self.action_frame!r} not in {ACTION_FRAMES}")
         if self.kind == "transformer":
             _check(self.width <= 256, f"transformer width (d_model) must be <= 256, got {self.width}")
             _check(self.depth <= 6, f"transformer depth must be <= 6 layers, got {self.depth}")

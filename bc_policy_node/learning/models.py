@@ -13,7 +13,7 @@ statistics live in registered buffers, so the exported ONNX graph needs no side 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -111,6 +111,21 @@ class ChunkPolicy(nn.Module):
         self.cfg = cfg
         self.obs_dim, self.act_dim, self.chunk_length = obs_dim, act_dim, cfg.chunk_length
         self.norm = Normalizer(obs_dim, act_dim, stats)
+        self.relative = cfg.action_frame == "relative"
+        if self.relative:   # set by build_model from the contract
+            self.register_buffer("ref_index", torch.arange(act_dim))
+
+    def reference(self, obs: torch.Tensor, ndim: int) -> torch.Tensor:
+        """The measured joint positions of ``obs`` shaped to broadcast against (B, ..., A)."""
+        ref = obs[:, self.ref_index]
+        return ref.view(ref.shape[0], *([1] * (ndim - 2)), self.act_dim)
+
+    def to_frame(self, actions: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Raw absolute actions (B, ..., A) -> the frame the network predicts in."""
+        return actions - self.reference(obs, actions.ndim) if self.relative else actions
+
+    def from_frame(self, actions: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return actions + self.reference(obs, actions.ndim) if self.relative else actions
 
 
 class _Deterministic(ChunkPolicy):
@@ -123,11 +138,11 @@ class _Deterministic(ChunkPolicy):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, obs_dim) raw -> (B, K, A) raw actions."""
-        return self.norm.unact(self.predict_normalized(obs))
+        return self.from_frame(self.norm.unact(self.predict_normalized(obs)), obs)
 
     def loss(self, obs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pred = self.predict_normalized(obs)
-        tgt = self.norm.act(target)
+        tgt = self.norm.act(self.to_frame(target, obs))
         if self.loss_kind == "l1":
             err = (pred - tgt).abs()
         elif self.loss_kind == "mse":
@@ -179,12 +194,12 @@ class ChunkGMM(ChunkPolicy):
 
     def forward(self, obs: torch.Tensor):
         mean, _, logits = self._heads(obs)
-        return self.norm.unact(mean), logits
+        return self.from_frame(self.norm.unact(mean), obs), logits
 
     def loss(self, obs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood per valid action dimension (masked targets are marginalized out)."""
         mean, std, logits = self._heads(obs)
-        y = self.norm.act(target).unsqueeze(1)                                 # (B, 1, K, A)
+        y = self.norm.act(self.to_frame(target, obs)).unsqueeze(1)                                 # (B, 1, K, A)
         logp = -0.5 * (((y - mean) / std) ** 2 + 2.0 * torch.log(std) + _LOG_2PI)
         logp = (logp * mask[:, None, :, None]).sum(dim=(2, 3))                 # (B, M)
         nll = -torch.logsumexp(logits + logp, dim=-1)                          # (B,)
@@ -251,12 +266,23 @@ _KINDS = {"mlp": ChunkMLP, "chunk_mlp": ChunkMLP, "gmm": ChunkGMM, "transformer"
 
 
 def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int, stats: NormStats | None = None,
-                loss: str = "l1") -> ChunkPolicy:
-    """The policy module for ``cfg.kind``; ``loss`` selects the regression loss of deterministic kinds."""
+                loss: str = "l1", ref_index: Sequence[int] | None = None) -> ChunkPolicy:
+    """The policy module for ``cfg.kind``; ``loss`` selects the regression loss of deterministic
+    kinds; ``ref_index`` (`Contract.action_reference_index`) is required for a relative action frame."""
     model = _KINDS[cfg.kind](obs_dim, act_dim, cfg, stats)
+    if model.relative:
+        if ref_index is None or len(ref_index) != act_dim:
+            raise ValueError(f"action_frame 'relative' needs the observation index of each of the "
+                             f"{act_dim} action joints' positions, got {ref_index!r}")
+        model.ref_index.copy_(torch.as_tensor(list(ref_index), dtype=torch.long))
     if isinstance(model, _Deterministic):
         model.loss_kind = loss
     return model
+
+
+def reference_index(cfg: ModelConfig, contract) -> list | None:
+    """`build_model`'s ``ref_index`` for ``cfg`` under ``contract`` (None for absolute actions)."""
+    return contract.action_reference_index() if cfg.action_frame == "relative" else None
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ from ..core.episodes import Dataset, NormStats
 from . import checkpoint as ckpt
 from .config import ModelConfig, TrainConfig
 from .data import ChunkData, build_chunks, check_dataset, load_dataset
-from .models import ChunkPolicy, build_model, num_parameters
+from .models import ChunkPolicy, build_model, num_parameters, reference_index
 
 HOLDOUT_ROWS = 1024
 STD_FLOOR = 1e-3  # raw units; smaller normalization stds are replaced by 1
@@ -68,6 +68,7 @@ class _Split:
     train_episodes: List[int]
     val_episodes: List[int]
     stats: NormStats                 # normalization statistics of the training episodes
+    action_std: np.ndarray           # std of the (absolute) training actions, whatever the frame
 
 
 @dataclass
@@ -93,7 +94,19 @@ def _split(ds: Dataset, model_cfg: ModelConfig, train_cfg: TrainConfig) -> _Spli
     val = build_chunks(val_ds, model_cfg.chunk_length) if len(val_ds) else None
     if val is not None and len(val) == 0:
         val = None
-    return _Split(train, val, tr_idx, va_idx, _floored(train_ds.stats()))
+    stats = _floored(train_ds.stats())
+    action_std = stats.act_std
+    if model_cfg.action_frame == "relative":
+        stats = _floored(_relative_stats(stats, train, ds.contract.action_reference_index()))
+    return _Split(train, val, tr_idx, va_idx, stats, action_std)
+
+
+def _relative_stats(stats: NormStats, data: ChunkData, ref_index: List[int]) -> NormStats:
+    """Action statistics of the chunk targets minus the measured joint positions (valid entries
+    of every chunk offset pooled), for a relative action frame."""
+    delta = (data.target - data.obs[:, ref_index].unsqueeze(1)).double().numpy()    # (N, K, A)
+    valid = delta[data.mask.numpy() > 0]                                            # (n, A)
+    return NormStats(stats.obs_mean, stats.obs_std, valid.mean(0), valid.std(0))
 
 
 def _floored(stats: NormStats) -> NormStats:
@@ -179,6 +192,7 @@ def _run_config(ds: Dataset, model_cfg: ModelConfig, train_cfg: TrainConfig, spl
                 model: ChunkPolicy) -> Dict[str, Any]:
     return {"format": ckpt.RUN_FORMAT, "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
             "contract": ds.contract.to_dict(), "norm": model.norm.stats().to_dict(),
+            "action_std": np.asarray(split.action_std).tolist(),
             "data_hash": ds.content_hash(), "obs_dim": ds.contract.obs_dim, "act_dim": ds.contract.act_dim,
             "train_episodes": split.train_episodes, "val_episodes": split.val_episodes,
             "num_samples": {"train": len(split.train), "val": len(split.val) if split.val else 0},
@@ -273,7 +287,7 @@ def train(data, model_cfg: Optional[ModelConfig], train_cfg: Optional[TrainConfi
     with _torch_settings(train_cfg):
         split = _split(ds, model_cfg, train_cfg)
         model = build_model(model_cfg, ds.contract.obs_dim, ds.contract.act_dim, split.stats,
-                            loss=train_cfg.loss)
+                            loss=train_cfg.loss, ref_index=reference_index(model_cfg, ds.contract))
         opt = _make_optimizer(model, train_cfg)
         run_cfg = _run_config(ds, model_cfg, train_cfg, split, model)
         if has_run:

@@ -316,15 +316,17 @@ class DaggerCore:
 def load_ensemble(paths: Sequence[str], contract: Contract, horizon: int) -> EnsembleDisagreement:
     """The ONNX ensemble for robot-gated DAgger, each member checked against the robot's contract.
 
-    Scale: the first member's training action std (``meta.norm.act_std``) when it has one.
+    Scale: the first member's training action std (``meta.action_std``; older files:
+    ``meta.norm.act_std``) when it has one.
     """
     from ..core.runtime import OnnxPolicy
 
     members = [OnnxPolicy(p) for p in paths]
     for m in members:
         m.check_contract(contract)
-    norm = members[0].meta.get("norm") or {}
-    scale = norm.get("act_std") if isinstance(norm, dict) else None
+    meta = members[0].meta
+    norm = meta.get("norm") or {}
+    scale = meta.get("action_std") or (norm.get("act_std") if isinstance(norm, dict) else None)
     return EnsembleDisagreement(members, scale=scale, horizon=horizon)
 
 
