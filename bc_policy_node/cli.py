@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-length", type=int, default=None)
     p.add_argument("--out", default="runs/train", help="run folder")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="episodes held out for the validation loss / early stopping (default config: 0)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
 
     p = add("export", "bc_policy_node.learning.cli:export_main", "export a trained run to one ONNX file")

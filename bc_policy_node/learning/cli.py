@@ -13,7 +13,7 @@ from .config import ConfigError, ModelConfig, TrainConfig, load_configs
 DEFAULT_CONFIG = "chunk_mlp.yaml"
 
 
-def resolve_configs(config, kind=None, chunk_length=None, seed=None):
+def resolve_configs(config, kind=None, chunk_length=None, seed=None, val_fraction=None):
     """Model/train configs from a YAML (default config/train/chunk_mlp.yaml) plus CLI overrides."""
     path = Path(config) if config else config_path("train", DEFAULT_CONFIG)
     model_cfg, train_cfg = load_configs(path)
@@ -26,8 +26,9 @@ def resolve_configs(config, kind=None, chunk_length=None, seed=None):
         over["chunk_length"] = chunk_length
     if over:
         model_cfg = ModelConfig.from_dict({**dataclasses.asdict(model_cfg), **over})
-    if seed is not None:
-        train_cfg = TrainConfig.from_dict({**dataclasses.asdict(train_cfg), "seed": seed})
+    train_over = {k: v for k, v in (("seed", seed), ("val_fraction", val_fraction)) if v is not None}
+    if train_over:
+        train_cfg = TrainConfig.from_dict({**dataclasses.asdict(train_cfg), **train_over})
     return model_cfg, train_cfg
 
 
@@ -35,7 +36,8 @@ def train_main(args) -> int:
     from .train import train
 
     try:
-        model_cfg, train_cfg = resolve_configs(args.config, args.kind, args.chunk_length, args.seed)
+        model_cfg, train_cfg = resolve_configs(args.config, args.kind, args.chunk_length, args.seed,
+                                              getattr(args, "val_fraction", None))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
