@@ -142,7 +142,7 @@ class SimEnv:
             waypoints=t.waypoints.reshape(-1).copy(), phase=int(t.phase),
             num_phases=int(t.num_phases), mode=int(t.mode), step=self._step, status=t.status,
             success=t.status == "success", done=t.done, reason=t.reason,
-            ee_position=self.sim.ee_position()[:t.dim], next_goal=t.next_goal)
+            ee_position=self.sim.ee_position()[:t.dim])
 
     @property
     def joint_state(self) -> JointStateData:

@@ -168,17 +168,12 @@ class ScriptedExpert:
 
     def plan_obs(self, obs: Sequence[float], contract: Contract, K: Optional[int] = None,
                  mode: int = -1) -> np.ndarray:
-        """(K, act_dim) chunk label for an observation vector (K defaults to chunk_length).
-
-        When the contract observes ``next_goal``, the plan switches to it once the active goal
-        is reached (`plan` with the two waypoints), like the long-horizon task does."""
+        """(K, act_dim) chunk label for an observation vector (K defaults to chunk_length)."""
         _, q_idx, out_idx, g_sl, o_sl = self._decoder(contract)
         obs = np.asarray(obs, dtype=float)
         obstacle = obs[o_sl] if o_sl is not None else ()
         K = contract.chunk_length if K is None else K
-        sl = contract.slices()
-        wps = np.stack([obs[g_sl], obs[sl["next_goal"]]]) if "next_goal" in sl else None
-        return self.plan(obs[q_idx], None, obs[g_sl], obstacle, mode, K, waypoints=wps)[:, out_idx]
+        return self.plan(obs[q_idx], None, obs[g_sl], obstacle, mode, K)[:, out_idx]
 
 
 class CurvedReachExpert(ScriptedExpert):

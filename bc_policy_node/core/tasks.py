@@ -106,13 +106,6 @@ class Task:
     def obstacle_center(self) -> Optional[np.ndarray]:
         return None if self.obstacle.size == 0 else self.obstacle[:-1]
 
-    @property
-    def next_goal(self) -> np.ndarray:
-        """The waypoint after the active one (`goal` at the last one and for single-goal tasks)."""
-        if len(self.waypoints) > self.phase + 1:
-            return self.waypoints[self.phase + 1].copy()
-        return self.goal.copy()
-
     # --------------------------------------------------------------- internals
     def _progress(self, ee: np.ndarray) -> bool:
         return bool(np.linalg.norm(ee - self.goal) < self.tolerance)

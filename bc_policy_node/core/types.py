@@ -44,8 +44,6 @@ class TaskStateData:
     goal: the current target in task space (for multi-waypoint tasks: the active waypoint).
     obstacle: [x, y, (z,) radius] of the task's obstacle, empty when there is none.
     waypoints: all waypoints flattened row-major (n x dim), empty for single-goal tasks.
-    next_goal: the waypoint after the active one; equal to `goal` at the last waypoint and for
-        single-goal tasks (so a policy can see where the chunk goes after a waypoint switch).
     mode: the expert's latent mode for multimodal tasks (-1 unknown/none, 0 / 1 sides).
     """
 
@@ -66,4 +64,3 @@ class TaskStateData:
     done: bool
     reason: str
     ee_position: np.ndarray
-    next_goal: np.ndarray = field(default_factory=lambda: np.zeros(0))

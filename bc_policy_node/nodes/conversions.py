@@ -42,7 +42,7 @@ def joint_state_data(msg: JointState) -> JointStateData:
                           effort=np.asarray(msg.effort, dtype=float))
 
 
-_TASK_ARRAYS = ("goal", "obstacle", "waypoints", "ee_position", "next_goal")
+_TASK_ARRAYS = ("goal", "obstacle", "waypoints", "ee_position")
 _TASK_SCALARS = ("task", "episode_id", "seed", "variant", "phase", "num_phases", "mode", "step",
                  "status", "success", "done", "reason")
 
