@@ -138,6 +138,10 @@ class TrainConfig:
         warmup_steps: linear warmup steps of the cosine schedule.
         grad_clip: max gradient norm (0 = no clipping).
         deterministic: ``torch.use_deterministic_algorithms`` while training.
+        segment_on: observation term whose change starts a new sub-task (e.g. ``phase``, the
+            active waypoint): chunk targets stop at it and hold the last action before it, so a
+            chunk never averages "arrive here" with "already on the way to the next one".
+            Ignored for contracts that do not observe the term; None = off.
     """
 
     lr: float = 1e-3
@@ -155,6 +159,7 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     deterministic: bool = True
+    segment_on: Optional[str] = None
 
     def __post_init__(self):
         _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be > 0, got {self.lr}")

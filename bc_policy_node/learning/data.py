@@ -58,18 +58,28 @@ class ChunkData:
             yield self.obs[idx], self.target[idx], self.mask[idx]
 
 
-def episode_chunks(act: np.ndarray, labelled: np.ndarray, k: int
+def episode_chunks(act: np.ndarray, labelled: np.ndarray, k: int, segment: Optional[np.ndarray] = None
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chunk targets of one episode.
 
     Returns (frames, target, mask): ``frames`` (N,) indices of the labelled frames,
     ``target`` (N, k, act_dim) and ``mask`` (N, k) bool.
+
+    ``segment`` (T,) optional sub-task ids (e.g. the active waypoint): a chunk does not cross
+    into the next segment. Its targets past the segment's last frame repeat that frame's
+    action and stay in the loss (the policy learns to arrive and hold; the next observation
+    names the next sub-task). Past the end of the episode they are masked out, as always.
     """
     t_len = len(act)
     frames = np.flatnonzero(labelled)
     steps = np.arange(k)
     raw = frames[:, None] + steps[None, :]                 # (N, k) unclipped indices
     idx = np.minimum(raw, t_len - 1)
+    if segment is not None:
+        seg = np.asarray(segment)
+        last = np.flatnonzero(np.r_[seg[1:] != seg[:-1], True])           # last frame of each run
+        end = last[np.searchsorted(last, frames)]                          # (N,) end of each frame's run
+        idx = np.minimum(idx, end[:, None])
     lab = labelled[idx]
     mask = (raw < t_len) & lab
     # Unlabelled future frames may hold anything (even NaN): forward-fill from the previous
@@ -78,6 +88,13 @@ def episode_chunks(act: np.ndarray, labelled: np.ndarray, k: int
     src = np.maximum.accumulate(np.where(lab, steps[None, :], 0), axis=1)
     idx = np.take_along_axis(idx, src, axis=1)
     return frames, act[idx], mask
+
+
+def segment_ids(obs: np.ndarray) -> np.ndarray:
+    """(T,) run ids of an observation slice (T, d): a new id wherever a value changes."""
+    obs = np.asarray(obs)
+    change = np.any(obs[1:] != obs[:-1], axis=tuple(range(1, obs.ndim))) if len(obs) > 1 else np.zeros(0, bool)
+    return np.r_[0, np.cumsum(change)]
 
 
 def episode_chunk_labels(chunk_labels: np.ndarray, labelled: np.ndarray, k: int
@@ -119,16 +136,22 @@ def check_dataset(ds: Dataset, chunk_length: int, contract: Optional[Contract] =
                            f"(longest has {longest} frames); use a shorter chunk or longer episodes")
 
 
-def build_chunks(ds: Dataset, chunk_length: int, episode_offset: int = 0) -> ChunkData:
-    """Stack the chunk targets of every labelled frame of ``ds`` into tensors."""
+def build_chunks(ds: Dataset, chunk_length: int, episode_offset: int = 0,
+                 segment_on: Optional[str] = None) -> ChunkData:
+    """Stack the chunk targets of every labelled frame of ``ds`` into tensors.
+
+    ``segment_on``: an observation term (e.g. ``phase``) whose changes end a chunk's targets
+    (`episode_chunks`); ignored when the contract does not observe it."""
     if len(ds) == 0:
         raise DatasetError("cannot build training samples from an empty dataset")
+    sl = ds.contract.slices().get(segment_on) if segment_on else None
     obs, tgt, msk, epi = [], [], [], []
     for i, ep in enumerate(ds.episodes):
         if ep.chunk_labels is not None:
             frames, target, mask = episode_chunk_labels(ep.chunk_labels, ep.labelled, chunk_length)
         else:
-            frames, target, mask = episode_chunks(ep.act, ep.labelled, chunk_length)
+            seg = segment_ids(ep.obs[:, sl]) if sl is not None else None
+            frames, target, mask = episode_chunks(ep.act, ep.labelled, chunk_length, seg)
         obs.append(ep.obs[frames])
         tgt.append(target)
         msk.append(mask)

@@ -88,10 +88,10 @@ def _split(ds: Dataset, model_cfg: ModelConfig, train_cfg: TrainConfig) -> _Spli
     ids = {id(e): i for i, e in enumerate(ds.episodes)}
     tr_idx = [ids[id(e)] for e in train_ds.episodes]
     va_idx = [ids[id(e)] for e in val_ds.episodes]
-    train = build_chunks(train_ds, model_cfg.chunk_length)
+    train = build_chunks(train_ds, model_cfg.chunk_length, segment_on=train_cfg.segment_on)
     if len(train) == 0:
         raise TrainError("the training split has no labelled frames; lower val_fraction or add data")
-    val = build_chunks(val_ds, model_cfg.chunk_length) if len(val_ds) else None
+    val = build_chunks(val_ds, model_cfg.chunk_length, segment_on=train_cfg.segment_on) if len(val_ds) else None
     if val is not None and len(val) == 0:
         val = None
     stats = _floored(train_ds.stats())

@@ -10,7 +10,7 @@ from bc_policy_node.core.contract import Contract, ContractError
 from bc_policy_node.core.episodes import Dataset, DatasetError, Episode
 from bc_policy_node.learning import (ConfigError, ModelConfig, TrainConfig, TrainError, build_model,
                                      configs_from_dict, load_configs, load_policy, train)
-from bc_policy_node.learning.data import build_chunks, episode_chunks
+from bc_policy_node.learning.data import build_chunks, episode_chunks, segment_ids
 from bc_policy_node.learning.synthetic import synthetic_contract, synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +91,30 @@ def test_unlabelled_frames_are_not_samples_and_masked_as_targets():
     np.testing.assert_array_equal(mask[0], [1, 1, 0])
     np.testing.assert_array_equal(mask[1], [1, 0, 1])
     np.testing.assert_array_equal(target[1, :, 0], [1, 1, 3])           # filled, masked, valid
+
+
+def test_chunk_targets_stop_at_a_segment_change_and_hold():
+    """segment ids [0 0 0 1 1 1]: a chunk from frame 1 repeats frame 2's action (the last of
+    its segment) instead of running into segment 1, and those held targets stay in the loss."""
+    act = np.arange(6, dtype=float)[:, None]
+    seg = segment_ids(np.array([[0.0], [0.0], [0.0], [2.0], [2.0], [2.0]]))
+    assert seg.tolist() == [0, 0, 0, 1, 1, 1]
+    frames, target, mask = episode_chunks(act, np.ones(6, bool), 4, seg)
+    np.testing.assert_array_equal(target[1, :, 0], [1, 2, 2, 2])
+    np.testing.assert_array_equal(mask[1], [1, 1, 1, 1])
+    np.testing.assert_array_equal(target[3, :, 0], [3, 4, 5, 5])            # episode end: as before
+    np.testing.assert_array_equal(mask[3], [1, 1, 1, 0])
+    assert segment_ids(np.zeros((1, 2))).tolist() == [0]
+
+
+def test_build_chunks_segment_on_needs_the_term(small_ds):
+    """The synthetic contract observes no ``phase``: segment_on is ignored; on ``goal`` (constant
+    per synthetic episode) nothing changes either; a term that changes every frame holds everything."""
+    base = build_chunks(small_ds, K)
+    for term in ("phase", "goal"):
+        assert torch.equal(build_chunks(small_ds, K, segment_on=term).target, base.target)
+    held = build_chunks(small_ds, K, segment_on="joint_pos")
+    assert torch.equal(held.target, held.target[:, :1].expand_as(held.target))
 
 
 def test_build_chunks_stacks_episodes(small_ds):
