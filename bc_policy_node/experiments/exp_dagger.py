@@ -23,8 +23,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..pipeline.dagger_inprocess import (bc_same_budget, deviation_growth, deviations_of, expert_references,
-                                         format_table, run_dagger)
+from ..pipeline.dagger_inprocess import (_configs, bc_same_budget, deviation_growth, deviations_of,
+                                         expert_references, format_table, run_dagger)
 
 TITLE = "DAgger vs behavioral cloning: compounding error and expert labels"
 COLORS = {"bc": "#444444", "classic": "#1f77b4", "classic_chunk": "#9467bd", "robot_gated": "#d62728",
@@ -41,26 +41,36 @@ TARGET = 0.95
 
 
 def settings(quick: bool) -> List[Dict[str, Any]]:
-    """One dict per task. Training: chunk MLP (K = 20, width 128), 1 thread, fixed step budget."""
+    """One dict per task. Training: the package's default policy (config/train/chunk_mlp.yaml:
+    chunk MLP K=40, relative targets, chunks stop at a waypoint switch, 60 epochs, 1 thread),
+    retrained from scratch every round; `train` holds overrides."""
+    variants = ("classic", "classic_chunk", "robot_gated", "human_gated")
     if quick:
-        return [dict(task="curved_reach", rounds=2, initial_demos=10, episodes_per_round=4,
-                     variants=("classic", "classic_chunk", "robot_gated", "human_gated"),
-                     eval_seeds=list(range(10_000, 10_020)), train={"max_steps": 150}, dagger={"query_budget": 60}, bc_budgets=True)]
-    # curved_reach: DAgger starting from a decent BC policy (50 demos, ~80-90%), where the issue
-    # asks for >= 95%; long_horizon: a weaker start (20 demos), 3 rounds, the long-T deviation study.
-    # Rollouts are cheap (labels are what costs), so every round rolls 40 (20) episodes: the
-    # gated variants then see enough failures per round to label; classic pays for every state.
-    # classic_chunk only on curved_reach: the expert's plan_obs does not switch waypoints inside
-    # the chunk, so on long_horizon its chunk labels would be wrong across a waypoint.
-    return [dict(task="curved_reach", rounds=5, initial_demos=50, episodes_per_round=40,
-                 variants=("classic", "classic_chunk", "robot_gated", "human_gated"), eval_seeds=list(range(10_000, 10_100)),
-                 train={"max_steps": 800}, dagger={"query_budget": 60}, bc_budgets=True),
-            dict(task="long_horizon", rounds=3, initial_demos=20, episodes_per_round=20,
-                 variants=("classic", "human_gated"), eval_seeds=list(range(10_000, 10_060)),
-                 train={"max_steps": 800}, dagger={"query_budget": 150}, bc_budgets=True)]
+        return [dict(task="curved_reach", rounds=2, initial_demos=10, episodes_per_round=4, variants=variants,
+                     eval_seeds=list(range(10_000, 10_020)), train={"max_steps": 150}, dagger={"query_budget": 60},
+                     bc_budgets=True)]
+    # Both tasks start from few demonstrations, where BC is clearly short of the target: with 50
+    # demos the default policy already reaches 94% (curved_reach) and 100% (long_horizon), which
+    # leaves DAgger nothing to show. Rollouts are cheap, labels are what costs.
+    return [dict(task="curved_reach", rounds=5, initial_demos=10, episodes_per_round=10, variants=variants,
+                 eval_seeds=list(range(10_000, 10_100)), train={}, dagger={"query_budget": 60}, bc_budgets=True),
+            dict(task="long_horizon", rounds=5, initial_demos=5, episodes_per_round=5, variants=variants,
+                 eval_seeds=list(range(10_000, 10_100)), train={}, dagger={"query_budget": 150}, bc_budgets=True)]
 
 
-MODEL = {"kind": "chunk_mlp", "depth": 3, "width": 128, "chunk_length": 20}
+MODEL: Dict[str, Any] = {}   # overrides of config/train/chunk_mlp.yaml's model section (none)
+
+
+def _bc_budgets(runs: Dict[str, list]) -> List[int]:
+    """Label budgets for the plain-BC baseline: where each variant first reaches the target, and
+    its last round."""
+    out = set()
+    for recs in runs.values():
+        hit = next((r for r in recs if r.success["rate"] >= TARGET), None)
+        out.add(recs[-1].labels_total)
+        if hit is not None:
+            out.add(hit.labels_total)
+    return sorted(out)
 
 
 def _horizons(refs) -> List[int]:
@@ -83,8 +93,7 @@ def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True)
                    run_dagger(variant=variant, out_dir=c / v, chunk_labels=chunk_labels, **common)]
     bc: Dict[str, Any] = {}
     if cfg.get("bc_budgets"):
-        budgets = sorted({recs[-1].labels_total for recs in runs.values()})
-        for b in budgets:
+        for b in _bc_budgets(runs):
             bc[str(b)] = bc_same_budget("planar3", task, b, c / f"bc_{b}", MODEL, cfg["train"], cfg["eval_seeds"],
                                         refs, progress=progress)
     # ---------------------------------------------------------------- deviation growth
@@ -98,6 +107,7 @@ def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True)
     devs = {k: deviations_of(d, "planar3", task, cfg["eval_seeds"], refs, progress=progress) for k, d in dirs.items()}
     growth = {kind: {k: deviation_growth(d[kind], H) for k, d in devs.items()} for kind in ("time", "path")}
     return {"task": task, "config": {k: v for k, v in cfg.items() if k != "eval_seeds"},
+            "model": _configs(MODEL, cfg["train"])[0].to_dict(),
             "n_eval": len(cfg["eval_seeds"]), "horizons": H,
             "expert_steps_median": int(np.median([r.steps for r in refs.values()])),
             "runs": {v: [_slim(r) for r in recs] for v, recs in runs.items()},
@@ -280,6 +290,10 @@ def fig_labels(res: Dict[str, Any], path: Path) -> str:
             f"per successful evaluation episode (right). " + "; ".join(reached) + ".")
 
 
+def _pct(s: Dict[str, Any]) -> str:
+    return f"{100 * s['rate']:.0f}% [{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}]"
+
+
 def _notes(results: List[Dict[str, Any]]) -> str:
     """What the numbers say, with the numbers (generated, so it never goes stale)."""
     lines = ["**Reading the results.**"]
@@ -289,52 +303,37 @@ def _notes(results: List[Dict[str, Any]]) -> str:
         for v, recs in runs.items():
             last = recs[-1]
             hit = next((r for r in recs if r["success"]["rate"] >= TARGET), None)
+            txt = (f"{t}, {LABELS[v]}: {100 * recs[0]['success']['rate']:.0f}% -> {_pct(last['success'])} after "
+                   f"{last['round']} rounds with {last['labels_total']} expert labels")
+            if hit is not None:
+                txt += f"; first >= {100 * TARGET:.0f}% at round {hit['round']} ({hit['labels_total']} labels"
+                b = bc_at.get(hit["labels_total"])
+                txt += (f"; plain BC on the same {b['labels']} labels: {_pct(b['success'])}" if b else "") + ")"
+            else:
+                txt += f"; never >= {100 * TARGET:.0f}%"
             b = bc_at.get(last["labels_total"])
-            s = last["success"]
-            txt = (f"{t}, {LABELS[v]}: {100 * recs[0]['success']['rate']:.0f}% -> {100 * s['rate']:.0f}% "
-                   f"[{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}] after {last['round']} rounds with "
-                   f"{last['labels_total']} expert labels")
-            if b is not None:
-                txt += (f"; plain BC on the same {b['labels']} labels: {100 * b['success']['rate']:.0f}% "
-                        f"[{100 * b['success']['ci_low']:.0f}, {100 * b['success']['ci_high']:.0f}]")
-            txt += (f"; first >= {100 * TARGET:.0f}% at round {hit['round']} ({hit['labels_total']} labels)." if hit
-                    else f"; never >= {100 * TARGET:.0f}%.")
-            lines.append("- " + txt)
+            if b is not None and (hit is None or hit is not last):
+                txt += f"; plain BC on the last round's {b['labels']} labels: {_pct(b['success'])}"
+            lines.append("- " + txt + ".")
         g = res["growth"]
         lines.append(f"- {t}, growth exponent of the cumulative deviation (time-aligned / path): "
                      + "; ".join(f"{_name(k)} {g['time'][k]['exponent']:.2f} [{g['time'][k]['ci_low']:.2f}, "
                                  f"{g['time'][k]['ci_high']:.2f}] / {g['path'][k]['exponent']:.2f} "
                                  f"[{g['path'][k]['ci_low']:.2f}, {g['path'][k]['ci_high']:.2f}]" for k in g["time"]) + ".")
-    for res in results:
-        runs = res["runs"]
-        if "classic" in runs and "classic_chunk" in runs:
-            a, b = runs["classic"], runs["classic_chunk"]
-            lines.append(
-                f"- {res['task']}, chunk labels: the same classic DAgger (same round 0, seeds, beta schedule) with "
-                f"each visited state labelled by the expert's planned K-chunk from that state "
-                f"(`ScriptedExpert.plan_obs`) instead of the consecutive frames' labels: per round "
-                + " -> ".join(f"{100 * r['success']['rate']:.0f}%" for r in b) + " vs "
-                + " -> ".join(f"{100 * r['success']['rate']:.0f}%" for r in a)
-                + f" ({b[-1]['labels_total']} vs {a[-1]['labels_total']} labels after round {b[-1]['round']})."
-                + (" The chunk targets along the mixture's drifting path were the problem, not classic DAgger's "
-                   "labelling of every state." if b[-1]["success"]["ci_low"] > a[-1]["success"]["rate"] else ""))
     lines += [
-        "- Classic DAgger (per-tick beta mixing, the expert's label at every visited state) with a chunked "
-        "policy: a frame's chunk target k >= 1 is the label at the state the *mixture* visited k ticks later, i.e. "
-        "absolute joint targets along the learner's own (partly wrong) path, not the expert's plan from that state. "
-        "So it imitates part of its own drift (the chunk-label variant above removes this); on curved_reach it ends below plain BC on the same number of "
-        "labels (on long_horizon above it, where BC on that many labels is under-trained, see below). "
-        "The gated variants hand the expert contiguous segments (at least `min_expert_ticks` / until back on the "
-        "path), whose chunk targets are the expert's own trajectory, and label only where the learner fails.",
-        "- Deviation growth: the initial BC policy's cumulative deviation grows only mildly superlinearly "
-        "(alpha well below 2): with action chunks and temporal ensembling its failures are stalls near a goal, "
-        "not a drift that compounds. DAgger lowers the level of the deviation (and its path-exponent somewhat on "
-        "curved_reach) rather than turning T^2 into T. The time-aligned exponent also counts being late.",
-        "- long_horizon: failures are stalls a few cm from a waypoint: the K=20 chunk straddles the waypoint switch "
-        "while the next waypoint is not observed, so no amount of relabelling makes that part of the chunk "
-        "predictable. Every training run has the same fixed step budget, so the largest aggregates (and BC on 36k "
-        "labels) get few epochs: part of the flat/declining curves there is under-training, not data.",
-        "- Retraining is from scratch each round (fixed optimizer-step budget); round 0 is shared by all variants.",
+        "- Classic DAgger with a chunked policy needs chunk labels: without them a frame's chunk target k >= 1 is "
+        "the label at the state the *mixture* visited k ticks later, i.e. targets along the learner's own drifting "
+        "path (`classic`). `classic_chunk` labels every visited state with the expert's planned K-chunk from that "
+        "state (`ScriptedExpert.plan_obs`). The gated variants hand the expert contiguous segments, whose chunk "
+        "targets are the expert's own trajectory, and label only where the learner fails or hesitates.",
+        "- Plain BC on the same budget gets the same number of expert labels as whole demonstrations "
+        "(`expert_frames`), trained with the same config; everything is evaluated on the same seeds.",
+        "- long_horizon: chunk targets stop at a waypoint switch and hold (`train.segment_on: phase`). Without "
+        "that, a K-step chunk near a waypoint averages 'arrive here' with 'already heading to the next one', the "
+        "ensembled command cuts the corner, never gets within the 2.5 cm tolerance and stalls a few cm away "
+        "(50 demos: 2% without, 100% with).",
+        "- Retraining is from scratch each round (60 epochs, so a bigger aggregate trains longer); round 0 is "
+        "shared by all variants.",
     ]
     return "\n".join(lines)
 
@@ -353,7 +352,8 @@ def run(out_dir: Path, quick: bool = False) -> Dict[str, Any]:
             p = out / f"dagger_{name}_{t}.png"
             captions[str(p)] = fn(res, p)
             figures.append(str(p))
-        tables.append(f"**{t}** (chunk MLP K=20, temporal ensembling m=0.01; {res['n_eval']} eval seeds)\n\n"
+        tables.append(f"**{t}** (default policy: chunk MLP K={res['model']['chunk_length']}, "
+                      f"{res['model']['action_frame']} targets; temporal ensembling m=0.01; {res['n_eval']} eval seeds)\n\n"
                       + res["table_md"] + "\n\nPlain BC on the same label budget: "
                       + ", ".join(f"{b['labels']} labels ({b['episodes']} demos): {100 * b['success']['rate']:.0f}% "
                                   f"[{100 * b['success']['ci_low']:.0f}, {100 * b['success']['ci_high']:.0f}]"

@@ -70,11 +70,7 @@ VARIANTS = ("classic", "robot_gated", "human_gated")
 SOURCE_EXPERT = "expert"
 EVAL_FILE, DEV_FILE, RECORD_FILE = "eval.json", "dev.npz", "record.json"
 
-# Defaults sized for this package's tasks on a small CPU: chunk MLP, K = 20, 1 thread,
-# a fixed step budget, no validation split (selection by training loss, cosine schedule).
-DEFAULT_MODEL = {"kind": "chunk_mlp", "depth": 3, "width": 128, "chunk_length": 20}
-DEFAULT_TRAIN = {"threads": 1, "max_epochs": 10_000, "max_steps": 1000, "val_fraction": 0.0,
-                 "patience": 0, "batch_size": 256, "lr": 1e-3, "seed": 0}
+DEFAULT_CONFIG = "chunk_mlp.yaml"   # every retrain starts from the package's default policy config
 
 
 # ============================================================================ expert data
@@ -357,13 +353,16 @@ def load_round_data(directory) -> List[Episode]:
 
 # ============================================================================ train / export
 def _configs(model_cfg, train_cfg, seed: Optional[int] = None):
-    from ..learning import ModelConfig, TrainConfig
+    """(ModelConfig, TrainConfig): given ones as they are, dicts as overrides of config/train/chunk_mlp.yaml."""
+    from ..graph import config_path
+    from ..learning import ModelConfig, TrainConfig, load_configs
 
-    m = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict({**DEFAULT_MODEL, **(model_cfg or {})})
+    m0, t0 = load_configs(config_path("train", DEFAULT_CONFIG))
+    m = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict({**m0.to_dict(), **(model_cfg or {})})
     if isinstance(train_cfg, TrainConfig):
         t = train_cfg
     else:
-        t = TrainConfig.from_dict({**DEFAULT_TRAIN, **(train_cfg or {})})
+        t = TrainConfig.from_dict({**t0.to_dict(), **(train_cfg or {})})
     if seed is not None:
         t = TrainConfig.from_dict({**t.to_dict(), "seed": int(seed)})
     return m, t
@@ -372,8 +371,8 @@ def _configs(model_cfg, train_cfg, seed: Optional[int] = None):
 def retrain(dataset: Dataset, model_cfg=None, train_cfg=None, run_dir="run", seed: Optional[int] = None,
             progress: bool = False):
     """Train a policy FROM SCRATCH on the aggregate (resumes an interrupted run on the same
-    data). `model_cfg`/`train_cfg`: ModelConfig/TrainConfig or dicts over DEFAULT_MODEL /
-    DEFAULT_TRAIN; `seed` overrides the training seed. Returns `learning.RunResult`."""
+    data). `model_cfg`/`train_cfg`: ModelConfig/TrainConfig or dicts over the default config
+    (config/train/chunk_mlp.yaml); `seed` overrides the training seed. Returns `learning.RunResult`."""
     from ..learning import train
 
     m, t = _configs(model_cfg, train_cfg, seed)
