@@ -327,7 +327,12 @@ def _notes(results: List[Dict[str, Any]]) -> str:
         "state (`ScriptedExpert.plan_obs`). The gated variants hand the expert contiguous segments, whose chunk "
         "targets are the expert's own trajectory, and label only where the learner fails or hesitates.",
         "- Plain BC on the same budget gets the same number of expert labels as whole demonstrations "
-        "(`expert_frames`), trained with the same config; everything is evaluated on the same seeds.",
+        "(`expert_frames`), trained with the same config; everything is evaluated on the same seeds. Where "
+        "DAgger reaches the target, BC on as many labels does too: these tasks are noise-free and nothing "
+        "pushes the learner to states the demonstrations never cover, so a label at a visited state is worth "
+        "no more than a demonstration frame. The gated variants buy labels most efficiently at small budgets "
+        "(compare them with BC at their own label counts), but their gates fire too rarely to reach the target "
+        "within 5 rounds; classic DAgger labels every state and costs as much as more demonstrations.",
         "- long_horizon: chunk targets stop at a waypoint switch and hold (`train.segment_on: phase`). Without "
         "that, a K-step chunk near a waypoint averages 'arrive here' with 'already heading to the next one', the "
         "ensembled command cuts the corner, never gets within the 2.5 cm tolerance and stalls a few cm away "
