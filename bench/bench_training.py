@@ -179,7 +179,8 @@ def main(argv=None) -> int:
     print(f"\n{'kind':<12} {'params':>8} " + " ".join(f"{f'samples/s {t}T':>13}" for t in th)
           + f" {'onnx med us':>12} {'p99 us':>8} {'parity':>8}   full run (shipped config): epochs, wall s, val loss")
     for kind, r in rows.items():
-        full = (f"{r['epochs']} epochs, {r['train_wall_s']:.1f} s ({r['threads']} thread), val {r['best_val_loss']:.4f}"
+        val = "n/a (no validation split)" if r.get("best_val_loss") is None else f"{r['best_val_loss']:.4f}"
+        full = (f"{r['epochs']} epochs, {r['train_wall_s']:.1f} s ({r['threads']} thread), val {val}"
                 if r["full_run"] else "-")
         print(f"{kind:<12} {r['params']:>8} " + " ".join(f"{r['samples_per_s'][t]:>13.0f}" for t in th)
               + f" {r['median_us']:>12.1f} {r['p99_us']:>8.1f} {r['parity_max_abs_diff']:>8.1e}   {full}")
