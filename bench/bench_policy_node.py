@@ -122,12 +122,7 @@ def transformer_model(path: Path, contract, seed: int) -> Path:
     return path
 
 
-MODELS = {"mlp": mlp_model, "transformer": transformer_model}
-MODEL = {"name": "mlp"}  # set from --model
-
-
-def build(path: Path, contract, seed: int) -> Path:
-    return MODELS[MODEL["name"]](path, contract, seed)
+MODELS = {"mlp": mlp_model, "transformer": transformer_model}   # --model -> builder(path, contract, seed)
 
 
 def raw_onnxruntime_us(path: Path, d: int, iters: int = 5000) -> dict:
@@ -299,7 +294,7 @@ class StatusWatch:
         self.node.destroy_node()
 
 
-def run_case(watch, work: Path, rate: float, duration: float, warmup: float, lockstep=False,
+def run_case(watch, work: Path, build, rate: float, duration: float, warmup: float, lockstep=False,
              steps=0, swap_models=(), env_extra=None, label="") -> dict:
     from bc_policy_node.core.contract import Contract
     from bc_policy_node.graph import policy_nodes
@@ -403,7 +398,7 @@ def main() -> None:
         return
     if args.nice:
         os.nice(args.nice)
-    MODEL["name"] = args.model
+    build = MODELS[args.model]
 
     import rclpy
 
@@ -426,19 +421,20 @@ def main() -> None:
         sweep = {}
         for rate in args.rates:
             print(f"[bench] free-run {rate:g} Hz ...", flush=True)
-            sweep[f"{rate:g}"] = run_case(watch, work, rate, args.duration, args.warmup, label=f"free{rate:g}")
+            sweep[f"{rate:g}"] = run_case(watch, work, build, rate, args.duration, args.warmup,
+                                          label=f"free{rate:g}")
         results["free_run"] = sweep
         if not args.skip_extras:
             print("[bench] lock-step round trips ...", flush=True)
-            results["lockstep"] = run_case(watch, work, 1000.0, 0, 0, lockstep=True, steps=args.steps,
-                                           label="lockstep")
+            results["lockstep"] = run_case(watch, work, build, 1000.0, 0, 0, lockstep=True,
+                                           steps=args.steps, label="lockstep")
             print("[bench] 1 kHz with a hot swap every second ...", flush=True)
-            results["free_run_1000_hot_swaps"] = run_case(watch, work, 1000.0, args.duration, args.warmup,
-                                                          swap_models=("b", "c"), label="swaps")
+            results["free_run_1000_hot_swaps"] = run_case(watch, work, build, 1000.0, args.duration,
+                                                          args.warmup, swap_models=("b", "c"), label="swaps")
             print("[bench] 1 kHz with MultiThreadedExecutor ...", flush=True)
             results["free_run_1000_multithreaded"] = run_case(
-                watch, work, 1000.0, args.duration, args.warmup, env_extra={"BCP_POLICY_EXECUTOR": "multi"},
-                label="multi")
+                watch, work, build, 1000.0, args.duration, args.warmup,
+                env_extra={"BCP_POLICY_EXECUTOR": "multi"}, label="multi")
     watch.close()
     rclpy.try_shutdown()
     results["meta"]["loadavg_end"] = os.getloadavg()

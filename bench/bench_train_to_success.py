@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             continue
         x = [t["wall_s_median"] for t in ts]
         y = np.array([[t["success"]["rate"], t["success"]["ci_low"], t["success"]["ci_high"]] for t in ts]) * 100
-        label = (f"default ({model_cfg.chunk_length=}, {model_cfg.action_frame})".replace("model_cfg.", "")
+        label = (f"default (K={model_cfg.chunk_length}, {model_cfg.action_frame})"
                  if variant == "default" else "K=20, absolute (previous default)")
         ax.errorbar(x, y[:, 0], yerr=[y[:, 0] - y[:, 1], y[:, 2] - y[:, 0]], marker="o", color=color,
                     capsize=3, label=label)

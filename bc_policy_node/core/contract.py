@@ -131,9 +131,9 @@ class Contract:
 
         A policy with ``action_frame: relative`` predicts targets relative to these (the ONNX
         graph adds them back, so its output is still absolute joint targets)."""
-        out = []
+        out, terms = [], list(zip(self.observation, self.slices().values()))
         for j in self.action.joints:
-            for term, sl in zip(self.observation, self.slices().values()):
+            for term, sl in terms:
                 if term.field == "position" and term.joints and j in term.joints:
                     out.append(sl.start + term.joints.index(j))
                     break

@@ -23,8 +23,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..pipeline.dagger_inprocess import (_configs, bc_same_budget, deviation_growth, deviations_of,
-                                         expert_references, format_table, run_dagger)
+from ..pipeline.dagger_inprocess import (bc_same_budget, deviation_growth, deviations_of, expert_references,
+                                         format_table, round_configs, run_dagger)
 
 TITLE = "DAgger vs behavioral cloning: compounding error and expert labels"
 COLORS = {"bc": "#444444", "classic": "#1f77b4", "classic_chunk": "#9467bd", "robot_gated": "#d62728",
@@ -107,7 +107,7 @@ def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True)
     devs = {k: deviations_of(d, "planar3", task, cfg["eval_seeds"], refs, progress=progress) for k, d in dirs.items()}
     growth = {kind: {k: deviation_growth(d[kind], H) for k, d in devs.items()} for kind in ("time", "path")}
     return {"task": task, "config": {k: v for k, v in cfg.items() if k != "eval_seeds"},
-            "model": _configs(MODEL, cfg["train"])[0].to_dict(),
+            "model": round_configs(MODEL, cfg["train"])[0].to_dict(),
             "n_eval": len(cfg["eval_seeds"]), "horizons": H,
             "expert_steps_median": int(np.median([r.steps for r in refs.values()])),
             "runs": {v: [_slim(r) for r in recs] for v, recs in runs.items()},
@@ -227,7 +227,7 @@ def fig_deviation(res: Dict[str, Any], path: Path) -> str:
         ax.grid(alpha=0.3)
         ax2.set_xlabel("horizon T (ticks)")
         ax2.set_ylabel("C(T) = sum_{t<T} d(t)  (m x ticks)")
-        ax2.set_title(f"C(T) log-log, fit C = c T^alpha (95% bootstrap CI)", fontsize=10)
+        ax2.set_title("C(T) log-log, fit C = c T^alpha (95% bootstrap CI)", fontsize=10)
         ax2.legend(fontsize=7, loc="upper left")
         ax2.grid(alpha=0.3, which="both")
     fig.tight_layout()

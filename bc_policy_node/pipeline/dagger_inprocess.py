@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -352,12 +353,20 @@ def load_round_data(directory) -> List[Episode]:
 
 
 # ============================================================================ train / export
-def _configs(model_cfg, train_cfg, seed: Optional[int] = None):
-    """(ModelConfig, TrainConfig): given ones as they are, dicts as overrides of config/train/chunk_mlp.yaml."""
+@lru_cache(maxsize=1)
+def _default_configs():
     from ..graph import config_path
-    from ..learning import ModelConfig, TrainConfig, load_configs
+    from ..learning import load_configs
 
-    m0, t0 = load_configs(config_path("train", DEFAULT_CONFIG))
+    return load_configs(config_path("train", DEFAULT_CONFIG))
+
+
+def round_configs(model_cfg, train_cfg, seed: Optional[int] = None):
+    """(ModelConfig, TrainConfig) a DAgger retrain uses: given ones as they are, dicts as
+    overrides of config/train/chunk_mlp.yaml."""
+    from ..learning import ModelConfig, TrainConfig
+
+    m0, t0 = _default_configs()
     m = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict({**m0.to_dict(), **(model_cfg or {})})
     if isinstance(train_cfg, TrainConfig):
         t = train_cfg
@@ -375,7 +384,7 @@ def retrain(dataset: Dataset, model_cfg=None, train_cfg=None, run_dir="run", see
     (config/train/chunk_mlp.yaml); `seed` overrides the training seed. Returns `learning.RunResult`."""
     from ..learning import train
 
-    m, t = _configs(model_cfg, train_cfg, seed)
+    m, t = round_configs(model_cfg, train_cfg, seed)
     return train(dataset, m, t, run_dir, resume=True, progress=progress)
 
 
@@ -609,7 +618,7 @@ def deviations_of(policy_dir, robot: str, task: str, seeds: Sequence[int], refer
 
 def _ensemble_for(d: Path, dataset: Dataset, policy: Path, size: int, model_cfg, train_cfg,
                   quantile: float, progress: bool) -> Tuple[List[Path], Dict[str, Any], np.ndarray]:
-    t = _configs(model_cfg, train_cfg)[1]
+    t = round_configs(model_cfg, train_cfg)[1]
     paths = train_ensemble(dataset, size, d / "ensemble", model_cfg, train_cfg, first=policy,
                            seed0=t.seed, progress=progress)
     cal_file = d / "ensemble" / "calibration.json"
@@ -653,7 +662,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     r0.mkdir(parents=True, exist_ok=True)
     contract = load_contract(robot, task)
     eval_seeds = [int(s) for s in eval_seeds]
-    m_cfg, t_cfg = _configs(model_cfg, train_cfg)
+    m_cfg, t_cfg = round_configs(model_cfg, train_cfg)
     if chunk_labels is None:
         chunk_labels = variant == "classic" and m_cfg.chunk_length > 1
     base = {"robot": robot, "task": task, "initial_demos": initial_demos, "model": m_cfg.to_dict(),

@@ -44,9 +44,9 @@ from ..core.dagger import beta_schedule
 from ..core.env import load_contract
 from ..core.episodes import Dataset, Episode
 from ..core.types import ACTOR_NAMES
-from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, _configs, aggregate, expert_demos,
-                               expert_references, export_policy, format_table, labels_of,
-                               load_round_data, retrain, train_round, save_round_data, evaluate_policy)
+from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, evaluate_policy, expert_demos,
+                               expert_references, export_policy, format_table, labels_of, load_round_data,
+                               retrain, round_configs, save_round_data, train_round)
 
 EPISODES_FILE = "episodes.json"
 SUMMARY_FILE = "summary.json"
@@ -521,7 +521,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
     out.mkdir(parents=True, exist_ok=True)
     log_dir = Path(log_dir) if log_dir is not None else out / "logs"
     contract = load_contract(robot, task)
-    k_label = int(_configs(model_cfg, train_cfg)[0].chunk_length)
+    k_label = int(round_configs(model_cfg, train_cfg)[0].chunk_length)
     if chunk_labels is None:
         chunk_labels = variant == "classic" and k_label > 1
     dagger_params = dict(dagger_params or {})

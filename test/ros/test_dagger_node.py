@@ -30,7 +30,7 @@ from bc_policy_node.core.rollout import PolicyRunner, policy_act_fn, rollout  # 
 from bc_policy_node.core.runtime import OnnxPolicy, embed_metadata  # noqa: E402
 from bc_policy_node.core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
-from bc_policy_node.pipeline.dagger_inprocess import _configs  # noqa: E402
+from bc_policy_node.pipeline.dagger_inprocess import round_configs  # noqa: E402
 from bc_policy_node.pipeline.dagger_loop import DaggerGraph, run_dagger_ros  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -130,7 +130,7 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
                              dagger_params=GENEROUS, on_round=on_round)
     r0, r1 = summary["rounds"]
     assert r1["beta"] == 0.5
-    k_label = _configs(None, None)[0].chunk_length   # the default config's K (config/train/chunk_mlp.yaml)
+    k_label = round_configs(None, None)[0].chunk_length   # the default config's K (config/train/chunk_mlp.yaml)
     assert summary["label_chunk_length"] == k_label
     # ---- tags: one per control step, both actors, everything labelled (generous timeout)
     episodes = json.loads((out / "round_01" / "episodes.json").read_text())
