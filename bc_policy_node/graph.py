@@ -63,6 +63,8 @@ SIM_ARGS = [
     LaunchArg("real_time_factor", "1.0", "Free-run speed as a multiple of real time"),
     LaunchArg("seed", "0", "Seed of the first episode"),
     LaunchArg("controller", "forward_position_controller", "ros2_control controller name: commands on <controller>/commands"),
+    LaunchArg("push_magnitude", "0.0", "Sim disturbance test: push the arm by random joint offsets of this norm "
+              "(rad) a few times per episode (0 = off)"),
 ]
 EXPERT_ARGS = [
     LaunchArg("drive", "true", "true: the expert drives the arm (demonstrations); false: label service only"),
@@ -95,10 +97,10 @@ def _bool(v) -> bool:
 
 
 def sim_nodes(robot="planar3", task="curved_reach", mode="free", real_time_factor=1.0, seed=0,
-              controller="forward_position_controller", drive=True, **_) -> List[NodeSpec]:
+              controller="forward_position_controller", drive=True, push_magnitude=0.0, **_) -> List[NodeSpec]:
     bridge = NodeSpec("mujoco_bridge", "mujoco_bridge", param_file="mujoco_bridge.yaml", parameters={
         "robot": robot, "task": task, "mode": mode, "real_time_factor": float(real_time_factor),
-        "seed": int(seed), "controller": controller})
+        "seed": int(seed), "controller": controller, "push_magnitude": float(push_magnitude)})
     expert = NodeSpec("expert_node", "expert", param_file="expert.yaml", parameters={
         "robot": robot, "task": task, "drive": _bool(drive), "controller": controller})
     return [bridge, expert]

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .contract import Contract
+from .disturbance import Pushes
 from .experts import ScriptedExpert, make_expert
 from .sim import ArmSim, SimDiverged, SimError
 from .tasks import Task, make_task
@@ -83,14 +84,20 @@ class SimEnv:
         mjcf: MJCF path overriding the shipped model.
         control_rate_hz: control rate; physics substeps = round(1 / (rate * timestep)). Task
             horizons keep their duration in seconds (ticks are given at 50 Hz).
+        disturbance: `core.disturbance.Pushes` (or its dict) knocking the arm off its path at
+            seeded ticks; None = calm.
 
     `step()` after the episode is done is a no-op returning the final messages (the bridge
     keeps receiving commands between episodes); `step()` before `reset()` raises.
     """
 
     def __init__(self, robot: str = "planar3", task: str = "curved_reach",
-                 mjcf: Optional[str] = None, control_rate_hz: float = 50.0):
+                 mjcf: Optional[str] = None, control_rate_hz: float = 50.0,
+                 disturbance: Optional[Pushes] = None):
         self.robot = robot
+        self.disturbance = Pushes.from_spec(disturbance)
+        self._pushes: Dict[int, np.ndarray] = {}
+        self.pushes_applied: List[int] = []   # ticks pushed in the current episode
         self.sim = ArmSim(mjcf if mjcf is not None else robot_mjcf(robot))
         self.task_name = task
         self.control_rate_hz = float(control_rate_hz)
@@ -206,6 +213,9 @@ class SimEnv:
         self._last_command = q0.copy()
         self._phase = 0
         self._period_contacts = []
+        self.pushes_applied = []
+        self._pushes = ({} if self.disturbance is None else
+                        self.disturbance.schedule(seed, self.task.horizon, self.sim.n))
         return self.messages()
 
     def set_joint_state(self, qpos, qvel=None) -> Dict[str, object]:
@@ -229,7 +239,20 @@ class SimEnv:
             self.task.status, self.task.reason = STATUS_DIVERGED, e.reason
             return self.messages()
         self.task.update(self.sim.ee_position(), bool(self.sim.last_contacts), self._step)
+        self._push()
         return self.messages()
+
+    def _push(self) -> None:
+        """Apply the disturbance scheduled for the tick just completed: displace the joints and
+        hold the displaced pose (the previous command is dropped)."""
+        dq = self._pushes.get(self._step)
+        if dq is None or self.task.done:
+            return
+        m = self.disturbance.margin
+        q = np.clip(self.sim.qpos + dq, self.sim.lower + m, self.sim.upper - m)
+        self.sim.set_state(q)
+        self._last_command = self.sim.set_command(q)
+        self.pushes_applied.append(self._step)
 
     # ------------------------------------------------------- free-running physics
     # step() is the lock-step primitive (command -> one control period). A free-running
@@ -300,6 +323,7 @@ class SimEnv:
             ticks += 1
             self.sim.last_contacts = contacts
             self.task.update(self.sim.ee_position(), bool(contacts), self._step)
+            self._push()
         return ticks
 
     def run_expert(self, seed: int, expert: Optional[ScriptedExpert] = None, variant: str = "",

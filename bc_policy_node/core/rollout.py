@@ -168,6 +168,7 @@ def rollout(env: SimEnv, contract: Contract, act_fn: ActFn, seed: int, variant: 
                          actions=np.array(act_l).reshape(t, contract.act_dim), actors=np.array(actors, int),
                          labels=np.array(labels) if label_fn is not None else None,
                          meta={"mode": int(ts.mode), "task": env.task_name, "phase": int(ts.phase),
+                               "pushes": list(env.pushes_applied),
                                "goal": np.asarray(ts.goal, dtype=float).copy(),
                                "obstacle": np.asarray(ts.obstacle, dtype=float).copy(),
                                "final_error": float(np.linalg.norm(np.asarray(ts.ee_position) - np.asarray(ts.goal)))})
@@ -191,16 +192,18 @@ def policy_act_fn(runner: PolicyRunner, env: SimEnv, contract: Contract) -> ActF
 
 
 def evaluate(policy, robot: str, task: str, seeds: Sequence[int], execution_mode: str = "temporal_ensembling",
-             mode_select: str = "argmax", with_expert: bool = True, progress=None,
+             mode_select: str = "argmax", with_expert: bool = True, progress=None, disturbance=None,
              **exec_params) -> Dict:
     """Success rate (Wilson interval), final error, path deviation from the expert over time,
-    collisions and per-episode results for an ONNX policy over `seeds`."""
+    collisions and per-episode results for an ONNX policy over `seeds`; `disturbance`
+    (`core.disturbance.Pushes`) pushes policy and expert alike."""
     policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
-    env = SimEnv(robot, task, control_rate_hz=policy.contract.control_rate_hz)
+    env = SimEnv(robot, task, control_rate_hz=policy.contract.control_rate_hz, disturbance=disturbance)
     contract = policy.contract
     policy.check_contract(contract)  # self-consistency; robot contract checked by the node
     runner = PolicyRunner(policy, contract, execution_mode, mode_select=mode_select, **exec_params)
-    expert_env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz) if with_expert else None
+    expert_env = (SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
+                  if with_expert else None)
     expert_fn = expert_act_fn(expert_env, contract) if with_expert else None
     results: List[RolloutResult] = []
     experts: List[RolloutResult] = []

@@ -38,6 +38,10 @@ LABELS = {"bc": "plain BC (demos only)", "classic": "classic DAgger (beta gate)"
 VARIANT_RUNS = {"classic": ("classic", False), "classic_chunk": ("classic", True),
                 "robot_gated": ("robot_gated", False), "human_gated": ("human_gated", False)}
 TARGET = 0.95
+# Pushes during deployment (`core.disturbance.Pushes`): joint offset norm (rad), mean ticks
+# between pushes, pushes per episode at most.
+PUSHES = {"curved_reach": {"magnitude": 0.6, "interval": 60, "count": 2},
+          "long_horizon": {"magnitude": 0.9, "interval": 80, "count": 3}}
 
 
 def settings(quick: bool) -> List[Dict[str, Any]]:
@@ -55,7 +59,16 @@ def settings(quick: bool) -> List[Dict[str, Any]]:
     return [dict(task="curved_reach", rounds=5, initial_demos=10, episodes_per_round=10, variants=variants,
                  eval_seeds=list(range(10_000, 10_100)), train={}, dagger={"query_budget": 60}, bc_budgets=True),
             dict(task="long_horizon", rounds=5, initial_demos=5, episodes_per_round=5, variants=variants,
-                 eval_seeds=list(range(10_000, 10_100)), train={}, dagger={"query_budget": 150}, bc_budgets=True)]
+                 eval_seeds=list(range(10_000, 10_100)), train={}, dagger={"query_budget": 150}, bc_budgets=True),
+            # The same with the arm pushed during deployment (DAgger rollouts and evaluation); the
+            # demonstrations stay calm. Pushes: the largest the expert still recovers from in >= 99%
+            # of the evaluation episodes (measured: curved_reach 99%, long_horizon 99%).
+            dict(task="curved_reach", rounds=5, initial_demos=10, episodes_per_round=10, variants=variants,
+                 eval_seeds=list(range(10_000, 10_100)), train={}, dagger={"query_budget": 60}, bc_budgets=True,
+                 disturbance=PUSHES["curved_reach"]),
+            dict(task="long_horizon", rounds=5, initial_demos=5, episodes_per_round=5, variants=variants,
+                 eval_seeds=list(range(10_000, 10_100)), train={}, dagger={"query_budget": 150}, bc_budgets=True,
+                 disturbance=PUSHES["long_horizon"])]
 
 
 MODEL: Dict[str, Any] = {}   # overrides of config/train/chunk_mlp.yaml's model section (none)
@@ -78,14 +91,18 @@ def _horizons(refs) -> List[int]:
     return sorted({int(round(h)) for h in np.geomspace(10, max(med, 20), 8)})
 
 
+def setting_name(cfg: Dict[str, Any]) -> str:
+    return cfg["task"] + ("_pushed" if cfg.get("disturbance") else "")
+
+
 def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True) -> Dict[str, Any]:
-    task = cfg["task"]
-    c = cache / task
-    refs = expert_references("planar3", task, cfg["eval_seeds"], c / "expert_eval.npz")
+    task, dist = cfg["task"], cfg.get("disturbance")
+    c = cache / setting_name(cfg)
+    refs = expert_references("planar3", task, cfg["eval_seeds"], c / "expert_eval.npz", disturbance=dist)
     common = dict(robot="planar3", task=task, rounds=cfg["rounds"], episodes_per_round=cfg["episodes_per_round"],
                   initial_demos=cfg["initial_demos"], model_cfg=MODEL, train_cfg=cfg["train"],
                   eval_seeds=cfg["eval_seeds"], progress=progress, round0_dir=c / "round_00",
-                  references_cache=c / "expert_eval.npz", **cfg.get("dagger", {}))
+                  references_cache=c / "expert_eval.npz", disturbance=dist, **cfg.get("dagger", {}))
     runs: Dict[str, list] = {}
     for v in cfg["variants"]:
         variant, chunk_labels = VARIANT_RUNS[v]
@@ -95,7 +112,11 @@ def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True)
     if cfg.get("bc_budgets"):
         for b in _bc_budgets(runs):
             bc[str(b)] = bc_same_budget("planar3", task, b, c / f"bc_{b}", MODEL, cfg["train"], cfg["eval_seeds"],
-                                        refs, progress=progress)
+                                        refs, progress=progress, disturbance=dist)
+    # DART-style check: the same largest budget, demonstrations recorded under the pushes too
+    bc_pushed = (bc_same_budget("planar3", task, max(int(k) for k in bc), c / "bc_pushed_demos", MODEL, cfg["train"],
+                                cfg["eval_seeds"], refs, progress=progress, disturbance=dist, demo_disturbance=dist)
+                 if dist and bc else None)
     # ---------------------------------------------------------------- deviation growth
     H = _horizons(refs)
     dirs = {"bc_round0": c / "round_00"}
@@ -104,14 +125,17 @@ def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True)
         dirs[f"bc_{top}"] = c / f"bc_{top}"
     for v, recs in runs.items():
         dirs[f"{v}_final"] = Path(recs[-1].policy).parent
-    devs = {k: deviations_of(d, "planar3", task, cfg["eval_seeds"], refs, progress=progress) for k, d in dirs.items()}
+    devs = {k: deviations_of(d, "planar3", task, cfg["eval_seeds"], refs, progress=progress, disturbance=dist)
+            for k, d in dirs.items()}
     growth = {kind: {k: deviation_growth(d[kind], H) for k, d in devs.items()} for kind in ("time", "path")}
-    return {"task": task, "config": {k: v for k, v in cfg.items() if k != "eval_seeds"},
+    return {"task": task, "setting": setting_name(cfg), "disturbance": dist,
+            "config": {k: v for k, v in cfg.items() if k != "eval_seeds"},
             "model": round_configs(MODEL, cfg["train"])[0].to_dict(),
             "n_eval": len(cfg["eval_seeds"]), "horizons": H,
             "expert_steps_median": int(np.median([r.steps for r in refs.values()])),
             "runs": {v: [_slim(r) for r in recs] for v, recs in runs.items()},
             "bc_same_budget": {k: _slim_bc(r) for k, r in bc.items()},
+            "bc_pushed_demos": _slim_bc(bc_pushed) if bc_pushed else None,
             "growth": growth,
             "dev_curves": {kind: {k: np.round(d[kind].mean(axis=0), 5).tolist() for k, d in devs.items()}
                            for kind in ("time", "path")},
@@ -131,6 +155,14 @@ def _slim_bc(r) -> Dict[str, Any]:
 
 
 # ============================================================================ figures
+def _title(res: Dict[str, Any]) -> str:
+    d = res.get("disturbance")
+    if not d:
+        return res["task"]
+    return (f"{res['task']} with pushes ({d['magnitude']:g} rad, about every {d['interval']:g} ticks, "
+            f"<= {d['count']} per episode)")
+
+
 def _rate(s):
     return 100 * s["rate"], 100 * (s["rate"] - s["ci_low"]), 100 * (s["ci_high"] - s["rate"])
 
@@ -167,7 +199,7 @@ def fig_success(res: Dict[str, Any], path: Path) -> str:
     ax.set_xlabel("round (0 = BC on the initial demos)")
     ax.set_xticks(range(0, max(r['round'] for recs in res['runs'].values() for r in recs) + 1))
     ax3.set_xticks(ax.get_xticks())
-    ax.set_title(f"{res['task']}: success per round")
+    ax.set_title(f"{_title(res)}: success per round")
     ax2.set_xscale("log")
     ax2.set_xlabel("expert labels used (cumulative, incl. initial demos; log scale)")
     ax2.set_title("success vs expert labels")
@@ -180,7 +212,7 @@ def fig_success(res: Dict[str, Any], path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return (f"{res['task']}: success on {res['n_eval']} fixed evaluation seeds (95% Wilson intervals; dotted line "
+    return (f"{_title(res)}: success on {res['n_eval']} fixed evaluation seeds (95% Wilson intervals; dotted line "
             f"= {100 * TARGET:.0f}%) per DAgger round (left), against the cumulative number of expert labels with "
             f"plain BC trained on the same number of labels as demonstrations (middle), labels per round (right). "
             + "; ".join(parts) + ".")
@@ -222,7 +254,7 @@ def fig_deviation(res: Dict[str, Any], path: Path) -> str:
         ax.axvline(res["expert_steps_median"], color="0.6", lw=0.8, ls=":")
         ax.set_xlabel("tick t")
         ax.set_ylabel(f"mean {what[kind]} (cm)", fontsize=8)
-        ax.set_title(f"{res['task']}: {'time-aligned' if kind == 'time' else 'path'} deviation from the expert")
+        ax.set_title(f"{_title(res)}: {'time-aligned' if kind == 'time' else 'path'} deviation from the expert")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         ax2.set_xlabel("horizon T (ticks)")
@@ -233,7 +265,7 @@ def fig_deviation(res: Dict[str, Any], path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return (f"{res['task']}: deviation of the end effector from the expert's rollout at the same seed over "
+    return (f"{_title(res)}: deviation of the end effector from the expert's rollout at the same seed over "
             f"{res['n_eval']} eval seeds (episodes padded with their final position; dotted vertical line: median "
             f"expert length {res['expert_steps_median']} ticks). Top: time-aligned distance (being late counts); "
             f"bottom: distance to the expert's path (only leaving the path counts). Right: cumulative deviation "
@@ -272,7 +304,7 @@ def fig_labels(res: Dict[str, Any], path: Path) -> str:
                 va="center", fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel("expert labels used (cumulative)")
-    ax.set_title(f"{res['task']}: labels used and final success")
+    ax.set_title(f"{_title(res)}: labels used and final success")
     ax.set_xlim(0, max(labels) * 2.3)
     ax2.barh(y, per, color=colors)
     for i, p in enumerate(per):
@@ -286,7 +318,7 @@ def fig_labels(res: Dict[str, Any], path: Path) -> str:
     plt.close(fig)
     reached = [f"{n}: {'reached ' + str(int(TARGET * 100)) + '% at ' + str(f['labels_total'] if 'labels_total' in f else f['labels']) + ' labels' if f else 'did not reach ' + str(int(TARGET * 100)) + '%'}"
                for n, f in zip(names, first)]
-    return (f"{res['task']}: cumulative expert labels at the last round and the final success (left) and labels "
+    return (f"{_title(res)}: cumulative expert labels at the last round and the final success (left) and labels "
             f"per successful evaluation episode (right). " + "; ".join(reached) + ".")
 
 
@@ -298,7 +330,7 @@ def _notes(results: List[Dict[str, Any]]) -> str:
     """What the numbers say, with the numbers (generated, so it never goes stale)."""
     lines = ["**Reading the results.**"]
     for res in results:
-        t, runs, bc = res["task"], res["runs"], res["bc_same_budget"]
+        t, runs, bc = _title(res), res["runs"], res["bc_same_budget"]
         bc_at = {int(k): b for k, b in bc.items()}
         for v, recs in runs.items():
             last = recs[-1]
@@ -352,22 +384,25 @@ def run(out_dir: Path, quick: bool = False) -> Dict[str, Any]:
     results = [run_task(cfg, out, cache) for cfg in settings(quick)]
     figures, captions, tables, heads = [], {}, [], []
     for res in results:
-        t = res["task"]
+        t = res["setting"]
         for name, fn in (("success", fig_success), ("deviation", fig_deviation), ("labels", fig_labels)):
             p = out / f"dagger_{name}_{t}.png"
             captions[str(p)] = fn(res, p)
             figures.append(str(p))
-        tables.append(f"**{t}** (default policy: chunk MLP K={res['model']['chunk_length']}, "
+        tables.append(f"**{_title(res)}** (default policy: chunk MLP K={res['model']['chunk_length']}, "
                       f"{res['model']['action_frame']} targets; temporal ensembling m=0.01; {res['n_eval']} eval seeds)\n\n"
                       + res["table_md"] + "\n\nPlain BC on the same label budget: "
                       + ", ".join(f"{b['labels']} labels ({b['episodes']} demos): {100 * b['success']['rate']:.0f}% "
                                   f"[{100 * b['success']['ci_low']:.0f}, {100 * b['success']['ci_high']:.0f}]"
-                                  for b in res["bc_same_budget"].values()))
+                                  for b in res["bc_same_budget"].values())
+                      + ("" if not res.get("bc_pushed_demos") else
+                         f"; the largest budget with the demonstrations recorded under the same pushes: "
+                         f"{_pct(res['bc_pushed_demos']['success'])}"))
         best = {v: recs[-1]["success"]["rate"] for v, recs in res["runs"].items()}
         heads.append(f"{t}: " + ", ".join(f"{v} {100 * r:.0f}%" for v, r in best.items())
                      + f" (BC r0 {100 * next(iter(res['runs'].values()))[0]['success']['rate']:.0f}%)")
     tables.append(_notes(results))
-    numbers = {r["task"]: {k: v for k, v in r.items() if k != "table_md"} for r in results}
+    numbers = {r["setting"]: {k: v for k, v in r.items() if k != "table_md"} for r in results}
     numbers["seconds_this_invocation"] = time.time() - t0   # small when the rounds came from the cache
     numbers["compute_seconds_of_rounds"] = sum(  # what the cached rounds cost when they were computed
         sum(r["timing"].values()) for res in results for recs in res["runs"].values() for r in recs[1:]) + sum(

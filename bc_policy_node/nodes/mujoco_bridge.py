@@ -21,6 +21,7 @@ from trajectory_msgs.msg import JointTrajectory
 from bc_msgs.msg import TaskState
 from bc_msgs.srv import ResetEpisode, StepSim
 
+from ..core.disturbance import Pushes
 from ..core.env import JOINT_STATES_TOPIC, TASK_STATE_TOPIC, SimEnv, robot_mjcf
 from ..core.safety import validate_command
 from ..core.sim import SimError
@@ -74,6 +75,10 @@ class BridgeParams:
     max_command_rate_hz: float = doc("Commands above this wall-clock rate (burst: 0.1 s worth) are "
                                      "dropped and counted as rate_limited", 10000.0)
     diagnostics_rate_hz: float = doc("Rate of /diagnostics (Hz, wall clock)", 1.0)
+    push_magnitude: float = doc("Disturbance test: push the arm by a random joint offset of this norm "
+                                "(rad) at seeded ticks and hold it there (core/disturbance.py); 0 = off", 0.0)
+    push_interval_ticks: float = doc("Mean control ticks between pushes", 80.0)
+    push_count: int = doc("Pushes per episode at most", 3)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -90,6 +95,17 @@ class BridgeParams:
             raise ValueError(f"parameter controller must be a plain name, got {self.controller!r}")
         if not (0 <= self.seed < 2 ** 32):
             raise ValueError(f"parameter seed must fit uint32, got {self.seed}")
+        try:
+            self.pushes()
+        except ValueError as e:
+            raise ValueError(f"parameters push_magnitude/push_interval_ticks/push_count: {e}") from None
+
+    def pushes(self) -> Optional[Pushes]:
+        if not (math.isfinite(self.push_magnitude) and math.isfinite(self.push_interval_ticks)):
+            raise ValueError("must be finite")
+        if self.push_magnitude == 0:
+            return None
+        return Pushes(magnitude=self.push_magnitude, interval=self.push_interval_ticks, count=self.push_count)
 
 
 class RateLimiter:
@@ -169,7 +185,8 @@ class MujocoBridge(Node):
         a controller that joined late).
     Parameters: see `BridgeParams` (robot, mjcf, task, variant, seed, mode, real_time_factor,
         control_rate_hz, joint_state_rate_hz, controller, publish_clock, clock_rate_hz, auto_reset,
-        max_command_rate_hz, diagnostics_rate_hz); defaults in config/mujoco_bridge.yaml.
+        max_command_rate_hz, diagnostics_rate_hz, push_magnitude, push_interval_ticks, push_count);
+        defaults in config/mujoco_bridge.yaml.
 
     Stamps: header stamps are the bridge's sim clock (= /clock), in ns: the sim time of the
     episode plus an offset that makes every episode start one control period after the
@@ -219,7 +236,7 @@ class MujocoBridge(Node):
         super().__init__(NODE_NAME)
         self.params = p = declare_and_load(self, BridgeParams)
         mjcf = p.mjcf or str(robot_mjcf(p.robot))
-        self.env = SimEnv(p.robot, p.task, mjcf=mjcf, control_rate_hz=p.control_rate_hz)
+        self.env = SimEnv(p.robot, p.task, mjcf=mjcf, control_rate_hz=p.control_rate_hz, disturbance=p.pushes())
         env = self.env
         self.lockstep = p.mode == "lockstep"
         self.joint_names = list(env.joint_names)

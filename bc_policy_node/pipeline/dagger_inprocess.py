@@ -58,6 +58,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from ..core.contract import Contract
+from ..core.disturbance import Pushes
 from ..core.dagger import (GATE_BUDGET, BetaGate, EnsembleDisagreement, SimulatedHuman, UncertaintyGate,
                            beta_schedule)
 from ..core.env import SimEnv, load_contract
@@ -75,15 +76,22 @@ DEFAULT_CONFIG = "chunk_mlp.yaml"   # every retrain starts from the package's de
 
 
 # ============================================================================ expert data
-def _env(robot: str, task: str, contract: Contract) -> SimEnv:
-    return SimEnv(robot, task, control_rate_hz=contract.control_rate_hz)
+def _env(robot: str, task: str, contract: Contract, disturbance=None) -> SimEnv:
+    return SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
+
+
+def disturbance_key(disturbance) -> Optional[Dict[str, Any]]:
+    """The JSON form of a disturbance spec (None when calm), for caches and configs."""
+    p = Pushes.from_spec(disturbance)
+    return None if p is None else p.to_dict()
 
 
 def expert_demos(robot: str, task: str, seeds: Iterable[int], contract: Optional[Contract] = None,
-                 round_index: int = 0) -> List[Episode]:
-    """Scripted-expert demonstrations (every frame labelled, source ``expert``)."""
+                 round_index: int = 0, disturbance=None) -> List[Episode]:
+    """Scripted-expert demonstrations (every frame labelled, source ``expert``); calm unless
+    a `disturbance` is given (then the expert's recoveries are in the demonstrations)."""
     contract = contract or load_contract(robot, task)
-    env = _env(robot, task, contract)
+    env = _env(robot, task, contract, disturbance)
     fn = expert_act_fn(env, contract)
     dt = 1.0 / contract.control_rate_hz
     out = []
@@ -95,11 +103,11 @@ def expert_demos(robot: str, task: str, seeds: Iterable[int], contract: Optional
 
 
 def expert_frames(robot: str, task: str, n_frames: int, seed0: int = 0,
-                  contract: Optional[Contract] = None) -> List[Episode]:
+                  contract: Optional[Contract] = None, disturbance=None) -> List[Episode]:
     """Whole expert demonstrations from seeds seed0, seed0+1, ... until >= n_frames frames
     (the budget-matched BC baseline: same number of expert labels, as demonstrations only)."""
     contract = contract or load_contract(robot, task)
-    env = _env(robot, task, contract)
+    env = _env(robot, task, contract, disturbance)
     fn = expert_act_fn(env, contract)
     dt = 1.0 / contract.control_rate_hz
     out, total, s = [], 0, int(seed0)
@@ -122,18 +130,21 @@ class Reference:
 
 
 def expert_references(robot: str, task: str, seeds: Iterable[int], cache: Optional[Path] = None,
-                      contract: Optional[Contract] = None) -> Dict[int, Reference]:
+                      contract: Optional[Contract] = None, disturbance=None) -> Dict[int, Reference]:
     """Expert rollouts at `seeds` (deviation baselines, the simulated human's path), cached
-    as an npz when `cache` is given (deterministic: same seed, same path)."""
+    as an npz when `cache` is given (deterministic: same seed and disturbance, same path).
+    With a `disturbance` the expert is pushed at the same ticks as the policy it is compared to."""
     seeds = [int(s) for s in seeds]
+    dkey = json.dumps(disturbance_key(disturbance))
     if cache is not None and Path(cache).is_file():
         z = np.load(cache, allow_pickle=False)
-        if [int(s) for s in z["seeds"]] == seeds:
+        same = str(z["disturbance"]) == dkey if "disturbance" in z else dkey == "null"
+        if [int(s) for s in z["seeds"]] == seeds and same:
             bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
             return {s: Reference(s, z["ee"][a:b], int(n), str(st)) for s, a, b, n, st in
                     zip(seeds, bounds[:-1], bounds[1:], z["steps"], z["status"])}
     contract = contract or load_contract(robot, task)
-    env = _env(robot, task, contract)
+    env = _env(robot, task, contract, disturbance)
     fn = expert_act_fn(env, contract)
     refs = {}
     for s in seeds:
@@ -144,7 +155,7 @@ def expert_references(robot: str, task: str, seeds: Iterable[int], cache: Option
         rs = [refs[s] for s in seeds]
         np.savez(cache, seeds=np.array(seeds), lengths=np.array([len(r.ee) for r in rs]),
                  ee=np.concatenate([r.ee for r in rs]), steps=np.array([r.steps for r in rs]),
-                 status=np.array([r.status for r in rs]))
+                 status=np.array([r.status for r in rs]), disturbance=np.array(dkey))
     return refs
 
 
@@ -239,7 +250,7 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
                   min_expert_ticks: int = 10, references: Optional[Mapping[int, Reference]] = None,
                   human: Optional[Mapping[str, Any]] = None, execution_mode: str = "temporal_ensembling",
                   contract: Optional[Contract] = None, chunk_labels: bool = False,
-                  chunk_length: Optional[int] = None) -> Tuple[List[Episode], Dict[str, Any]]:
+                  chunk_length: Optional[int] = None, disturbance=None) -> Tuple[List[Episode], Dict[str, Any]]:
     """One round of DAgger data: roll the current `policy` (ONNX path or OnnxPolicy) at each
     seed with the variant's gate and label with the expert. Returns (tagged episodes, stats).
 
@@ -254,10 +265,13 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
     Without it a frame's chunk target k >= 1 is the label at the state the mixture visited k
     ticks later (the learner's own path). plan_obs rolls the goal of the current observation
     only (no waypoint switch inside the chunk).
+
+    disturbance: `core.disturbance.Pushes` (or dict) applied to these rollouts (the simulated
+    human's reference paths, if computed here, get the same pushes).
     """
     policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
     contract = contract or policy.contract
-    env = _env(robot, task, contract)
+    env = _env(robot, task, contract, disturbance)
     expert = env.make_expert()
     mode_of = lambda msgs: int(msgs["/task_state"].mode)  # noqa: E731
     label_timer = [0.0, 0]
@@ -286,7 +300,7 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
             raise ValueError("robot_gated needs a disagreement threshold (see calibrate_threshold)")
         ens = EnsembleDisagreement(members, scale=action_scale)
     if variant == "human_gated" and references is None:
-        references = expert_references(robot, task, seeds, contract=contract)
+        references = expert_references(robot, task, seeds, contract=contract, disturbance=disturbance)
     dt = 1.0 / contract.control_rate_hz
     episodes, results = [], []
     t_start = time.perf_counter()
@@ -470,12 +484,13 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
 
 def evaluate_policy(policy_path, robot: str, task: str, seeds: Sequence[int],
                     references: Mapping[int, Reference], execution_mode: str = "temporal_ensembling",
-                    progress: Optional[Callable] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """core.rollout.evaluate over `seeds` (no expert re-rollouts: `references` are cached).
-    Returns (JSON-ready summary, {"time": (n, L), "path": (n, L)} deviation matrices,
-    L = longest episode + 1, see `deviation_matrix`)."""
+                    progress: Optional[Callable] = None,
+                    disturbance=None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """core.rollout.evaluate over `seeds` (no expert re-rollouts: `references` are cached,
+    made with the same `disturbance`). Returns (JSON-ready summary, {"time": (n, L),
+    "path": (n, L)} deviation matrices, L = longest episode + 1, see `deviation_matrix`)."""
     ev = evaluate(str(policy_path), robot, task, list(seeds), execution_mode=execution_mode,
-                  with_expert=False, progress=progress)
+                  with_expert=False, progress=progress, disturbance=disturbance)
     results = ev.pop("results")
     ev.pop("experts", None)
     env_len = max(max(len(r.ee) for r in results), max(len(references[s].ee) for s in seeds))
@@ -487,6 +502,7 @@ def evaluate_policy(policy_path, robot: str, task: str, seeds: Sequence[int],
     ev["failed_final_distance"] = [float(r.meta["final_error"]) for r in results if not r.success]
     ev["seeds"] = [int(s) for s in seeds]
     ev["success_by_seed"] = [bool(r.success) for r in results]
+    ev["disturbance"] = disturbance_key(disturbance)
     return ev, devs
 
 
@@ -573,13 +589,13 @@ def _tqdm(progress: bool, desc: str):
 
 
 def _round_zero(robot, task, contract, demo_seeds, model_cfg, train_cfg, d: Path, eval_seeds, refs,
-                execution_mode, progress) -> Tuple[List[Episode], Path, Dict[str, Any], np.ndarray, Dict[str, float]]:
+                execution_mode, progress, disturbance=None, demo_disturbance=None) -> Tuple[List[Episode], Path, Dict[str, Any], np.ndarray, Dict[str, float]]:
     timing = {}
     t0 = time.perf_counter()
     if (d / "data" / "meta.json").is_file():
         demos = load_round_data(d / "data")
     else:
-        demos = expert_demos(robot, task, demo_seeds, contract)
+        demos = expert_demos(robot, task, demo_seeds, contract, disturbance=demo_disturbance)
         save_round_data(demos, contract, d / "data")
     timing["rollout"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -589,19 +605,21 @@ def _round_zero(robot, task, contract, demo_seeds, model_cfg, train_cfg, d: Path
     onnx = export_policy(run.run_dir, d / "policy.onnx")
     timing["export"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ev, dev = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress, "eval round 0")
+    ev, dev = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress, "eval round 0",
+                           disturbance)
     timing["eval"] = time.perf_counter() - t0
     return demos, onnx, ev, dev, timing
 
 
-def _cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc):
+def _cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc, disturbance=None):
     """Evaluation of `onnx` stored in `d` (eval.json + dev.npz), recomputed if missing or stale."""
     if (d / EVAL_FILE).is_file() and (d / DEV_FILE).is_file():
         ev = json.loads((d / EVAL_FILE).read_text())
         z = np.load(d / DEV_FILE)
-        if ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(onnx) and "path" in z:
+        if (ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(onnx) and "path" in z
+                and ev.get("disturbance") == disturbance_key(disturbance)):
             return ev, {"time": z["time"], "path": z["path"]}
-    ev, devs = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, _tqdm(progress, desc))
+    ev, devs = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, _tqdm(progress, desc), disturbance)
     ev["policy"] = str(onnx)
     (d / EVAL_FILE).write_text(json.dumps(ev, default=float))
     np.savez_compressed(d / DEV_FILE, **{k: v.astype(np.float32) for k, v in devs.items()})
@@ -609,11 +627,12 @@ def _cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progre
 
 
 def deviations_of(policy_dir, robot: str, task: str, seeds: Sequence[int], references: Mapping[int, Reference],
-                  execution_mode: str = "temporal_ensembling", progress: bool = False) -> Dict[str, np.ndarray]:
+                  execution_mode: str = "temporal_ensembling", progress: bool = False,
+                  disturbance=None) -> Dict[str, np.ndarray]:
     """The deviation matrices of the policy in a round (or BC) folder (re-evaluated if needed)."""
     d = Path(policy_dir)
     return _cached_eval(d / "policy.onnx", robot, task, seeds, references, execution_mode, d, progress,
-                        f"eval {d.name}")[1]
+                        f"eval {d.name}", disturbance)[1]
 
 
 def _ensemble_for(d: Path, dataset: Dataset, policy: Path, size: int, model_cfg, train_cfg,
@@ -642,7 +661,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                query_budget: int = 150, release: float = 0.7, min_expert_ticks: int = 10,
                human: Optional[Mapping[str, Any]] = None, rollout_seed0: int = 100_000,
                execution_mode: str = "temporal_ensembling",
-               chunk_labels: Optional[bool] = None) -> List[RoundRecord]:
+               chunk_labels: Optional[bool] = None, disturbance=None,
+               demo_disturbance=None) -> List[RoundRecord]:
     """DAgger for `rounds` rounds after round 0 (BC on `initial_demos` expert demos, seeds
     0..initial_demos-1). Round i >= 1: roll the round i-1 policy on `episodes_per_round` seeds
     (rollout_seed0 + 1000 i + j) with the variant's gate, label, aggregate with ALL earlier
@@ -653,7 +673,11 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     variants share round 0 (default `out_dir/round_00`). `chunk_labels`: label visited states
     with the expert's planned chunk (`collect_round`); None = on for classic with a chunked
     policy (K > 1), off for the gated variants (their contiguous expert segments already carry
-    the expert's own trajectory as chunk targets). Round 0's demos are unchanged."""
+    the expert's own trajectory as chunk targets). Round 0's demos are unchanged.
+
+    disturbance: `core.disturbance.Pushes` (or dict) applied to every DAgger rollout, to the
+    evaluation and to the expert references (deployment conditions); `demo_disturbance` to the
+    round-0 demonstrations (default calm: demonstrations recorded with care)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} not in {VARIANTS}")
     out = Path(out_dir)
@@ -665,8 +689,11 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     m_cfg, t_cfg = round_configs(model_cfg, train_cfg)
     if chunk_labels is None:
         chunk_labels = variant == "classic" and m_cfg.chunk_length > 1
+    dist, demo_dist = disturbance_key(disturbance), disturbance_key(demo_disturbance)
     base = {"robot": robot, "task": task, "initial_demos": initial_demos, "model": m_cfg.to_dict(),
-            "train": t_cfg.to_dict(), "eval_seeds": eval_seeds, "execution_mode": execution_mode}
+            "train": t_cfg.to_dict(), "eval_seeds": eval_seeds, "execution_mode": execution_mode,
+            # only recorded when set, so folders made before the option stay valid
+            **({"disturbance": dist} if dist else {}), **({"demo_disturbance": demo_dist} if demo_dist else {})}
     _check_config(r0, base)
     _check_config(out, {**base, "variant": variant, "episodes_per_round": episodes_per_round,
                         "beta": [beta_kind, beta0, beta_decay], "ensemble_size": ensemble_size,
@@ -676,14 +703,16 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                         # only recorded when on, so folders made before the option stay valid
                         **({"chunk_labels": m_cfg.chunk_length} if chunk_labels else {})})
     refs = expert_references(robot, task, eval_seeds,
-                             Path(references_cache) if references_cache else r0 / "expert_eval.npz", contract)
+                             Path(references_cache) if references_cache else r0 / "expert_eval.npz", contract,
+                             disturbance)
     human_kw = dict(human or {})
 
     records: List[RoundRecord] = []
     # ------------------------------------------------------------------ round 0
     rec_file = r0 / RECORD_FILE
     demos, policy, ev, dev, timing = _round_zero(robot, task, contract, range(initial_demos), model_cfg,
-                                                 train_cfg, r0, eval_seeds, refs, execution_mode, progress) \
+                                                 train_cfg, r0, eval_seeds, refs, execution_mode, progress,
+                                                 disturbance, demo_disturbance) \
         if not rec_file.is_file() else (load_round_data(r0 / "data"), r0 / "policy.onnx", None, None, None)
     if rec_file.is_file():
         rec0 = _record_from(json.loads(rec_file.read_text()))
@@ -726,7 +755,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
             kw = dict(ensemble=members, threshold=thr, action_scale=scale, query_budget=query_budget,
                       release=release, min_expert_ticks=min_expert_ticks)
         elif variant == "human_gated":
-            kw = dict(references=expert_references(robot, task, seeds, d / "expert_paths.npz", contract),
+            kw = dict(references=expert_references(robot, task, seeds, d / "expert_paths.npz", contract,
+                                                   disturbance),
                       human=human_kw)
         if (d / "data" / "meta.json").is_file():
             new = load_round_data(d / "data")
@@ -734,7 +764,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
         else:
             new, stats = collect_round(robot, task, variant, policy, seeds, i, beta=beta if beta is not None else 0.0,
                                        execution_mode=execution_mode, contract=contract,
-                                       chunk_labels=bool(chunk_labels), chunk_length=m_cfg.chunk_length, **kw)
+                                       chunk_labels=bool(chunk_labels), chunk_length=m_cfg.chunk_length,
+                                       disturbance=disturbance, **kw)
             save_round_data(new, contract, d / "data")
             (d / "collect.json").write_text(json.dumps(stats))
         timing["rollout"], timing["label"] = stats["rollout_seconds"], stats["label_seconds"]
@@ -746,7 +777,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                        f"aggregate {ds.num_frames} frames -> training")
         policy = train_round(ds, model_cfg, train_cfg, d, progress, timing)
         t0 = time.perf_counter()
-        ev, _ = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}")
+        ev, _ = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}",
+                             disturbance)
         timing["eval"] = time.perf_counter() - t0
         labels_total = labels_of(ds.episodes)
         rec = RoundRecord(i, variant, beta, len(new), stats["frames"], stats["labels"], ds.num_frames,
@@ -781,25 +813,30 @@ def _fmt_rate(s: Mapping[str, Any]) -> str:
 
 def bc_same_budget(robot: str, task: str, labels: int, out_dir, model_cfg=None, train_cfg=None,
                    eval_seeds: Sequence[int] = tuple(range(10_000, 10_100)), references=None,
-                   execution_mode: str = "temporal_ensembling", progress: bool = True) -> Dict[str, Any]:
+                   execution_mode: str = "temporal_ensembling", progress: bool = True,
+                   disturbance=None, demo_disturbance=None) -> Dict[str, Any]:
     """Plain BC on the same number of expert labels, as demonstrations only (whole episodes
-    from seeds 0, 1, ... until >= `labels` frames; the first ones are round 0's demos)."""
+    from seeds 0, 1, ... until >= `labels` frames; the first ones are round 0's demos),
+    recorded under `demo_disturbance` and evaluated under `disturbance` (as `run_dagger`)."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     rec_file = d / RECORD_FILE
+    key = {"labels_target": int(labels), "demo_disturbance": disturbance_key(demo_disturbance),
+           "disturbance": disturbance_key(disturbance)}
     if rec_file.is_file():
         rec = json.loads(rec_file.read_text())
-        if rec.get("labels_target") == labels:
+        if all(rec.get(k) == v for k, v in key.items()):
             return rec
     contract = load_contract(robot, task)
     eval_seeds = [int(s) for s in eval_seeds]
-    refs = references if references is not None else expert_references(robot, task, eval_seeds, contract=contract)
+    refs = references if references is not None else expert_references(robot, task, eval_seeds, contract=contract,
+                                                                        disturbance=disturbance)
     timing = {}
     t0 = time.perf_counter()
     if (d / "data" / "meta.json").is_file():
         demos = load_round_data(d / "data")
     else:
-        demos = expert_frames(robot, task, labels, 0, contract)
+        demos = expert_frames(robot, task, labels, 0, contract, disturbance=demo_disturbance)
         save_round_data(demos, contract, d / "data")
     timing["rollout"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -808,9 +845,9 @@ def bc_same_budget(robot: str, task: str, labels: int, out_dir, model_cfg=None, 
     onnx = export_policy(run.run_dir, d / "policy.onnx")
     t0 = time.perf_counter()
     ev, _ = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress,
-                           f"eval BC {labels} labels")
+                         f"eval BC {labels} labels", disturbance)
     timing["eval"] = time.perf_counter() - t0
-    rec = {"labels_target": int(labels), "labels": labels_of(demos), "episodes": len(demos),
+    rec = {**key, "labels": labels_of(demos), "episodes": len(demos),
            "success": ev["success"], "deviation": ev["deviation"], "final_distance": ev["final_distance"],
            "statuses": ev["statuses"], "timing": timing, "policy": str(onnx),
            "deviation_mean_by_t": ev["deviation_mean_by_t"]}

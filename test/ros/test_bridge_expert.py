@@ -44,15 +44,19 @@ CMD = "/forward_position_controller/commands"
 TRAJ = "/forward_position_controller/joint_trajectory"
 JOINTS = ["j1", "j2", "j3"]
 BRIDGE_TEST_PARAMS = {"auto_reset": False, "diagnostics_rate_hz": 20.0}
+# The lock-step graph pushes the arm (core/disturbance.py) a few times per episode; the expert recovers.
+PUSHES = {"magnitude": 0.4, "interval": 40.0, "count": 3}
+PUSH_PARAMS = {"push_magnitude": PUSHES["magnitude"], "push_interval_ticks": PUSHES["interval"],
+               "push_count": PUSHES["count"]}
 
 
 def stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
-def rollout(task, variant, seed):
+def rollout(task, variant, seed, disturbance=None):
     """In-process reference: joint positions of every tick and the final TaskStateData."""
-    env = SimEnv("planar3", task)
+    env = SimEnv("planar3", task, disturbance=disturbance)
     expert = env.make_expert()
     msgs = env.reset(seed, variant)
     qs = [env.sim.qpos]
@@ -188,12 +192,14 @@ def ros():
 
 @pytest.fixture(scope="class")
 def lockstep_graph(ros, tmp_path_factory):
-    """Bridge (lockstep) + expert (driving; task bimodal so ~/query is tested with modes).
+    """Bridge (lockstep, pushing the arm) + expert (driving; task bimodal so ~/query is tested
+    with modes).
 
     Class scope: torn down before the other tests start their own bridges (one graph at a time
     on the test's ROS domain)."""
     specs = sim_nodes(task="bimodal", mode="lockstep", drive=True)
-    with Graph(specs, tmp_path_factory.mktemp("lockstep_logs"), {"mujoco_bridge": BRIDGE_TEST_PARAMS}) as g:
+    with Graph(specs, tmp_path_factory.mktemp("lockstep_logs"),
+               {"mujoco_bridge": {**BRIDGE_TEST_PARAMS, **PUSH_PARAMS}}) as g:
         c = Client("lockstep_client", g)
         c.wait_matched(state_subscribers=2, command_publishers=1)
         yield c
@@ -215,7 +221,7 @@ def unstable_mjcf(folder: Path) -> Path:
 
 # ------------------------------------------------------------------------------ lock-step
 class TestLockstepGraph:
-    """Bridge + expert in lock-step: the episodes, determinism and ~/query."""
+    """Bridge + expert in lock-step: the episodes (pushes included), determinism and ~/query."""
 
     @pytest.mark.parametrize("task,variant", [("curved_reach", ""), ("bimodal", ""), ("long_horizon", "short")])
     def test_lockstep_expert_episode_is_the_in_process_rollout(self, lockstep_graph, task, variant):
@@ -223,7 +229,9 @@ class TestLockstepGraph:
         r = c.reset(SEED, task, variant)
         assert r.state.task == task and r.state.variant == variant
         q, final = c.lockstep_trajectory(r.episode_id)
-        ref_q, ref = rollout(task, variant, SEED)
+        ref_q, ref = rollout(task, variant, SEED, PUSHES)
+        pushed = np.linalg.norm(np.diff(ref_q, axis=0), axis=1) > 0.9 * PUSHES["magnitude"]
+        assert pushed.any(), "the reference episode was pushed"
         assert final.status == "success" and final.success, final.reason
         assert final.step == ref.step
         np.testing.assert_array_equal(q, ref_q)          # bit-identical to SimEnv + core expert
