@@ -32,11 +32,12 @@ COLORS = {"bc": "#444444", "classic": "#1f77b4", "classic_chunk": "#9467bd", "ro
 LABELS = {"bc": "plain BC (demos only)", "classic": "classic DAgger (beta gate)",
           "classic_chunk": "classic, expert chunk labels",
           "robot_gated": "robot-gated (ensemble)", "human_gated": "human-gated (sim. human)"}
-# Experiment variants -> (pipeline variant, chunk_labels). "classic" keeps the consecutive-frame
-# chunk targets (its cached rounds were made that way); "classic_chunk" labels every visited state
-# with the expert's planned chunk from it (`collect_round(chunk_labels=True)`).
-VARIANT_RUNS = {"classic": ("classic", False), "classic_chunk": ("classic", True),
-                "robot_gated": ("robot_gated", False), "human_gated": ("human_gated", False)}
+# Experiment variants -> (pipeline variant, chunk_labels, cache folder). Labelled states get the
+# expert's planned K-chunk from them (`collect_round(chunk_labels=True)`, the pipeline default);
+# "classic" keeps the consecutive-frame chunk targets as the ablation that shows why.
+VARIANT_RUNS = {"classic": ("classic", False, "classic"), "classic_chunk": ("classic", True, "classic_chunk"),
+                "robot_gated": ("robot_gated", True, "robot_gated_chunk"),
+                "human_gated": ("human_gated", True, "human_gated_chunk")}
 TARGET = 0.95
 # Pushes during deployment (`core.disturbance.Pushes`): joint offset norm (rad), mean ticks
 # between pushes, pushes per episode at most.
@@ -105,9 +106,9 @@ def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True)
                   references_cache=c / "expert_eval.npz", disturbance=dist, **cfg.get("dagger", {}))
     runs: Dict[str, list] = {}
     for v in cfg["variants"]:
-        variant, chunk_labels = VARIANT_RUNS[v]
+        variant, chunk_labels, folder = VARIANT_RUNS[v]
         runs[v] = [dataclasses.replace(r, variant=v) for r in   # the table names the experiment variant
-                   run_dagger(variant=variant, out_dir=c / v, chunk_labels=chunk_labels, **common)]
+                   run_dagger(variant=variant, out_dir=c / folder, chunk_labels=chunk_labels, **common)]
     bc: Dict[str, Any] = {}
     if cfg.get("bc_budgets"):
         for b in _bc_budgets(runs):

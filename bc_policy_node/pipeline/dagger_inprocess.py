@@ -671,9 +671,11 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     so the default schedule is 0.5, 0.25, ...). Returns one `RoundRecord` per round (0..rounds);
     finished rounds found in `out_dir` are loaded, not recomputed. `round0_dir` lets several
     variants share round 0 (default `out_dir/round_00`). `chunk_labels`: label visited states
-    with the expert's planned chunk (`collect_round`); None = on for classic with a chunked
-    policy (K > 1), off for the gated variants (their contiguous expert segments already carry
-    the expert's own trajectory as chunk targets). Round 0's demos are unchanged.
+    with the expert's planned chunk (`collect_round`); None = on for a chunked policy (K > 1),
+    every variant. Without them a labelled frame's chunk targets are the labels of the next K
+    frames: for classic DAgger those lie along the learner's own drifting path, and a gated
+    variant's expert segment (often shorter than K) leaves the rest of the chunk masked out
+    (results/report.md, DAgger section). Round 0's demos are unchanged.
 
     disturbance: `core.disturbance.Pushes` (or dict) applied to every DAgger rollout, to the
     evaluation and to the expert references (deployment conditions); `demo_disturbance` to the
@@ -688,7 +690,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     eval_seeds = [int(s) for s in eval_seeds]
     m_cfg, t_cfg = round_configs(model_cfg, train_cfg)
     if chunk_labels is None:
-        chunk_labels = variant == "classic" and m_cfg.chunk_length > 1
+        chunk_labels = m_cfg.chunk_length > 1
     dist, demo_dist = disturbance_key(disturbance), disturbance_key(demo_disturbance)
     base = {"robot": robot, "task": task, "initial_demos": initial_demos, "model": m_cfg.to_dict(),
             "train": t_cfg.to_dict(), "eval_seeds": eval_seeds, "execution_mode": execution_mode,

@@ -509,11 +509,10 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
     chunk_labels: label each frame with the expert's PLANNED K-step chunk from its observation
     (K = the retrained model's chunk_length; the dagger node's ``label_chunk_length``), carried
     by FrameTag.expert_action into `Episode.chunk_labels` by the dataset builder, as in-process
-    `run_dagger(chunk_labels=...)`. None = on for classic with K > 1 (measured in-process,
-    results/report.md: chunk labels 68% -> 97% in 5 rounds vs 81% with single-action labels,
-    whose chunk targets follow the learner's own drifting path), off for the gated variants
-    (their expert segments already carry the expert's own trajectory). An explicit
-    ``dagger_params["label_chunk_length"]`` wins.
+    `run_dagger(chunk_labels=...)`. None = on with K > 1, every variant (measured in-process,
+    results/report.md: without them classic DAgger's chunk targets follow the learner's own
+    drifting path, and a gated variant's short expert segments leave most of each chunk
+    unlabelled). An explicit ``dagger_params["label_chunk_length"]`` wins.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} not in {VARIANTS}")
@@ -523,7 +522,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
     contract = load_contract(robot, task)
     k_label = int(round_configs(model_cfg, train_cfg)[0].chunk_length)
     if chunk_labels is None:
-        chunk_labels = variant == "classic" and k_label > 1
+        chunk_labels = k_label > 1
     dagger_params = dict(dagger_params or {})
     dagger_params.setdefault("label_chunk_length", k_label if chunk_labels and k_label > 1 else 0)
     eval_seeds = [int(s) for s in eval_seeds]

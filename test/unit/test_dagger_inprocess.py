@@ -161,3 +161,22 @@ def test_gated_chunk_labels_only_on_expert_ticks(setup):
     lab = np.flatnonzero(e.labelled)
     np.testing.assert_allclose(e.chunk_labels[lab], np.array([expert.plan_obs(e.obs[t], c) for t in lab]), atol=1e-12)
     assert np.isfinite(e.chunk_labels).all()
+
+
+def test_rounds_under_pushes_label_the_pushed_states(setup):
+    """With a disturbance the rollouts are pushed at the seeded ticks (the demos stay calm) and
+    the expert labels the displaced states like any other."""
+    from bc_policy_node.core.disturbance import Pushes
+
+    c, pushes = setup["contract"], Pushes(magnitude=0.4, interval=30.0, count=2)
+    eps, _ = collect_round(ROBOT, TASK, "classic", setup["hold"], SEEDS, round_index=1, beta=0.0, contract=c,
+                           disturbance=pushes)
+    for e, s in zip(eps, SEEDS):
+        ticks = [t for t in pushes.schedule(s, SimEnv(ROBOT, TASK).horizon, 3) if t < len(e)]
+        assert e.meta["pushes"] == ticks and ticks
+        q = e.obs[:, c.slices()["joint_pos"]]
+        for t in ticks:       # frame t is observed after the push of tick t
+            assert np.linalg.norm(q[t] - q[t - 1]) == pytest.approx(pushes.magnitude, rel=0.15)
+        np.testing.assert_allclose(e.act, _expert_labels(c, e), atol=1e-12)
+    calm = expert_demos(ROBOT, TASK, SEEDS[:1], c)[0]
+    assert calm.meta["pushes"] == []
