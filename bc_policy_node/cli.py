@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-timeout-periods", type=float, default=None,
                    help="dagger node: control periods to wait for an expert label (default config/dagger.yaml)")
     p.add_argument("--log-dir", default=None, help="node logs (default <out>/logs)")
+    p.add_argument("--push-magnitude", type=float, default=0.0,
+                   help="push the arm by random joint offsets of this norm (rad) during rollouts and "
+                        "evaluation (core/disturbance.py; 0 = calm)")
+    p.add_argument("--push-interval", type=float, default=80.0, help="mean control ticks between pushes")
+    p.add_argument("--push-count", type=int, default=3, help="pushes per episode at most")
 
     p = add("experiments", "bc_policy_node.experiments.runner:main",
             "reproduce BC's known behaviours on the sim tasks (report + PNG figures)")

@@ -41,12 +41,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..core.dagger import beta_schedule
+from ..core.disturbance import Pushes
 from ..core.env import load_contract
 from ..core.episodes import Dataset, Episode
 from ..core.types import ACTOR_NAMES
-from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, evaluate_policy, expert_demos,
-                               expert_references, export_policy, format_table, labels_of, load_round_data,
-                               retrain, round_configs, save_round_data, train_round)
+from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, disturbance_key, evaluate_policy,
+                               expert_demos, expert_references, export_policy, format_table, labels_of,
+                               load_round_data, retrain, round_configs, save_round_data, train_round)
 
 EPISODES_FILE = "episodes.json"
 SUMMARY_FILE = "summary.json"
@@ -67,7 +68,7 @@ class DaggerGraph:
     def __init__(self, robot: str, task: str, model, variant: str, log_dir, bag_dir, beta: float = 0.5,
                  dagger_params: Optional[Mapping[str, Any]] = None,
                  execution_mode: str = "temporal_ensembling", kick_after_s: float = 3.0,
-                 episode_timeout_s: float = 120.0, ready_timeout_s: float = 90.0):
+                 episode_timeout_s: float = 120.0, ready_timeout_s: float = 90.0, disturbance=None):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from std_msgs.msg import Bool, String
 
@@ -82,12 +83,17 @@ class DaggerGraph:
         self.log_dir, self.bag_dir = Path(log_dir), Path(bag_dir)
         self.kick_after_s, self.episode_timeout_s = float(kick_after_s), float(episode_timeout_s)
         self.dagger_params = dict(dagger_params or {})
+        pushes = Pushes.from_spec(disturbance)
+        bridge = {"auto_reset": False}
+        if pushes is not None:
+            bridge.update(push_magnitude=pushes.magnitude, push_interval_ticks=float(pushes.interval),
+                          push_count=pushes.count)
         specs = (graph.sim_nodes(robot=robot, task=task, mode="lockstep", drive=False)
                  + graph.record_nodes(robot=robot, task=task, output_dir=str(self.bag_dir))
                  + graph.dagger_nodes(robot=robot, task=task, model=str(model), variant=variant, beta=beta,
                                       execution_mode=execution_mode))
         self.specs = {s.name: s for s in specs}
-        self.graph = Graph(specs, self.log_dir, extra_params={"mujoco_bridge": {"auto_reset": False},
+        self.graph = Graph(specs, self.log_dir, extra_params={"mujoco_bridge": bridge,
                                                               "dagger": self.dagger_params})
         try:
             self.client = GraphClient("dagger_loop", check=self.graph.check_alive)
@@ -360,13 +366,15 @@ def _default(o):
     return float(o)
 
 
-def _cached_eval(policy, robot, task, seeds, refs, execution_mode, d: Path, progress: bool, desc: str):
+def _cached_eval(policy, robot, task, seeds, refs, execution_mode, d: Path, progress: bool, desc: str,
+                 disturbance=None):
     f = d / "eval.json"
     if f.is_file():
         ev = json.loads(f.read_text())
-        if ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(policy):
+        if (ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(policy)
+                and ev.get("disturbance") == disturbance_key(disturbance)):
             return ev
-    ev, _ = evaluate_policy(policy, robot, task, seeds, refs, execution_mode, _bar(progress, desc))
+    ev, _ = evaluate_policy(policy, robot, task, seeds, refs, execution_mode, _bar(progress, desc), disturbance)
     ev["policy"] = str(policy)
     _json(f, ev)
     return ev
@@ -496,7 +504,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
                    human: Optional[Mapping[str, Any]] = None, dagger_params: Optional[Mapping[str, Any]] = None,
                    episode_timeout_s: float = 120.0,
                    on_round: Optional[Callable[[RoundRecord, "DaggerGraph"], None]] = None,
-                   chunk_labels: Optional[bool] = None) -> Dict[str, Any]:
+                   chunk_labels: Optional[bool] = None, disturbance=None) -> Dict[str, Any]:
     """DAgger through the ROS graph (module docstring). Returns a JSON-ready summary:
     ``rounds`` (round, beta, success, labels_new, labels_cumulative, ros_success, model_id, ...),
     ``table`` (markdown), ``plot`` (PNG path), ``out``.
@@ -513,6 +521,9 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
     results/report.md: without them classic DAgger's chunk targets follow the learner's own
     drifting path, and a gated variant's short expert segments leave most of each chunk
     unlabelled). An explicit ``dagger_params["label_chunk_length"]`` wins.
+    disturbance: `core.disturbance.Pushes` (or dict): the bridge pushes the arm during the
+    rollouts (its push_* parameters) and the in-process evaluation is pushed alike; the
+    round-0 demonstrations stay calm.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} not in {VARIANTS}")
@@ -526,7 +537,8 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
     dagger_params = dict(dagger_params or {})
     dagger_params.setdefault("label_chunk_length", k_label if chunk_labels and k_label > 1 else 0)
     eval_seeds = [int(s) for s in eval_seeds]
-    refs = expert_references(robot, task, eval_seeds, out / "expert_eval.npz", contract) if eval_seeds else {}
+    refs = (expert_references(robot, task, eval_seeds, out / "expert_eval.npz", contract, disturbance)
+            if eval_seeds else {})
 
     # ------------------------------------------------------------------ round 0
     r0 = out / "round_00"
@@ -559,7 +571,8 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
         rec0 = RoundRecord(**json.loads(rec_file.read_text()))
     else:
         t0 = time.perf_counter()
-        ev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, r0, progress, "eval round 0")
+        ev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, r0, progress, "eval round 0",
+                          disturbance)
         timing["eval"] = time.perf_counter() - t0
         n = labels_of(demos)
         frames = sum(len(e) for e in demos)
@@ -599,7 +612,8 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
                     t0 = time.perf_counter()
                     dg = DaggerGraph(robot, task, policy, variant, log_dir, out / "bags",
                                      beta=beta if beta is not None else 0.0, dagger_params=dagger_params,
-                                     execution_mode=execution_mode, episode_timeout_s=episode_timeout_s)
+                                     execution_mode=execution_mode, episode_timeout_s=episode_timeout_s,
+                                     disturbance=disturbance)
                     timing["graph_start"] = time.perf_counter() - t0
                 elif dg.model_id != _model_id(policy):
                     extra["swap_in"] = dg.swap(policy)
@@ -611,7 +625,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
                                                  model_cfg, train_cfg, threshold, threshold_quantile,
                                                  query_budget, progress))
                 elif variant == "human_gated":
-                    human_refs = expert_references(robot, task, seeds, d / "expert_paths.npz", contract)
+                    human_refs = expert_references(robot, task, seeds, d / "expert_paths.npz", contract, disturbance)
                 done = _load_episodes(d)
                 todo = [(j, s) for j, s in enumerate(seeds) if s not in {e["seed"] for e in done}]
                 bar = _bar(progress, f"round {i} ROS rollouts")
@@ -660,7 +674,8 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
                                f"(policy status reports {extra['swap']['status_model_id']})")
             # ---- 5. evaluate
             t0 = time.perf_counter()
-            ev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}")
+            ev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}",
+                              disturbance)
             timing["eval"] = time.perf_counter() - t0
             if ros_eval_episodes and dg is not None:
                 t0 = time.perf_counter()
@@ -784,7 +799,9 @@ def main(args) -> int:
         rollout_seed0=getattr(args, "seed", ROLLOUT_SEED0), train_cfg=train_cfg or None,
         ros_eval_episodes=getattr(args, "ros_eval_episodes", 0),
         dagger_params={"expert_timeout_periods": float(args.expert_timeout_periods)}
-        if getattr(args, "expert_timeout_periods", None) else None)
+        if getattr(args, "expert_timeout_periods", None) else None,
+        disturbance={"magnitude": args.push_magnitude, "interval": args.push_interval, "count": args.push_count}
+        if getattr(args, "push_magnitude", 0.0) else None)
     return 0 if summary["rounds"] else 1
 
 

@@ -24,6 +24,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 
 from bc_msgs.msg import FrameTag  # noqa: E402
+from bc_policy_node.core.disturbance import Pushes  # noqa: E402
 from bc_policy_node.core.env import SimEnv, load_contract  # noqa: E402
 from bc_policy_node.core.episodes import Dataset  # noqa: E402
 from bc_policy_node.core.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
@@ -109,12 +110,17 @@ def assert_steps_within_clamp(q0, executed):
 
 
 # ----------------------------------------------------------------------------- one round
+PUSHES = Pushes(magnitude=0.4, interval=40.0, count=2)
+
+
+
 def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
     """A short classic round (beta_1 = 0.5): every frame tagged, labels = the core expert's
     act_obs at the recorded observations, each with the expert's planned chunk (chunk labels
     on by default for classic: K = the retrained model's chunk_length) = plan_obs there,
     aggregated with round 0, retrained, exported and hot-swapped into the running policy node
-    (its status reports the new model id)."""
+    (its status reports the new model id). The bridge pushes the arm (--push-magnitude): the
+    recorded states carry the seeded pushes and are labelled like any other."""
     hold = tiny_policy(tmp_path / "hold.onnx")
     hold_id = OnnxPolicy(hold).model_id
     seen = {}
@@ -127,7 +133,7 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
     summary = run_dagger_ros(ROBOT, TASK, model=hold, rounds=1, episodes_per_round=2, out=out,
                              eval_seeds=range(10_000, 10_003), initial_demos=2, progress=False,
                              model_cfg={"width": 32, "depth": 1}, train_cfg={"max_steps": 30},
-                             dagger_params=GENEROUS, on_round=on_round)
+                             dagger_params=GENEROUS, on_round=on_round, disturbance=PUSHES)
     r0, r1 = summary["rounds"]
     assert r1["beta"] == 0.5
     k_label = round_configs(None, None)[0].chunk_length   # the default config's K (config/train/chunk_mlp.yaml)
@@ -160,6 +166,9 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
         plans = np.array([expert.plan_obs(o, CONTRACT, k_label, mode=-1) for o in ep.obs])
         np.testing.assert_allclose(ep.chunk_labels, plans, rtol=0, atol=1e-12)
         np.testing.assert_array_equal(ep.chunk_labels[:, 0], ep.act)
+        q = ep.obs[:, CONTRACT.slices()["joint_pos"]]
+        ticks = [t for t in PUSHES.schedule(ep.meta["seed"], SimEnv(ROBOT, TASK).horizon, A) if t < len(ep)]
+        assert ticks and all(np.linalg.norm(q[t] - q[t - 1]) > 0.8 * PUSHES.magnitude for t in ticks)
         n += len(ep)
     # ---- aggregate = round 0 + round 1; retrained model swapped into the running node
     assert r1["labels_new"] == n and r1["labels_cumulative"] == r0["labels_cumulative"] + n
