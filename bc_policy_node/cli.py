@@ -18,6 +18,14 @@ def _robot_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="curved_reach", choices=TASKS, help="sim task")
 
 
+def _push_args(p, when: str) -> None:
+    p.add_argument("--push-magnitude", type=float, default=0.0,
+                   help=f"push the arm by random joint offsets of this norm (rad) {when}; seeded per episode, "
+                        f"core/disturbance.py (0 = calm)")
+    p.add_argument("--push-interval", type=float, default=80.0, help="mean control ticks between pushes")
+    p.add_argument("--push-count", type=int, default=3, help="pushes per episode at most")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bc-policy", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=float, default=0.01, help="temporal ensembling weight exp(-m i)")
     p.add_argument("--plot", default=None, help="PNG of rollouts (planar robots)")
     p.add_argument("--json", default=None, help="write the metrics as JSON")
+    _push_args(p, "during every episode (policy and expert alike)")
 
     p = add("dagger", "bc_policy_node.pipeline.dagger_loop:main",
             "DAgger rounds through the ROS graph: rollout -> label -> aggregate -> retrain -> export -> hot-swap")
@@ -113,11 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-timeout-periods", type=float, default=None,
                    help="dagger node: control periods to wait for an expert label (default config/dagger.yaml)")
     p.add_argument("--log-dir", default=None, help="node logs (default <out>/logs)")
-    p.add_argument("--push-magnitude", type=float, default=0.0,
-                   help="push the arm by random joint offsets of this norm (rad) during rollouts and "
-                        "evaluation (core/disturbance.py; 0 = calm)")
-    p.add_argument("--push-interval", type=float, default=80.0, help="mean control ticks between pushes")
-    p.add_argument("--push-count", type=int, default=3, help="pushes per episode at most")
+    _push_args(p, "during the rollouts (the bridge) and the evaluation")
 
     p = add("experiments", "bc_policy_node.experiments.runner:main",
             "reproduce BC's known behaviours on the sim tasks (report + PNG figures)")

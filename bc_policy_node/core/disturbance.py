@@ -67,3 +67,11 @@ class Pushes:
         if unknown:
             raise ValueError(f"unknown push settings {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
         return cls(**dict(spec))
+
+    @classmethod
+    def from_cli(cls, args) -> Optional["Pushes"]:
+        """From the command line's --push-magnitude / --push-interval / --push-count (magnitude 0 = calm)."""
+        magnitude = float(getattr(args, "push_magnitude", 0.0) or 0.0)
+        if magnitude == 0:
+            return None
+        return cls(magnitude=magnitude, interval=float(args.push_interval), count=int(args.push_count))

@@ -800,8 +800,7 @@ def main(args) -> int:
         ros_eval_episodes=getattr(args, "ros_eval_episodes", 0),
         dagger_params={"expert_timeout_periods": float(args.expert_timeout_periods)}
         if getattr(args, "expert_timeout_periods", None) else None,
-        disturbance={"magnitude": args.push_magnitude, "interval": args.push_interval, "count": args.push_count}
-        if getattr(args, "push_magnitude", 0.0) else None)
+        disturbance=Pushes.from_cli(args))
     return 0 if summary["rounds"] else 1
 
 

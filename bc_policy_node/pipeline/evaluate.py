@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from ..core.disturbance import Pushes
 from ..core.rollout import RolloutResult, evaluate
 from ..core.runtime import OnnxPolicy
 
@@ -76,11 +77,13 @@ def main(args) -> int:
     seeds = range(args.seed, args.seed + args.episodes)
     exec_params = {"m": args.m} if args.execution_mode in ("temporal_ensembling", "mode_consistent") else {}
     t0 = time.time()
+    pushes = Pushes.from_cli(args)
     res = evaluate(policy, c.robot, c.task, seeds, execution_mode=args.execution_mode,
-                   progress=lambda it: tqdm(it, desc=f"eval {c.task}", unit="ep"), **exec_params)
+                   progress=lambda it: tqdm(it, desc=f"eval {c.task}", unit="ep"), disturbance=pushes, **exec_params)
     secs = time.time() - t0
     print(format_summary(f"{Path(args.model).name} ({policy.model_id}, {policy.kind} K={policy.chunk_length}, "
-                         f"{args.execution_mode})", res, secs))
+                         f"{args.execution_mode}{'' if pushes is None else f', pushes {pushes.magnitude:g} rad'})",
+                         res, secs))
     if args.plot:
         p = plot_rollouts(res["results"], res["experts"], args.plot,
                           f"{c.task}: policy vs expert, success {res['success']['rate']:.0%}")

@@ -107,3 +107,28 @@ def test_bridge_parameters_build_the_pushes():
                 {"push_magnitude": float("nan")}):
         with pytest.raises(ValueError, match="push_magnitude/push_interval_ticks/push_count"):
             BridgeParams(**bad)
+
+
+def test_command_line_pushes_reach_the_evaluation(capsys, monkeypatch):
+    """`bc-policy eval --push-magnitude ...`: the parsed flags become the evaluation's pushes
+    (calm without them); the summary says so."""
+    from bc_policy_node.cli import build_parser
+    from bc_policy_node.core.env import MODELS_DIR
+    from bc_policy_node.pipeline import evaluate
+
+    model = str(MODELS_DIR / "policies" / "planar3_curved_reach.onnx")
+    ap = build_parser()
+    calm = ap.parse_args(["eval", model, "--episodes", "2"])
+    assert Pushes.from_cli(calm) is None
+    args = ap.parse_args(["eval", model, "--episodes", "2", "--push-magnitude", "0.4", "--push-interval", "30",
+                          "--push-count", "3"])
+    assert Pushes.from_cli(args) == PUSHES
+    assert Pushes.from_cli(ap.parse_args(["dagger", "--push-magnitude", "0.4", "--push-interval", "30"])) == PUSHES
+    seen = []
+    real = evaluate.evaluate
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    assert evaluate.main(args) == 0
+    assert "pushes 0.4 rad" in capsys.readouterr().out
+    results = seen[0]["results"] + seen[0]["experts"]
+    assert all(r.meta["pushes"] == [t for t in sorted(PUSHES.schedule(r.seed, 200, 3)) if t < r.steps]
+               for r in results) and any(r.meta["pushes"] for r in results)
