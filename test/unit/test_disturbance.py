@@ -70,22 +70,6 @@ def test_the_displaced_pose_becomes_the_held_target():
     assert np.linalg.norm(env.sim.qpos - target) < 0.02
 
 
-def test_free_running_advance_pushes_like_step():
-    a = SimEnv("planar3", "long_horizon", disturbance=PUSHES)
-    b = SimEnv("planar3", "long_horizon", disturbance=PUSHES)
-    expert = a.make_expert()
-    msgs = a.reset(2)
-    b.reset(2)
-    while not a.done:
-        act = expert.act_messages(msgs)
-        msgs = a.step(act)
-        b.set_command(act)
-        assert b.advance(a.substeps) == 1
-        np.testing.assert_array_equal(a.sim.qpos, b.sim.qpos)
-    assert a.pushes_applied == b.pushes_applied and len(a.pushes_applied) == PUSHES.count
-    assert a.task_state.status == b.task_state.status == "success"   # the expert recovers
-
-
 def test_expert_references_are_cached_per_disturbance(tmp_path):
     cache = tmp_path / "refs.npz"
     calm = expert_references("planar3", "curved_reach", [1, 2], cache)

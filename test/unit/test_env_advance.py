@@ -2,13 +2,16 @@
 import numpy as np
 import pytest
 
+from bc_policy_node.core.disturbance import Pushes
 from bc_policy_node.core.env import SimEnv
 from bc_policy_node.core.tasks import TaskError
 
 
-@pytest.mark.parametrize("task", ["curved_reach", "bimodal"])
-def test_advance_in_pieces_is_bit_identical_to_step(task):
-    a, b = SimEnv("planar3", task), SimEnv("planar3", task)
+@pytest.mark.parametrize("task,pushes", [("curved_reach", None), ("bimodal", None),
+                                         ("long_horizon", Pushes(magnitude=0.4, interval=30.0, count=3))])
+def test_advance_in_pieces_is_bit_identical_to_step(task, pushes):
+    """Also with pushes (core/disturbance.py): the free-running bridge pushes at the same ticks."""
+    a, b = SimEnv("planar3", task, disturbance=pushes), SimEnv("planar3", task, disturbance=pushes)
     expert = a.make_expert()
     msgs = a.reset(5)
     b.reset(5)
@@ -22,6 +25,7 @@ def test_advance_in_pieces_is_bit_identical_to_step(task):
         ta, tb = a.task_state, b.task_state
         assert (ta.step, ta.status, ta.phase) == (tb.step, tb.status, tb.phase)
     assert b.task_state.status == "success"
+    assert a.pushes_applied == b.pushes_applied and len(a.pushes_applied) == (pushes.count if pushes else 0)
 
 
 def test_after_the_episode_physics_runs_and_the_task_is_frozen():
