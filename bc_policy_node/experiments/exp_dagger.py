@@ -170,6 +170,10 @@ def _title(res: Dict[str, Any]) -> str:
             f"<= {d['count']} per episode)")
 
 
+def _short(res: Dict[str, Any]) -> str:
+    return res["task"] + (" + pushes" if res.get("disturbance") else "")
+
+
 def _rate(s):
     return 100 * s["rate"], 100 * (s["rate"] - s["ci_low"]), 100 * (s["ci_high"] - s["rate"])
 
@@ -212,7 +216,7 @@ def fig_success(res: Dict[str, Any], path: Path) -> str:
     ax.set_xlabel("round (0 = BC on the initial demos)")
     ax.set_xticks(range(0, max(r['round'] for recs in res['runs'].values() for r in recs) + 1))
     ax3.set_xticks(ax.get_xticks())
-    ax.set_title(f"{_title(res)}: success per round")
+    ax.set_title(f"{_short(res)}: success per round")
     ax2.set_xscale("log")
     ax2.set_xlabel("expert labels used (cumulative, incl. initial demos; log scale)")
     ax2.set_title("success vs expert labels")
@@ -267,7 +271,7 @@ def fig_deviation(res: Dict[str, Any], path: Path) -> str:
         ax.axvline(res["expert_steps_median"], color="0.6", lw=0.8, ls=":")
         ax.set_xlabel("tick t")
         ax.set_ylabel(f"mean {what[kind]} (cm)", fontsize=8)
-        ax.set_title(f"{_title(res)}: {'time-aligned' if kind == 'time' else 'path'} deviation from the expert")
+        ax.set_title(f"{_short(res)}: {'time-aligned' if kind == 'time' else 'path'} deviation from the expert")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         ax2.set_xlabel("horizon T (ticks)")
@@ -317,7 +321,7 @@ def fig_labels(res: Dict[str, Any], path: Path) -> str:
                 va="center", fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel("expert labels used (cumulative)")
-    ax.set_title(f"{_title(res)}: labels used and final success")
+    ax.set_title(f"{_short(res)}: labels used and final success")
     ax.set_xlim(0, max(labels) * 2.3)
     ax2.barh(y, per, color=colors)
     for i, p in enumerate(per):
@@ -337,6 +341,18 @@ def fig_labels(res: Dict[str, Any], path: Path) -> str:
 
 def _pct(s: Dict[str, Any]) -> str:
     return f"{100 * s['rate']:.0f}% [{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}]"
+
+
+def _first_hits(res: Dict[str, Any]) -> str:
+    def hit(recs):
+        r = next((r for r in recs if r["success"]["rate"] >= TARGET), None)
+        return "not reached" if r is None else str(r["labels_total"])
+    return f"{res['setting']}: " + ", ".join(f"{v} {hit(recs)}" for v, recs in res["runs"].items())
+
+
+def _best_bc(res: Dict[str, Any]) -> str:
+    b = max(res["bc_same_budget"].values(), key=lambda b: b["success"]["rate"])
+    return f"{res['task']} {_pct(b['success'])} with {b['episodes']} demonstrations"
 
 
 def _notes(results: List[Dict[str, Any]]) -> str:
@@ -384,14 +400,16 @@ def _notes(results: List[Dict[str, Any]]) -> str:
         "variants label only where the learner fails or hesitates and beat BC at their own label counts.",
         "- Pushed deployment (`core.disturbance.Pushes`): at seeded ticks the arm is knocked by a random joint "
         "offset and held there; the expert recovers in >= 99% of the evaluation episodes; the demonstrations are "
-        "calm. BC never sees a displaced arm and stays well below the target however many calm demonstrations it "
-        "gets; DAgger's labels at the displaced states it actually visits fix that. Demonstrations recorded under "
-        "the same pushes (the expert's recoveries in the data, DART-like) do not close the gap either.",
-        "- Robot-gated asks where its ensemble disagrees, within a per-episode budget; the threshold is the 95% "
-        "quantile of the disagreement on its own training observations. In calm runs the remaining failures are "
-        "slow stalls the ensemble agrees on, so it stops asking (see the new labels per round); the simulated "
-        "human also takes over on stalls. Under pushes the disagreement rises after each push and keeps the "
-        "robot asking.",
+        "calm. BC never sees a displaced arm and stays below the target at every budget measured (best: "
+        + "; ".join(_best_bc(r) for r in results if r.get("disturbance")) + "); DAgger's labels at the displaced "
+        "states it actually visits fix that. Demonstrations recorded under the same pushes (the expert's "
+        "recoveries in the data, DART-like) do not close the gap either.",
+        f"- Robot-gated asks where its ensemble disagrees, within a per-episode budget; the threshold is the "
+        f"{100 * ROBOT_GATED['threshold_quantile']:.0f}% quantile of the disagreement on its own training observations "
+        f"(at 95% it asked too rarely: curved_reach with pushes 94% after 5 rounds). It buys labels where the "
+        f"learner is unsure, so where it reaches the target it needs a fraction of classic DAgger's labels. Expert "
+        f"labels to the first round >= {100 * TARGET:.0f}%: "
+        + "; ".join(_first_hits(r) for r in results) + ".",
         "- long_horizon: chunk targets stop at a waypoint switch and hold (`train.segment_on: phase`). Without "
         "that, a K-step chunk near a waypoint averages 'arrive here' with 'already heading to the next one', the "
         "ensembled command cuts the corner, never gets within the 2.5 cm tolerance and stalls a few cm away "
