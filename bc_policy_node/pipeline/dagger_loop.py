@@ -608,7 +608,10 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
             if not (data_dir / "meta.json").is_file():
                 # ---- 1. rollouts through the graph
                 if dg is None:
-                    _say(progress, f"[dagger] starting the graph (logs in {log_dir})")
+                    pushes = Pushes.from_spec(disturbance)
+                    _say(progress, f"[dagger] starting the graph (logs in {log_dir})" + (
+                        "" if pushes is None else f"; the bridge pushes the arm {pushes.magnitude:g} rad about every "
+                        f"{pushes.interval:g} ticks, at most {pushes.count} per episode (evaluation pushed alike)"))
                     t0 = time.perf_counter()
                     dg = DaggerGraph(robot, task, policy, variant, log_dir, out / "bags",
                                      beta=beta if beta is not None else 0.0, dagger_params=dagger_params,
@@ -701,6 +704,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
     plot = plot_rounds(records, out / PLOT_FILE, f"DAgger ({variant}) through ROS: {robot}/{task}")
     summary = {"robot": robot, "task": task, "variant": variant, "out": str(out), "plot": str(plot),
                "label_chunk_length": int(dagger_params["label_chunk_length"]),
+               "disturbance": disturbance_key(disturbance),
                "rounds": [_round_row(r) for r in records], "table": table,
                "table_inprocess_format": format_table(records)}
     _json(out / SUMMARY_FILE, summary)

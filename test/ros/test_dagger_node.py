@@ -137,7 +137,7 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
     r0, r1 = summary["rounds"]
     assert r1["beta"] == 0.5
     k_label = round_configs(None, None)[0].chunk_length   # the default config's K (config/train/chunk_mlp.yaml)
-    assert summary["label_chunk_length"] == k_label
+    assert summary["label_chunk_length"] == k_label and summary["disturbance"] == PUSHES.to_dict()
     # ---- tags: one per control step, both actors, everything labelled (generous timeout)
     episodes = json.loads((out / "round_01" / "episodes.json").read_text())
     assert len(episodes) == 2
