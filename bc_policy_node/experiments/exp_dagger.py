@@ -23,8 +23,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..pipeline.dagger_inprocess import (bc_same_budget, deviation_growth, deviations_of, expert_references,
-                                         format_table, round_configs, run_dagger)
+from ..pipeline.dagger_eval import deviation_growth, deviations_of, expert_references
+from ..pipeline.dagger_inprocess import bc_same_budget, format_table, round_configs, run_dagger
 
 TITLE = "DAgger vs behavioral cloning: compounding error and expert labels"
 COLORS = {"bc": "#444444", "classic": "#1f77b4", "classic_chunk": "#9467bd", "robot_gated": "#d62728",

@@ -45,9 +45,10 @@ from ..core.disturbance import Pushes
 from ..core.env import load_contract
 from ..core.episodes import Dataset, Episode
 from ..core.types import ACTOR_NAMES
-from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, disturbance_key, evaluate_policy,
-                               expert_demos, expert_references, export_policy, format_table, labels_of,
-                               load_round_data, retrain, round_configs, save_round_data, train_round)
+from .dagger_eval import disturbance_key, evaluate_policy, expert_references
+from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, expert_demos, export_policy,
+                               format_table, labels_of, load_round_data, retrain, round_configs, save_round_data,
+                               train_round)
 
 EPISODES_FILE = "episodes.json"
 SUMMARY_FILE = "summary.json"

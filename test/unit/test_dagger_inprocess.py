@@ -11,9 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bc_policy_node.core.env import SimEnv, load_contract
 from bc_policy_node.core.runtime import embed_metadata
-from bc_policy_node.core.types import ACTOR_EXPERT
-from bc_policy_node.pipeline.dagger_inprocess import (aggregate, collect_round, deviation_growth, expert_demos,
-                                                      expert_references, labels_of)
+from bc_policy_node.pipeline.dagger_eval import deviation_growth, expert_references
+from bc_policy_node.pipeline.dagger_inprocess import aggregate, collect_round, expert_demos, labels_of
 
 ROBOT, TASK = "planar3", "curved_reach"
 SEEDS = [4242, 4243]

@@ -6,7 +6,7 @@ import pytest
 
 from bc_policy_node.core.disturbance import Pushes
 from bc_policy_node.core.env import SimEnv
-from bc_policy_node.pipeline.dagger_inprocess import expert_references
+from bc_policy_node.pipeline.dagger_eval import expert_references
 
 PUSHES = Pushes(magnitude=0.4, interval=30.0, count=3)
 
