@@ -157,6 +157,7 @@ class DaggerGraph:
         from lifecycle_msgs.srv import ChangeState
         from rcl_interfaces.srv import SetParameters
 
+        from ..graph import controller_command_topic
         from .graph_client import LOAD_POLICY, QUERY_EXPERT, RESET, START_EPISODE, STOP_EPISODE
 
         c = self.client
@@ -173,6 +174,11 @@ class DaggerGraph:
                      and node.count_publishers("/dagger/policy_command") >= 1
                      and node.count_subscribers("/dagger/policy_command") >= 1, timeout,
                      "the dagger node's topics to connect")
+        # the recorder's own subscriptions matched (reliable + volatile: a late match loses the
+        # first ticks of the first episode, which the dataset builder then flags as a gap)
+        recorded = ("/joint_states", "/task_state", "/dagger/frame_tag", controller_command_topic())
+        c.wait_recorder(lambda s: all(s["publishers"].get(t, 0) >= 1 for t in recorded), timeout,
+                        "the recorder to match the bridge's and the dagger node's publishers")
         self.model_id = self.policy_status.model_id
         c.spin(0.3)
 
