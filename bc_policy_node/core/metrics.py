@@ -177,6 +177,39 @@ def path_deviation(a, b, t_a=None, t_b=None) -> Tuple[np.ndarray, np.ndarray]:
     return t, np.linalg.norm(a[keep] - b_on_a, axis=1)
 
 
+def time_deviation_matrix(paths: Sequence[np.ndarray], ref: Sequence[np.ndarray],
+                          horizon: Optional[int] = None) -> np.ndarray:
+    """(n, T) |paths[i][t] - ref[i][t]| with both padded by their last sample up to T
+    (= horizon, default the longest path)."""
+    T = horizon or max(max(len(p) for p in paths), max(len(r) for r in ref))
+    out = np.empty((len(paths), T))
+    for i, (p, r) in enumerate(zip(paths, ref)):
+        out[i] = np.linalg.norm(pad_last(p, T) - pad_last(r, T), axis=1)
+    return out
+
+
+def path_distance_matrix(paths: Sequence[np.ndarray], ref: Sequence[np.ndarray],
+                         horizon: Optional[int] = None) -> np.ndarray:
+    """(n, T) distance from paths[i][t] to the nearest sample of ref[i] (timing-free: how far the
+    policy is from anywhere on the expert's path); paths padded by their last sample up to T."""
+    T = horizon or max(len(p) for p in paths)
+    out = np.empty((len(paths), T))
+    for i, (p, r) in enumerate(zip(paths, ref)):
+        p = pad_last(p, T)
+        r = np.asarray(r, dtype=float)
+        d2 = ((p[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+        out[i] = np.sqrt(d2.min(axis=1))
+    return out
+
+
+def pad_last(x: np.ndarray, T: int) -> np.ndarray:
+    """First T rows of x, repeating the last row if x is shorter."""
+    x = np.asarray(x, dtype=float)
+    if len(x) >= T:
+        return x[:T]
+    return np.concatenate([x, np.repeat(x[-1:], T - len(x), axis=0)])
+
+
 def deviation_summary(deviation: Sequence[float]) -> Dict[str, Any]:
     """``{n, mean, rms, max, final}`` of a deviation series (NaN when empty)."""
     d = np.asarray(deviation, dtype=float).reshape(-1)

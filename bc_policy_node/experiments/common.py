@@ -35,7 +35,7 @@ import numpy as np
 from ..core.contract import Contract
 from ..core.env import SimEnv, load_contract
 from ..core.episodes import Dataset
-from ..core.metrics import mean_ci, success_summary, t_quantile
+from ..core.metrics import mean_ci, success_summary, t_quantile, time_deviation_matrix
 from ..core.rollout import PolicyRunner, RolloutResult, expert_act_fn, policy_act_fn, rollout
 from ..core.runtime import OnnxPolicy
 from ..core.types import STATUS_COLLISION
@@ -241,43 +241,10 @@ class EvalResult:
     def deviation(self, experts: Sequence[RolloutResult], horizon: Optional[int] = None) -> np.ndarray:
         """(n, T) ee distance to the expert's path of the same seed at each tick (m); both paths
         are held at their last position after their episode ended (the arm holds)."""
-        return deviation_matrix(self.ee, [e.ee for e in experts], horizon)
+        return time_deviation_matrix(self.ee, [e.ee for e in experts], horizon)
 
     def exec_total(self, key: str) -> int:
         return int(sum(s.get(key, 0) for s in self.exec_stats))
-
-
-def deviation_matrix(paths: Sequence[np.ndarray], ref: Sequence[np.ndarray],
-                     horizon: Optional[int] = None) -> np.ndarray:
-    """(n, T) |paths[i][t] - ref[i][t]| with both padded by their last sample up to T
-    (= horizon, default the longest path)."""
-    T = horizon or max(max(len(p) for p in paths), max(len(r) for r in ref))
-    out = np.empty((len(paths), T))
-    for i, (p, r) in enumerate(zip(paths, ref)):
-        out[i] = np.linalg.norm(pad_last(p, T) - pad_last(r, T), axis=1)
-    return out
-
-
-def path_distance_matrix(paths: Sequence[np.ndarray], ref: Sequence[np.ndarray],
-                         horizon: Optional[int] = None) -> np.ndarray:
-    """(n, T) distance from paths[i][t] to the nearest sample of ref[i] (timing-free: how far the
-    policy is from anywhere on the expert's path); paths padded by their last sample up to T."""
-    T = horizon or max(len(p) for p in paths)
-    out = np.empty((len(paths), T))
-    for i, (p, r) in enumerate(zip(paths, ref)):
-        p = pad_last(p, T)
-        r = np.asarray(r, dtype=float)
-        d2 = ((p[:, None, :] - r[None, :, :]) ** 2).sum(-1)
-        out[i] = np.sqrt(d2.min(axis=1))
-    return out
-
-
-def pad_last(x: np.ndarray, T: int) -> np.ndarray:
-    """First T rows of x, repeating the last row if x is shorter."""
-    x = np.asarray(x, dtype=float)
-    if len(x) >= T:
-        return x[:T]
-    return np.concatenate([x, np.repeat(x[-1:], T - len(x), axis=0)])
 
 
 def nan_pad(rows: Sequence[np.ndarray], T: Optional[int] = None) -> np.ndarray:

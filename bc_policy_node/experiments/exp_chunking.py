@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.metrics import path_distance_matrix
 from . import common as C
 
 TASK = "curved_reach"
@@ -62,7 +63,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     def summary(K, name):
         evs = [evals[(K, ts, name)] for ts in cfg["train_seeds"]]
         dev = np.vstack([ev.deviation(experts, horizon) for ev in evs])
-        pdist = np.vstack([C.path_distance_matrix(ev.ee, [e.ee for e in experts], horizon) for ev in evs])
+        pdist = np.vstack([path_distance_matrix(ev.ee, [e.ee for e in experts], horizon) for ev in evs])
         per_seed = [ev.success_summary()["rate"] for ev in evs]
         return {"success": C.pooled_rate(evs), "success_per_train_seed": per_seed,
                 "success_over_train_seeds": C.interval_over_seeds(per_seed) if len(per_seed) > 1 else None,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.metrics import path_distance_matrix
 from . import common as C
 
 TASKS = ("curved_reach", "long_horizon")
@@ -36,7 +37,7 @@ def run_task(task: str, cfg: dict, cache: Path) -> dict:
     experts = C.expert_rollouts(task, seeds)
     dev = ev.deviation(experts)                                  # (n, T) m, padded
     T = dev.shape[1]
-    pdist = C.path_distance_matrix(ev.ee, [e.ee for e in experts], T)   # (n, T) m, timing-free
+    pdist = path_distance_matrix(ev.ee, [e.ee for e in experts], T)   # (n, T) m, timing-free
     tf = C.teacher_forced(pol, experts)
     on_policy = C.nan_pad(ev.act_err)                            # (n, T) rad
     exp_success = C.rate(e.success for e in experts)

@@ -19,7 +19,7 @@ import numpy as np
 from ..core.contract import Contract
 from ..core.disturbance import Pushes
 from ..core.env import SimEnv, load_contract
-from ..core.metrics import growth_exponent, mean_ci
+from ..core.metrics import growth_exponent, mean_ci, path_distance_matrix, time_deviation_matrix
 from ..core.rollout import RolloutResult, evaluate, expert_act_fn, rollout
 
 EVAL_FILE, DEV_FILE = "eval.json", "dev.npz"
@@ -86,21 +86,8 @@ def deviation_matrix(results: Sequence[RolloutResult], references: Mapping[int, 
     only leaving the demonstrated path counts), padded the same way."""
     if kind not in ("time", "path"):
         raise ValueError(f"kind must be 'time' or 'path', got {kind!r}")
-    out = np.zeros((len(results), length))
-    for i, r in enumerate(results):
-        a, ref = _pad(r.ee, length), np.asarray(references[r.seed].ee, dtype=float)
-        if kind == "time":
-            out[i] = np.linalg.norm(a - _pad(ref, length), axis=1)
-        else:
-            out[i] = np.sqrt(((a[:, None, :] - ref[None, :, :]) ** 2).sum(-1).min(axis=1))
-    return out
-
-
-def _pad(x: np.ndarray, n: int) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
-    if len(x) >= n:
-        return x[:n]
-    return np.vstack([x, np.repeat(x[-1:], n - len(x), axis=0)])
+    paths, refs = [r.ee for r in results], [references[r.seed].ee for r in results]
+    return (time_deviation_matrix if kind == "time" else path_distance_matrix)(paths, refs, length)
 
 
 def evaluate_policy(policy_path, robot: str, task: str, seeds: Sequence[int],

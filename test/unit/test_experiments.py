@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from bc_policy_node.core.metrics import path_distance_matrix, time_deviation_matrix
 from bc_policy_node.experiments import common as C
 from bc_policy_node.experiments import runner
 
@@ -29,9 +30,9 @@ def test_statistics_and_tables():
 def test_path_helpers():
     a = np.array([[0.0, 0.0], [1.0, 0.0]])
     b = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
-    d = C.deviation_matrix([a], [b])
+    d = time_deviation_matrix([a], [b])
     assert d.shape == (1, 3) and d[0] == pytest.approx([0.0, np.sqrt(2.0), np.sqrt(5.0)])
-    pd = C.path_distance_matrix([a], [b])
+    pd = path_distance_matrix([a], [b])
     assert pd[0] == pytest.approx([0.0, 1.0])
     padded = C.nan_pad([np.ones(2), np.ones(3)])
     assert padded.shape == (2, 3) and np.isnan(padded[0, 2])
