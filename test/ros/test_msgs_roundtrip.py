@@ -24,7 +24,11 @@ def peer():
     assert proc.stdout.readline().strip() == "ready"
     yield proc
     proc.terminate()
-    proc.wait(timeout=10)
+    try:   # communicate() drains the pipe: a peer blocked on a full stdout could never exit
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:   # a slow DDS teardown is not what this module tests
+        proc.kill()
+        proc.communicate()
 
 
 @pytest.fixture(scope="module")
