@@ -532,8 +532,8 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
             "train": t_cfg.to_dict(), "eval_seeds": eval_seeds, "execution_mode": execution_mode,
             # only recorded when set, so folders made before the option stay valid
             **({"disturbance": dist} if dist else {}), **({"demo_disturbance": demo_dist} if demo_dist else {})}
-    _check_config(r0, base)
-    _check_config(out, {**base, "variant": variant, "episodes_per_round": episodes_per_round,
+    check_round_config(r0, base)
+    check_round_config(out, {**base, "variant": variant, "episodes_per_round": episodes_per_round,
                         "beta": [beta_kind, beta0, beta_decay], "ensemble_size": ensemble_size,
                         "threshold": threshold, "threshold_quantile": threshold_quantile,
                         "query_budget": query_budget, "release": release, "min_expert_ticks": min_expert_ticks,
@@ -631,7 +631,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     return records
 
 
-def _check_config(d: Path, cfg: Dict[str, Any]) -> None:
+def check_round_config(d: Path, cfg: Dict[str, Any]) -> None:
     """Round folders are only reused for the settings that produced them."""
     f = d / "dagger_config.json"
     cfg = json.loads(json.dumps(cfg, default=str))

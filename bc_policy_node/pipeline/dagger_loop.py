@@ -46,9 +46,9 @@ from ..core.env import load_contract
 from ..core.episodes import Dataset, Episode
 from ..core.types import ACTOR_NAMES
 from .dagger_eval import disturbance_key, evaluate_policy, expert_references
-from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, expert_demos, export_policy,
-                               format_table, labels_of, load_round_data, retrain, round_configs, save_round_data,
-                               train_round)
+from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, check_round_config, expert_demos,
+                               export_policy, format_table, labels_of, load_round_data, retrain, round_configs,
+                               save_round_data, train_round)
 
 EPISODES_FILE = "episodes.json"
 SUMMARY_FILE = "summary.json"
@@ -543,6 +543,9 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
         chunk_labels = k_label > 1
     dagger_params = dict(dagger_params or {})
     dagger_params.setdefault("label_chunk_length", k_label if chunk_labels and k_label > 1 else 0)
+    # resuming is for the same loop only: rounds made calm and pushed (or by another variant) never mix
+    check_round_config(out, {"robot": robot, "task": task, "variant": variant,
+                             "disturbance": disturbance_key(disturbance)})
     eval_seeds = [int(s) for s in eval_seeds]
     refs = (expert_references(robot, task, eval_seeds, out / "expert_eval.npz", contract, disturbance)
             if eval_seeds else {})

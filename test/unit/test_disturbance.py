@@ -116,3 +116,16 @@ def test_command_line_pushes_reach_the_evaluation(capsys, monkeypatch):
     results = seen[0]["results"] + seen[0]["experts"]
     assert all(r.meta["pushes"] == [t for t in sorted(PUSHES.schedule(r.seed, 200, 3)) if t < r.steps]
                for r in results) and any(r.meta["pushes"] for r in results)
+
+
+def test_a_ros_dagger_folder_resumes_only_with_its_own_pushes(tmp_path):
+    """Rounds made calm and rounds made pushed never mix: the loop refuses the folder before
+    it starts anything."""
+    from bc_policy_node.pipeline.dagger_inprocess import check_round_config
+    from bc_policy_node.pipeline.dagger_loop import run_dagger_ros
+
+    check_round_config(tmp_path, {"robot": "planar3", "task": "curved_reach", "variant": "classic",
+                                  "disturbance": None})
+    with pytest.raises(ValueError, match=r"other settings \(\['disturbance'\]\)"):
+        run_dagger_ros("planar3", "curved_reach", out=tmp_path, disturbance=PUSHES, progress=False)
+    assert not (tmp_path / "round_00").exists()
