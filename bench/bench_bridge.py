@@ -57,18 +57,11 @@ def cpu_s(pid: int) -> float:
 
 # ----------------------------------------------------------------------------- in-process
 def bench_mj_step(robot: str, steps: int = 20000) -> dict:
-    import mujoco
+    """Raw mj_step rate of the robot's model (bench_sim's measurement, this report's keys)."""
+    from bench_sim import bench_mj_step as measure   # bench/ is on sys.path when run as a script
 
-    from bc_policy_node.core.env import ROBOTS
-    from bc_policy_node.core.sim import ArmSim
-    sim = ArmSim(ROBOTS[robot])
-    sim.set_command(sim.home_q)
-    m, d = sim.model, sim.data
-    t = time.perf_counter()
-    for _ in range(steps):
-        mujoco.mj_step(m, d)
-    dt = time.perf_counter() - t
-    return {"robot": robot, "mj_step_per_s": steps / dt, "timestep_s": m.opt.timestep}
+    r = measure(robot, steps)
+    return {"robot": robot, "mj_step_per_s": r["steps_per_s"], "timestep_s": r["timestep_s"]}
 
 
 def bench_inprocess_ticks(robot: str, seconds: float = 3.0) -> dict:

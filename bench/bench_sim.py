@@ -49,7 +49,8 @@ def bench_mj_step(robot: str, steps: int) -> dict:
     for _ in range(steps):
         mujoco.mj_step(m, d)
     dt = time.perf_counter() - t
-    return {"robot": robot, "steps_per_s": steps / dt, "realtime_factor": steps * m.opt.timestep / dt}
+    return {"robot": robot, "steps_per_s": steps / dt, "realtime_factor": steps * m.opt.timestep / dt,
+            "timestep_s": m.opt.timestep}
 
 
 def bench_env(robot: str, task: str, ticks: int) -> dict:

@@ -143,14 +143,20 @@ def deviation_growth(dev: np.ndarray, horizons: Sequence[int], n_boot: int = 100
             "n_boot": len(boots), "confidence": confidence}
 
 
-def _tqdm(progress: bool, desc: str):
+def say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, flush=True)
+
+
+def progress_bar(progress: bool, desc: str):
+    """A tqdm wrapper for an iterable of episodes (None when `progress` is off)."""
     if not progress:
         return None
     from tqdm.auto import tqdm
     return lambda it: tqdm(it, desc=desc, unit="ep", leave=False, dynamic_ncols=True)
 
 
-def _cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc, disturbance=None):
+def cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc, disturbance=None):
     """Evaluation of `onnx` stored in `d` (eval.json + dev.npz), recomputed if missing or stale."""
     if (d / EVAL_FILE).is_file() and (d / DEV_FILE).is_file():
         ev = json.loads((d / EVAL_FILE).read_text())
@@ -158,7 +164,7 @@ def _cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progre
         if (ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(onnx) and "path" in z
                 and ev.get("disturbance") == disturbance_key(disturbance)):
             return ev, {"time": z["time"], "path": z["path"]}
-    ev, devs = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, _tqdm(progress, desc), disturbance)
+    ev, devs = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, progress_bar(progress, desc), disturbance)
     ev["policy"] = str(onnx)
     (d / EVAL_FILE).write_text(json.dumps(ev, default=float))
     np.savez_compressed(d / DEV_FILE, **{k: v.astype(np.float32) for k, v in devs.items()})
@@ -170,5 +176,5 @@ def deviations_of(policy_dir, robot: str, task: str, seeds: Sequence[int], refer
                   disturbance=None) -> Dict[str, np.ndarray]:
     """The deviation matrices of the policy in a round (or BC) folder (re-evaluated if needed)."""
     d = Path(policy_dir)
-    return _cached_eval(d / "policy.onnx", robot, task, seeds, references, execution_mode, d, progress,
+    return cached_eval(d / "policy.onnx", robot, task, seeds, references, execution_mode, d, progress,
                         f"eval {d.name}", disturbance)[1]

@@ -65,7 +65,7 @@ from ..core.episodes import Dataset, DatasetError, Episode
 from ..core.rollout import PolicyRunner, RolloutResult, expert_act_fn, rollout
 from ..core.runtime import OnnxPolicy
 from ..core.types import ACTOR_EXPERT
-from .dagger_eval import Reference, _cached_eval, _env, disturbance_key, expert_references
+from .dagger_eval import Reference, _env, cached_eval, disturbance_key, expert_references, say as _say
 
 VARIANTS = ("classic", "robot_gated", "human_gated")
 SOURCE_EXPERT = "expert"
@@ -443,11 +443,6 @@ def _record_from(d: Dict[str, Any]) -> RoundRecord:
     return RoundRecord(**d)
 
 
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, flush=True)
-
-
 def _round_zero(robot, task, contract, demo_seeds, model_cfg, train_cfg, d: Path, eval_seeds, refs,
                 execution_mode, progress, disturbance=None, demo_disturbance=None) -> Tuple[List[Episode], Path, Dict[str, Any], np.ndarray, Dict[str, float]]:
     timing = {}
@@ -465,7 +460,7 @@ def _round_zero(robot, task, contract, demo_seeds, model_cfg, train_cfg, d: Path
     onnx = export_policy(run.run_dir, d / "policy.onnx")
     timing["export"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ev, dev = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress, "eval round 0",
+    ev, dev = cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress, "eval round 0",
                            disturbance)
     timing["eval"] = time.perf_counter() - t0
     return demos, onnx, ev, dev, timing
@@ -615,7 +610,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
                        f"aggregate {ds.num_frames} frames -> training")
         policy = train_round(ds, model_cfg, train_cfg, d, progress, timing)
         t0 = time.perf_counter()
-        ev, _ = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}",
+        ev, _ = cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}",
                              disturbance)
         timing["eval"] = time.perf_counter() - t0
         labels_total = labels_of(ds.episodes)
@@ -682,7 +677,7 @@ def bc_same_budget(robot: str, task: str, labels: int, out_dir, model_cfg=None, 
     timing["train"] = time.perf_counter() - t0
     onnx = export_policy(run.run_dir, d / "policy.onnx")
     t0 = time.perf_counter()
-    ev, _ = _cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress,
+    ev, _ = cached_eval(onnx, robot, task, eval_seeds, refs, execution_mode, d, progress,
                          f"eval BC {labels} labels", disturbance)
     timing["eval"] = time.perf_counter() - t0
     rec = {**key, "labels": labels_of(demos), "episodes": len(demos),

@@ -45,7 +45,7 @@ from ..core.disturbance import Pushes
 from ..core.env import load_contract
 from ..core.episodes import Dataset, Episode
 from ..core.types import ACTOR_NAMES
-from .dagger_eval import disturbance_key, evaluate_policy, expert_references
+from .dagger_eval import cached_eval, disturbance_key, expert_references, progress_bar as _bar, say as _say
 from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, check_round_config, expert_demos,
                                export_policy, format_table, labels_of, load_round_data, retrain, round_configs,
                                save_round_data, train_round)
@@ -252,12 +252,6 @@ class DaggerGraph:
                                "the restarted dagger node's topics")
         self.client.spin(0.3)
 
-    def _step0(self) -> None:
-        from bc_msgs.srv import StepSim
-
-        self.client.call(StepSim, "/mujoco_bridge/step", StepSim.Request(ticks=0), timeout=10.0,
-                         check_success=False)
-
     def wait_done(self, episode_id: int, on_spin: Optional[Callable[[], None]] = None):
         """Spin until the episode is done; returns its final TaskState. A lock-step loop that
         does not move for kick_after_s (a subscriber that missed the first pair: volatile
@@ -266,31 +260,12 @@ class DaggerGraph:
         every spin (e.g. a test's teleoperator)."""
         from .graph_client import GraphError
 
-        c = self.client
-        start = last_change = time.monotonic()
-        last_step, kicks = None, 0
-        while True:
-            ts = c.task_states.get(int(episode_id))
-            if ts is not None and ts.done:
-                return ts
-            c.check()
-            if on_spin is not None:
-                on_spin()
-            now = time.monotonic()
-            step = None if ts is None else int(ts.step)
-            if step != last_step:
-                last_step, last_change = step, now
-            elif now - last_change > self.kick_after_s:
-                if kicks >= 3:
-                    raise GraphError(f"episode {episode_id} stalled at step {last_step} "
-                                     f"(dagger status {self.dagger_status})")
-                kicks += 1
-                self._step0()
-                last_change = now
-            if now - start > self.episode_timeout_s:
-                raise GraphError(f"episode {episode_id} not done after {self.episode_timeout_s:g} s "
-                                 f"(step {last_step})")
-            c.executor.spin_once(timeout_sec=0.02)
+        try:
+            return self.client.wait_task_done(episode_id, timeout=self.episode_timeout_s,
+                                              stall_timeout=self.kick_after_s, kick_after_s=self.kick_after_s,
+                                              max_kicks=3, on_spin=on_spin)
+        except GraphError as e:
+            raise GraphError(f"{e} (dagger status {self.dagger_status})") from None
 
     def run_episode(self, seed: int, episode_id: int, record: bool = True, human=None,
                     notes: str = "") -> Dict[str, Any]:
@@ -371,32 +346,6 @@ def _default(o):
     if isinstance(o, Path):
         return str(o)
     return float(o)
-
-
-def _cached_eval(policy, robot, task, seeds, refs, execution_mode, d: Path, progress: bool, desc: str,
-                 disturbance=None):
-    f = d / "eval.json"
-    if f.is_file():
-        ev = json.loads(f.read_text())
-        if (ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(policy)
-                and ev.get("disturbance") == disturbance_key(disturbance)):
-            return ev
-    ev, _ = evaluate_policy(policy, robot, task, seeds, refs, execution_mode, _bar(progress, desc), disturbance)
-    ev["policy"] = str(policy)
-    _json(f, ev)
-    return ev
-
-
-def _bar(progress: bool, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-    return lambda it: tqdm(it, desc=desc, unit="ep", leave=False, dynamic_ncols=True)
-
-
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, flush=True)
 
 
 def _rate(s: Mapping[str, Any]) -> str:
@@ -581,8 +530,8 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
         rec0 = RoundRecord(**json.loads(rec_file.read_text()))
     else:
         t0 = time.perf_counter()
-        ev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, r0, progress, "eval round 0",
-                          disturbance)
+        ev = cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, r0, progress, "eval round 0",
+                         disturbance)[0]
         timing["eval"] = time.perf_counter() - t0
         n = labels_of(demos)
         frames = sum(len(e) for e in demos)
@@ -687,8 +636,8 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
                                f"(policy status reports {extra['swap']['status_model_id']})")
             # ---- 5. evaluate
             t0 = time.perf_counter()
-            ev = _cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}",
-                              disturbance)
+            ev = cached_eval(policy, robot, task, eval_seeds, refs, execution_mode, d, progress, f"eval round {i}",
+                             disturbance)[0]
             timing["eval"] = time.perf_counter() - t0
             if ros_eval_episodes and dg is not None:
                 t0 = time.perf_counter()

@@ -151,13 +151,14 @@ class GraphClient:
 
     def wait_task_done(self, episode_id: int, timeout: float = 120.0,
                        stall_timeout: Optional[float] = None, kick_after_s: Optional[float] = None,
-                       max_kicks: int = 3) -> TaskState:
+                       max_kicks: int = 3, on_spin: Optional[Callable[[], None]] = None) -> TaskState:
         """Spin until /task_state of `episode_id` says done; returns that TaskState.
 
         kick_after_s: lock-step loops only — if the episode's step has not moved for that long
         (a subscriber missed a pair, e.g. discovery still settling), ask the bridge to
         re-publish the current pair (`step(0)`), at most `max_kicks` times.
         stall_timeout: fail if the step has not moved for that long (after any kicks).
+        on_spin: called at every spin (e.g. a test's teleoperator).
         """
         start = last_change = time.monotonic()
         last_step, kicks = None, 0
@@ -167,6 +168,8 @@ class GraphClient:
                 return ts
             if self.check is not None:
                 self.check()
+            if on_spin is not None:
+                on_spin()
             now = time.monotonic()
             step = None if ts is None else int(ts.step)
             if step != last_step:
