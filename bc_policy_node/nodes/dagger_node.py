@@ -60,6 +60,7 @@ REASON_HOLD = "hold"
 REASON_TELEOP = "teleop"
 LOG_EVERY_S = 2.0
 PENDING_STAMPS = 64
+RESEND_AFTER_S = 0.5       # s; a lock-step round trip is ~2 ms: an older unanswered command was lost
 RUNTIME_PARAMS = ("beta", "expert_timeout_periods", "policy_timeout_periods")
 MAX_LATE_REQUESTS = 100      # timed-out expert requests still awaited (a late answer = alive again)
 
@@ -390,7 +391,10 @@ class DaggerNode(Node):
     refuses, or whose service is gone) leaves the frame unlabelled and the policy acts; a
     policy that does not answer within ``policy_timeout_periods`` is covered by the expert
     label (or the last command is held). After ``absent_after`` consecutive timeouts a party
-    is not waited for until it answers again, so a dead process never stalls the loop.
+    is not waited for until it answers again, so a dead process never stalls the loop. A
+    lock-step pair that comes again (the bridge re-publishes the pair it still waits on, ~/step 0)
+    is answered with the command already sent for it if that was > 0.5 s ago (it was lost: e.g.
+    sent before the bridge matched a restarted dagger node); no new frame (``resent_commands``).
     """
 
     def __init__(self, node_name: str = "dagger", **kwargs):
@@ -416,6 +420,8 @@ class DaggerNode(Node):
         self._expert_misses = 0
         self._episode: Optional[int] = None
         self._last_sync = None
+        # (stamp, command sent, monotonic time): the answer to re-send if that stamp comes again
+        self._last_answer: Optional[Tuple[Tuple[int, int], Float64MultiArray, float]] = None
         self._step_of_key: Dict[Tuple[int, int], int] = {}
         self._pending_chunks: Dict[Tuple[int, int], np.ndarray] = {}
         self._intervention = False
@@ -524,7 +530,15 @@ class DaggerNode(Node):
         if episode != self._episode:
             self._new_episode(episode, key, int(ts.seed))
         elif self._last_sync is not None and key <= self._last_sync:
-            self._counts["stale_stamps"] += 1      # a repeat of an older stamp: ignore
+            self._counts["stale_stamps"] += 1      # a repeat of an older stamp: no new frame
+            answer = self._last_answer
+            if answer is not None and answer[0] == key and time.monotonic() - answer[2] > RESEND_AFTER_S:
+                # the lock-step bridge re-published the pair it is still waiting on (~/step 0):
+                # our command for it was lost long ago (sent before the bridge matched this
+                # publisher, or dropped by its rate limit), so send the same command again; no
+                # new frame, no new tag. A command still in flight is never doubled.
+                self._counts["resent_commands"] += 1
+                self._cmd_pub.publish(answer[1])
             return
         for t in self._sync_topics:                # older unmatched stamps will never complete
             for k in [k for k in self._pending[t] if k < key]:
@@ -712,7 +726,9 @@ class DaggerNode(Node):
         # builder cross-checks its observation against the raw topics at its time).
         self._tag_pub.publish(self._frame_tag(f, policy, out))
         if out.command is not None:
-            self._cmd_pub.publish(command_msg(out.command, self.contract.action.joints))
+            cmd = command_msg(out.command, self.contract.action.joints)
+            self._cmd_pub.publish(cmd)
+            self._last_answer = (f.key, cmd, time.monotonic())
 
     def _frame_tag(self, f: _Frame, policy, out: Outcome) -> FrameTag:
         m = FrameTag()

@@ -63,13 +63,15 @@ class DaggerGraph:
 
     Nodes: bridge (lock-step, auto_reset off), expert (labels only), recorder (into
     `bag_dir`), policy (lock-step on sim time, commands remapped) and dagger (`variant`,
-    `dagger_params` on top of config/dagger.yaml). Use as a context manager.
+    `dagger_params` on top of config/dagger.yaml; `bridge_params` on top of
+    config/mujoco_bridge.yaml). Use as a context manager.
     """
 
     def __init__(self, robot: str, task: str, model, variant: str, log_dir, bag_dir, beta: float = 0.5,
                  dagger_params: Optional[Mapping[str, Any]] = None,
                  execution_mode: str = "temporal_ensembling", kick_after_s: float = 3.0,
-                 episode_timeout_s: float = 120.0, ready_timeout_s: float = 90.0, disturbance=None):
+                 episode_timeout_s: float = 120.0, ready_timeout_s: float = 90.0, disturbance=None,
+                 bridge_params: Optional[Mapping[str, Any]] = None):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from std_msgs.msg import Bool, String
 
@@ -85,7 +87,7 @@ class DaggerGraph:
         self.kick_after_s, self.episode_timeout_s = float(kick_after_s), float(episode_timeout_s)
         self.dagger_params = dict(dagger_params or {})
         pushes = Pushes.from_spec(disturbance)
-        bridge = {"auto_reset": False}
+        bridge = {"auto_reset": False, **dict(bridge_params or {})}
         if pushes is not None:
             bridge.update(push_magnitude=pushes.magnitude, push_interval_ticks=float(pushes.interval),
                           push_count=pushes.count)

@@ -181,6 +181,33 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
     assert Path(summary["plot"]).is_file() and "| 1 | 0.5 |" in summary["table"]
 
 
+def test_a_lost_command_is_sent_again_when_the_bridge_republishes_its_pair(tmp_path):
+    """(Its own graph, before the module's shared one starts: one bridge at a time.)
+    Lock-step recovery: the bridge drops a command (here its rate limit, 2 Hz: one command
+    per 0.5 s gets through), so it stays at its pair; kicked (~/step 0), it re-publishes that
+    pair, and the dagger node answers the repeated stamp with the command it already sent (no
+    new frame). Without the re-send the loop would stay at step 1 for good."""
+    hold = tiny_policy(tmp_path / "hold.onnx")
+    with DaggerGraph(ROBOT, TASK, hold, "classic", tmp_path / "logs", tmp_path / "bags", beta=1.0,
+                     dagger_params=GENEROUS, bridge_params={"max_command_rate_hz": 2.0}) as dg:
+        c = dg.client
+        dg.rearm_policy()
+        ep = int(c.reset(seed=7, task=TASK).episode_id)
+        step = lambda: c.task_states[ep].step if ep in c.task_states else 0  # noqa: E731
+        c.wait_until(lambda: step() >= 1, 30.0, "the first command to get through")
+        c.spin(1.0)
+        assert step() == 1, "the rate limit dropped the answer to step 1"
+        end = time.monotonic() + 60.0
+        while step() < 4:
+            assert time.monotonic() < end, f"stuck at step {step()} (dagger status {dg.dagger_status})"
+            c.step(0)                        # the kick DaggerGraph.wait_done sends after a stall
+            c.spin(0.7)                      # > RESEND_AFTER_S, and the bucket refills
+        # steps 1 -> 2 -> 3 -> 4 each needed a re-send; still one frame per stamp (steps 0..4)
+        c.wait_until(lambda: dg.dagger_status and dg.dagger_status.get("resent_commands", 0) >= 3
+                     and dg.dagger_status.get("frames", 0) == step() + 1, 10.0,
+                     "the dagger node to report its re-sent commands")
+
+
 # ----------------------------------------------------------------------------- one graph
 @pytest.fixture(scope="module")
 def dagger(tmp_path_factory):
