@@ -21,7 +21,7 @@ def _robot_task(p: argparse.ArgumentParser) -> None:
 def _push_args(p, when: str) -> None:
     p.add_argument("--push-magnitude", type=float, default=0.0,
                    help=f"push the arm by random joint offsets of this norm (rad) {when}; seeded per episode, "
-                        f"core/disturbance.py (0 = calm)")
+                        f"core/sim/disturbance.py (0 = calm)")
     p.add_argument("--push-interval", type=float, default=80.0, help="mean control ticks between pushes")
     p.add_argument("--push-count", type=int, default=3, help="pushes per episode at most")
 

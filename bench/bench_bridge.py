@@ -65,7 +65,7 @@ def bench_mj_step(robot: str, steps: int = 20000) -> dict:
 
 
 def bench_inprocess_ticks(robot: str, seconds: float = 3.0) -> dict:
-    from bc_policy_node.core.env import SimEnv
+    from bc_policy_node.core.sim.env import SimEnv
     env = SimEnv(robot, "curved_reach")
     expert = env.make_expert()
     ticks, seed, t0 = 0, 0, time.perf_counter()

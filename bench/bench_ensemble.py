@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bc_policy_node.core.contract import Contract  # noqa: E402
-from bc_policy_node.core.ensemble import make_executor  # noqa: E402
-from bc_policy_node.core.runtime import OnnxPolicy, embed_metadata  # noqa: E402
-from bc_policy_node.core.safety import SafetyFilter  # noqa: E402
+from bc_policy_node.core.control.ensemble import make_executor  # noqa: E402
+from bc_policy_node.core.control.runtime import OnnxPolicy, embed_metadata  # noqa: E402
+from bc_policy_node.core.control.safety import SafetyFilter  # noqa: E402
 
 K, A, OBS, HIDDEN = 20, 7, 20, 256
 JOINTS = [f"j{i + 1}" for i in range(A)]

@@ -66,7 +66,7 @@ def mlp_model(path: Path, contract, seed: int) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from bc_policy_node.core.runtime import embed_metadata
+    from bc_policy_node.core.control.runtime import embed_metadata
 
     rng = np.random.default_rng(seed)
     d = contract.obs_dim
@@ -104,8 +104,8 @@ def transformer_model(path: Path, contract, seed: int) -> Path:
     import torch
     import yaml
 
-    from bc_policy_node.core.episodes import NormStats
-    from bc_policy_node.core.runtime import embed_metadata
+    from bc_policy_node.core.data.episodes import NormStats
+    from bc_policy_node.core.control.runtime import embed_metadata
     from bc_policy_node.learning.config import ModelConfig
     from bc_policy_node.learning.export import DEFAULT_OPSET, to_onnx_bytes
     from bc_policy_node.learning.models import build_model
@@ -148,7 +148,7 @@ def in_process_step_us(path: Path, contract, iters: int = 5000) -> dict:
     from sensor_msgs.msg import JointState
 
     from bc_policy_node.core.contract import ObservationAssembler
-    from bc_policy_node.core.runtime import OnnxPolicy
+    from bc_policy_node.core.control.runtime import OnnxPolicy
     from bc_policy_node.nodes.policy_loop import ControlLoop, PolicyParams
 
     loop = ControlLoop(contract, OnnxPolicy(path), PolicyParams())

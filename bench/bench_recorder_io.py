@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bc_policy_node.core import rostypes  # noqa: E402
-from bc_policy_node.core.bagio import EpisodeBagWriter  # noqa: E402
+from bc_policy_node.core.data import rostypes  # noqa: E402
+from bc_policy_node.core.data.bagio import EpisodeBagWriter  # noqa: E402
 from bc_policy_node.core.types import JointStateData, TaskStateData  # noqa: E402
 
 TOPICS = {"/joint_states": "sensor_msgs/msg/JointState",
@@ -83,7 +83,7 @@ def run_rosbags(path, sched, raw):
 
 
 def run_mcap(path, sched, raw):
-    from bc_policy_node.core.bagio import mcap_writer
+    from bc_policy_node.core.data.bagio import mcap_writer
 
     path.mkdir(parents=True)
     t0 = time.perf_counter()

@@ -65,7 +65,7 @@ def rss_mb(pid: int) -> float:
 
 def bag_counts(bag: Path) -> dict:
     from rosbags.highlevel import AnyReader
-    from bc_policy_node.core.rostypes import typestore
+    from bc_policy_node.core.data.rostypes import typestore
 
     with AnyReader([bag], default_typestore=typestore()) as r:
         out = {c.topic: 0 for c in r.connections}

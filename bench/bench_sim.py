@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bc_policy_node.core.contract import ObservationAssembler  # noqa: E402
-from bc_policy_node.core.env import ROBOTS, SimEnv, load_contract  # noqa: E402
-from bc_policy_node.core.metrics import success_summary  # noqa: E402
-from bc_policy_node.core.sim import ArmSim  # noqa: E402
+from bc_policy_node.core.sim.env import ROBOTS, SimEnv, load_contract  # noqa: E402
+from bc_policy_node.core.eval.metrics import success_summary  # noqa: E402
+from bc_policy_node.core.sim.sim import ArmSim  # noqa: E402
 
 CASES = [("planar3", "curved_reach", ""), ("planar3", "curved_reach", "short"),
          ("planar3", "bimodal", ""), ("planar3", "long_horizon", ""),

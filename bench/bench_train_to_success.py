@@ -7,7 +7,7 @@
 The default policy is config/train/chunk_mlp.yaml (K=40, relative action frame, 60 epochs).
 For each training seed and each epoch budget the policy is trained from scratch with
 ``max_epochs`` = budget (so its cosine schedule completes), exported to ONNX, and evaluated
-closed loop in-process (`core.rollout`, temporal ensembling as in the policy node) on held-out
+closed loop in-process (`core.eval.rollout`, temporal ensembling as in the policy node) on held-out
 episode seeds that no demonstration uses. Wall time = train + export, 1 torch thread.
 The budget the YAML ships with is the last one. Baseline rows: the previous default
 (K=20, absolute targets) at the shipped budget, same seeds.

@@ -5,7 +5,7 @@
                                    [--full] [--sweep] [--onnx-iters 3000]
 
 Data: ``auto`` collects ~50 scripted-expert demonstrations from the in-process simulator
-(planar3 curved_reach, when `core.env` and its contract are available) and otherwise uses
+(planar3 curved_reach, when `core.sim.env` and its contract are available) and otherwise uses
 `learning.synthetic` (50 x 200 frames). For every shipped config (config/train/<kind>.yaml):
 training throughput in samples/s with 2 and 1 threads (best and median of ``--repeats`` runs
 of ``--steps`` optimizer steps: the machine may be shared), then export and batch-1 ONNX
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bc_policy_node.core.contract import ObservationAssembler  # noqa: E402
-from bc_policy_node.core.episodes import Dataset, Episode  # noqa: E402
-from bc_policy_node.core.runtime import OnnxPolicy  # noqa: E402
+from bc_policy_node.core.data.episodes import Dataset, Episode  # noqa: E402
+from bc_policy_node.core.control.runtime import OnnxPolicy  # noqa: E402
 from bc_policy_node.learning import ModelConfig, export, load_configs, train  # noqa: E402
 from bc_policy_node.learning.synthetic import synthetic_dataset  # noqa: E402
 
@@ -43,7 +43,7 @@ KINDS = ("mlp", "chunk_mlp", "gmm", "transformer")
 
 def collect_sim(episodes: int, robot: str = "planar3", task: str = "curved_reach") -> Dataset:
     """Scripted-expert demonstrations from the in-process simulator, through the contract."""
-    from bc_policy_node.core.env import SimEnv, load_contract
+    from bc_policy_node.core.sim.env import SimEnv, load_contract
 
     contract = load_contract(robot, task)
     env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz)

@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bc_policy_node.core.env import SimEnv, load_contract  # noqa: E402
-from bc_policy_node.core.episodes import Dataset  # noqa: E402
-from bc_policy_node.core.rollout import evaluate, expert_act_fn, rollout  # noqa: E402
+from bc_policy_node.core.sim.env import SimEnv, load_contract  # noqa: E402
+from bc_policy_node.core.data.episodes import Dataset  # noqa: E402
+from bc_policy_node.core.eval.rollout import evaluate, expert_act_fn, rollout  # noqa: E402
 from bc_policy_node.learning import export, load_configs, train  # noqa: E402
 
 SHIPPED = {  # name -> (robot, task, training config, execution mode)

@@ -1,8 +1,8 @@
 """Shared helpers of the experiments: in-process demos, cached training/export, evaluation,
 teacher-forced errors, interval statistics, plotting style, markdown tables, result dicts.
 
-Everything runs in-process (core.env.SimEnv + core.rollout + learning.train/export +
-core.runtime.OnnxPolicy); nothing needs ROS. Demonstrations, trained policies and evaluations
+Everything runs in-process (core.sim.env.SimEnv + core.eval.rollout + learning.train/export +
+core.control.runtime.OnnxPolicy); nothing needs ROS. Demonstrations, trained policies and evaluations
 are cached under a `cache` directory keyed by content hashes, so a re-run reuses them and a
 changed setting retrains only what it changes.
 
@@ -33,11 +33,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.env import SimEnv, load_contract
-from ..core.episodes import Dataset
-from ..core.metrics import mean_ci, success_summary, t_quantile, time_deviation_matrix
-from ..core.rollout import PolicyRunner, RolloutResult, expert_act_fn, policy_act_fn, rollout
-from ..core.runtime import OnnxPolicy
+from ..core.sim.env import SimEnv, load_contract
+from ..core.data.episodes import Dataset
+from ..core.eval.metrics import mean_ci, success_summary, t_quantile, time_deviation_matrix
+from ..core.eval.rollout import PolicyRunner, RolloutResult, expert_act_fn, policy_act_fn, rollout
+from ..core.control.runtime import OnnxPolicy
 from ..core.types import STATUS_COLLISION
 
 ROBOT = "planar3"
@@ -261,7 +261,7 @@ def evaluate_policy(policy: Union[OnnxPolicy, str, Path, Trained], task: str, se
                     label: bool = False, robot: str = ROBOT, variant: str = "",
                     **exec_params) -> EvalResult:
     """Closed-loop rollouts of `policy` on `seeds` with the node's executor + safety filter
-    (`core.rollout.PolicyRunner`). `label=True` also queries the expert at every visited state
+    (`core.eval.rollout.PolicyRunner`). `label=True` also queries the expert at every visited state
     and records |policy action - expert label| per tick. The runner's RNG (mode_select="sample")
     is reseeded with each episode seed."""
     if isinstance(policy, Trained):
@@ -393,7 +393,7 @@ def side_counts(ev: EvalResult) -> Dict[str, int]:
 
 # ----------------------------------------------------------------------------- statistics
 def rate(outcomes: Iterable[bool]) -> Dict[str, Any]:
-    """Success-style summary with a 95% Wilson interval (`core.metrics.success_summary`)."""
+    """Success-style summary with a 95% Wilson interval (`core.eval.metrics.success_summary`)."""
     return success_summary(list(outcomes))
 
 
@@ -412,7 +412,7 @@ def fmt_mean(m: Dict[str, Any], scale: float = 1.0, digits: int = 1, unit: str =
 
 
 def ci(values: Iterable[float]) -> Dict[str, Any]:
-    """Mean with a 95% Student-t interval (`core.metrics.mean_ci`), NaNs dropped."""
+    """Mean with a 95% Student-t interval (`core.eval.metrics.mean_ci`), NaNs dropped."""
     x = np.asarray(list(values), dtype=float)
     return mean_ci(x[np.isfinite(x)])
 
@@ -460,7 +460,7 @@ def paired_diff(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95) 
                 "a_only": 0, "b_only": 0}
     d = (a_only - b_only) / n
     se = math.sqrt(max(a_only + b_only - (a_only - b_only) ** 2 / n, 0.0)) / n
-    from ..core.metrics import normal_quantile
+    from ..core.eval.metrics import normal_quantile
     z = normal_quantile(0.5 + confidence / 2.0)
     return {"n": n, "diff": d, "ci_low": d - z * se, "ci_high": d + z * se, "a_only": a_only, "b_only": b_only}
 

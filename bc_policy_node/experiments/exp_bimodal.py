@@ -27,7 +27,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..core.episodes import Dataset
+from ..core.data.episodes import Dataset
 from . import common as C
 
 TASK = "bimodal"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.metrics import path_distance_matrix
+from ..core.eval.metrics import path_distance_matrix
 from . import common as C
 
 TASK = "curved_reach"

@@ -10,7 +10,7 @@ package's default executor (temporal ensembling, m = 0.01).
 Deviation vs horizon: d(t) = |ee_policy(t) - ee_expert(t)| at the same seed (both padded with
 their final position), C(T) = sum_{t<T} d(t) (Ross et al.'s total cost: O(T^2) for BC's
 compounding error, O(T) without it); log C = alpha log T + c is fitted with
-`core.metrics.growth_exponent` over T from 10 ticks to the median expert episode length, with a
+`core.eval.metrics.growth_exponent` over T from 10 ticks to the median expert episode length, with a
 bootstrap-over-episodes interval.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ TARGET = 0.95
 # own training observations (measured on curved_reach with pushes: 0.95 -> 94% after 5 rounds with
 # 2.6k labels, 0.9 -> 96% with 3.3k; a longer minimum hand-over of 20 ticks: 93%).
 ROBOT_GATED = {"threshold_quantile": 0.9}
-# Pushes during deployment (`core.disturbance.Pushes`): joint offset norm (rad), mean ticks
+# Pushes during deployment (`core.sim.disturbance.Pushes`): joint offset norm (rad), mean ticks
 # between pushes, pushes per episode at most.
 PUSHES = {"curved_reach": {"magnitude": 0.6, "interval": 60, "count": 2},
           "long_horizon": {"magnitude": 0.9, "interval": 80, "count": 3}}
@@ -398,7 +398,7 @@ def _notes(results: List[Dict[str, Any]]) -> str:
         "- Calm tasks: classic DAgger labels every visited state, which costs as much as more demonstrations and "
         "buys about as much (nothing pushes the learner to states the demonstrations never cover). The gated "
         "variants label only where the learner fails or hesitates and beat BC at their own label counts.",
-        "- Pushed deployment (`core.disturbance.Pushes`): at seeded ticks the arm is knocked by a random joint "
+        "- Pushed deployment (`core.sim.disturbance.Pushes`): at seeded ticks the arm is knocked by a random joint "
         "offset and held there; the expert recovers in >= 99% of the evaluation episodes; the demonstrations are "
         "calm. BC never sees a displaced arm and stays below the target at every budget measured (best: "
         + "; ".join(_best_bc(r) for r in results if r.get("disturbance")) + "); DAgger's labels at the displaced "

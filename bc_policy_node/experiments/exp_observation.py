@@ -18,7 +18,7 @@ from typing import Dict
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.env import load_contract
+from ..core.sim.env import load_contract
 from . import common as C
 
 TASK = "curved_reach"

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..core.contract import Contract
-from ..core.episodes import NormStats
+from ..core.data.episodes import NormStats
 from .config import ModelConfig, TrainConfig
 from .models import ChunkPolicy, build_model, reference_index
 

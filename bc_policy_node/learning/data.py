@@ -1,4 +1,4 @@
-"""Chunk targets from a `core.episodes.Dataset`, held in memory as torch tensors.
+"""Chunk targets from a `core.data.episodes.Dataset`, held in memory as torch tensors.
 
 For frame t of an episode of length T, target k (k = 0..K-1) is ``act[t+k]``. Past the end
 of the episode the target is the last action (the arm holds) with ``mask = 0``, so it does
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core.contract import Contract, ContractError
-from ..core.episodes import Dataset, DatasetError
+from ..core.data.episodes import Dataset, DatasetError
 
 
 @dataclass

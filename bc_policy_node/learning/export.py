@@ -4,7 +4,7 @@ The graph takes ``obs`` float32 (B, obs_dim) in raw units (normalization is insi
 returns ``actions`` (B, K, act_dim) for deterministic kinds, or ``means`` (B, M, K, act_dim)
 and ``logits`` (B, M) (log mixing weights) for ``gmm``. The batch dimension is dynamic.
 ``metadata_props`` carries ``bc_policy.contract`` (the contract JSON) and ``bc_policy.meta``
-(see docs/design.md), written by `core.runtime.embed_metadata` so writer and reader agree.
+(see docs/design.md), written by `core.control.runtime.embed_metadata` so writer and reader agree.
 After writing, onnxruntime and torch are compared on held-out observations of the run; the
 maximum absolute difference is written to ``<run_dir>/export_parity.json`` and export fails
 (leaving no file) if it exceeds the tolerance.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..core.contract import Contract
-from ..core.runtime import CONTRACT_KEY, META_FORMAT, META_KEY, embed_metadata
+from ..core.control.runtime import CONTRACT_KEY, META_FORMAT, META_KEY, embed_metadata
 from . import checkpoint as ckpt
 from .models import ChunkPolicy
 

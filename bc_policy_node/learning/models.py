@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.episodes import NormStats
+from ..core.data.episodes import NormStats
 from .config import ModelConfig
 
 _LOG_2PI = math.log(2.0 * math.pi)

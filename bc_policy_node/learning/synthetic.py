@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.episodes import Dataset, Episode
+from ..core.data.episodes import Dataset, Episode
 
 JOINTS = ("j1", "j2", "j3")
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core.contract import Contract
-from ..core.episodes import Dataset, NormStats
+from ..core.data.episodes import Dataset, NormStats
 from . import checkpoint as ckpt
 from .config import ModelConfig, TrainConfig
 from .data import ChunkData, build_chunks, check_dataset, load_dataset

@@ -2,8 +2,8 @@
 
 Per control step (one observation stamp, lock-step) it takes the policy's proposed command for
 that observation, asks the expert for its label at the same observation, lets a
-`core.dagger` gate decide who acts, sends the executed command to the robot through a
-`core.safety.SafetyFilter` and publishes a `bc_msgs/FrameTag` describing the frame. The
+`core.dagger.gates` gate decide who acts, sends the executed command to the robot through a
+`core.control.safety.SafetyFilter` and publishes a `bc_msgs/FrameTag` describing the frame. The
 decision logic is `DaggerCore` (no rclpy); `DaggerNode` is the ROS shell around it.
 
 Pairing (lock-step): the policy node runs with ``lockstep:=true`` and its command topic
@@ -40,9 +40,9 @@ from bc_msgs.msg import ActionChunk, FrameTag, TaskState
 from bc_msgs.srv import QueryExpert
 
 from ..core.contract import Contract, ContractError, ObservationAssembler
-from ..core.dagger import (GATE_POLICY, BetaGate, EnsembleDisagreement, GateDecision, InterventionGate,
+from ..core.dagger.gates import (GATE_POLICY, BetaGate, EnsembleDisagreement, GateDecision, InterventionGate,
                            UncertaintyGate)
-from ..core.safety import EVENT_STEP_LIMIT, SafetyFilter, SafetyLimits
+from ..core.control.safety import EVENT_STEP_LIMIT, SafetyFilter, SafetyLimits
 from ..core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY
 from . import qos
 from .conversions import command_msg, has_header, message_class, to_time
@@ -51,7 +51,7 @@ from .policy_loop import position_indices
 
 VARIANTS = ("classic", "human_gated", "robot_gated")
 UNCERTAINTY_SOURCES = ("auto", "ensemble", "chunk")
-# Frame-tag reasons added to the gate's own reason (core.dagger GATE_*) when a party failed.
+# Frame-tag reasons added to the gate's own reason (core.dagger.gates GATE_*) when a party failed.
 REASON_EXPERT_TIMEOUT = "expert_timeout"
 REASON_EXPERT_ERROR = "expert_error"
 REASON_EXPERT_UNAVAILABLE = "expert_unavailable"
@@ -180,7 +180,7 @@ def chunk_disagreement(chunks: Sequence[Tuple[int, np.ndarray]], step: int, hori
     `chunks` are (tick, chunk (K, A)) pairs; a chunk from tick ``step - j`` predicts ticks
     ``step .. step + h - 1`` with its rows ``j .. j + h - 1``. Score = mean over those h ticks
     and the joints of the across-chunk std, divided by `scale` — the temporal twin of
-    `core.dagger.EnsembleDisagreement` (a policy that keeps changing its plan for the same
+    `core.dagger.gates.EnsembleDisagreement` (a policy that keeps changing its plan for the same
     moment is unsure). 0 with fewer than two usable chunks.
     """
     preds = []
@@ -200,7 +200,7 @@ class DaggerCore:
     """Who acts at one frame, and the safe command to send (plain Python; the node feeds it).
 
     Per frame: `decide(obs, q, label, label_failure, policy_action, teleop, ...)`. The gate is
-    a `core.dagger` gate chosen by ``params.variant``; every executed command goes through one
+    a `core.dagger.gates` gate chosen by ``params.variant``; every executed command goes through one
     `SafetyFilter` whose reference is the last *executed* command, so a hand-over between
     policy and expert never moves a joint by more than ``max_step`` in one tick.
     """
@@ -320,7 +320,7 @@ def load_ensemble(paths: Sequence[str], contract: Contract, horizon: int) -> Ens
     Scale: the first member's training action std (``meta.action_std``; older files:
     ``meta.norm.act_std``) when it has one.
     """
-    from ..core.runtime import OnnxPolicy
+    from ..core.control.runtime import OnnxPolicy
 
     members = [OnnxPolicy(p) for p in paths]
     for m in members:

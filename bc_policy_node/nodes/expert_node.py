@@ -16,9 +16,9 @@ from bc_msgs.msg import TaskState
 from bc_msgs.srv import QueryExpert
 
 from ..core.contract import Contract, ContractError
-from ..core.env import contract_max_step, contract_path, robot_mjcf
-from ..core.experts import ScriptedExpert, make_expert
-from ..core.sim import ArmSim, SimError
+from ..core.sim.env import contract_max_step, contract_path, robot_mjcf
+from ..core.sim.experts import ScriptedExpert, make_expert
+from ..core.sim.sim import ArmSim, SimError
 from . import qos
 from .conversions import command_msg
 from .fastlane import FastLane
@@ -62,7 +62,7 @@ def _max_step(contract: Contract, joint_names) -> np.ndarray:
 
 
 class ExpertNode(Node):
-    """Scripted expert of core/experts.py behind ROS interfaces.
+    """Scripted expert of core/sim/experts.py behind ROS interfaces.
 
     Publishes:
         ``/<controller>/commands`` std_msgs/Float64MultiArray (qos.COMMAND), when drive:=true:

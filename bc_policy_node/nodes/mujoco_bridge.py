@@ -21,11 +21,11 @@ from trajectory_msgs.msg import JointTrajectory
 from bc_msgs.msg import TaskState
 from bc_msgs.srv import ResetEpisode, StepSim
 
-from ..core.disturbance import Pushes
-from ..core.env import JOINT_STATES_TOPIC, TASK_STATE_TOPIC, SimEnv, robot_mjcf
-from ..core.safety import validate_command
-from ..core.sim import SimError
-from ..core.tasks import TaskError
+from ..core.sim.disturbance import Pushes
+from ..core.sim.env import JOINT_STATES_TOPIC, TASK_STATE_TOPIC, SimEnv, robot_mjcf
+from ..core.control.safety import validate_command
+from ..core.sim.sim import SimError
+from ..core.sim.tasks import TaskError
 from ..core.types import STATUS_DIVERGED
 from . import qos
 from .conversions import joint_state_msg, task_state_msg, trajectory_first_point
@@ -76,7 +76,7 @@ class BridgeParams:
                                      "dropped and counted as rate_limited", 10000.0)
     diagnostics_rate_hz: float = doc("Rate of /diagnostics (Hz, wall clock)", 1.0)
     push_magnitude: float = doc("Disturbance test: push the arm by a random joint offset of this norm "
-                                "(rad) at seeded ticks and hold it there (core/disturbance.py); 0 = off", 0.0)
+                                "(rad) at seeded ticks and hold it there (core/sim/disturbance.py); 0 = off", 0.0)
     push_interval_ticks: float = doc("Mean control ticks between pushes", 80.0)
     push_count: int = doc("Pushes per episode at most", 3)
 
@@ -161,7 +161,7 @@ class MujocoBridge(Node):
     """MuJoCo arm + task as a robot behind a ros2_control forward position controller.
 
     Robot-agnostic: the joints are the MJCF's position-servo-driven joints (model order, =
-    controller order) and their limits come from the model (core/sim.py).
+    controller order) and their limits come from the model (core/sim/sim.py).
 
     Publishes:
         ``/joint_states`` sensor_msgs/JointState (qos.STATE): position, velocity, effort.

@@ -13,7 +13,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from bc_msgs.msg import ActionChunk, PolicyStatus
 
 from ..core.contract import Contract
-from ..core.safety import EVENT_JOINT_LIMIT, EVENT_NONFINITE, EVENT_STALE, EVENT_STEP_LIMIT
+from ..core.control.safety import EVENT_JOINT_LIMIT, EVENT_NONFINITE, EVENT_STALE, EVENT_STEP_LIMIT
 from . import qos
 from .conversions import to_time
 from .policy_loop import PolicyParams

@@ -18,7 +18,7 @@ delays the plan instead of skipping actions; stalls are measured (`LoopStats.mis
 New plan ("restart"): the executor forgets every chunk and the safety filter forgets its last
 command, so the tick queries the policy on the current observation (its chunk is the plan's
 first) and the step bound is measured from the measured joint positions — exactly what
-`core.rollout.PolicyRunner.reset()` does between in-process episodes. Triggers:
+`core.eval.rollout.PolicyRunner.reset()` does between in-process episodes. Triggers:
   * ``reset_on_change`` (default ``/task_state:episode_id``): the value of that field changed
     (`ControlLoop.watch`, fed by the node with every accepted message of that topic); in
     lock-step the tick of the new episode's first observation pair is the new plan's first;
@@ -41,9 +41,9 @@ from typing import Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 import numpy as np
 
 from ..core.contract import Contract, ContractError, ObservationAssembler
-from ..core.ensemble import EXECUTORS, ChunkExecutor, NoChunkError, make_executor
-from ..core.runtime import MODE_SELECTIONS, OnnxPolicy
-from ..core.safety import SafetyFilter, SafetyLimits
+from ..core.control.ensemble import EXECUTORS, ChunkExecutor, NoChunkError, make_executor
+from ..core.control.runtime import MODE_SELECTIONS, OnnxPolicy
+from ..core.control.safety import SafetyFilter, SafetyLimits
 from .params import doc
 
 COMMAND_INTERFACES = ("forward", "trajectory")
@@ -72,7 +72,7 @@ class PolicyParams:
     n_execute: int = doc("receding_horizon / latency_aware: actions executed per chunk (0 = K/2)", 0)
     mode_threshold: float = doc("mode_consistent: RMS distance (rad) above which a chunk is not "
                                 "averaged with the plan (0.15 = the in-process evaluator's default, "
-                                "core.rollout.EXEC_DEFAULTS)", 0.15)
+                                "core.eval.rollout.EXEC_DEFAULTS)", 0.15)
     mode_select: str = doc("gmm policies: argmax | sample (mixture component per query)", "argmax")
     threads: int = doc("onnxruntime intra-op threads (1 is best for batch-1 control)", 1)
     status_rate_hz: float = doc("Rate of ~/status and /diagnostics (Hz)", 1.0)

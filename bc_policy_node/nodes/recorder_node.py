@@ -1,6 +1,6 @@
 """Episode recorder: one rosbag2 (MCAP) per episode, raw CDR straight from DDS to disk.
 
-The ROS shell around `core.bagio.EpisodeBagWriter` (no deserialization on the hot path; the
+The ROS shell around `core.data.bagio.EpisodeBagWriter` (no deserialization on the hot path; the
 core writer does the file format, crash safety and metadata).
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ from std_msgs.msg import String
 
 from bc_msgs.srv import StartEpisode, StopEpisode
 
-from ..core import rostypes
-from ..core.bagio import BagWriteError, EpisodeBagWriter
-from ..core.bagread import BagReadError, recover_all, recover_bag
+from ..core.data import rostypes
+from ..core.data.bagio import BagWriteError, EpisodeBagWriter
+from ..core.data.bagread import BagReadError, recover_all, recover_bag
 from ..core.contract import COMMAND_TYPES, Contract, ContractError
-from ..core.dataset_builder import command_vector
+from ..core.data.dataset_builder import command_vector
 from . import qos
 from .params import declare_and_load, doc
 

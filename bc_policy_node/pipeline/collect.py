@@ -27,7 +27,7 @@ class CollectError(RuntimeError):
 
 def next_episode_id(out: Path) -> int:
     """One past the largest episode_id of the bags already in `out` (0 if none)."""
-    from ..core.bagread import find_bags, read_episode_meta
+    from ..core.data.bagread import find_bags, read_episode_meta
 
     ids = []
     if out.is_dir():

@@ -17,10 +17,10 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, T
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.disturbance import Pushes
-from ..core.env import SimEnv, load_contract
-from ..core.metrics import growth_exponent, mean_ci, path_distance_matrix, time_deviation_matrix
-from ..core.rollout import RolloutResult, evaluate, expert_act_fn, rollout
+from ..core.sim.disturbance import Pushes
+from ..core.sim.env import SimEnv, load_contract
+from ..core.eval.metrics import growth_exponent, mean_ci, path_distance_matrix, time_deviation_matrix
+from ..core.eval.rollout import RolloutResult, evaluate, expert_act_fn, rollout
 
 EVAL_FILE, DEV_FILE = "eval.json", "dev.npz"
 
@@ -94,7 +94,7 @@ def evaluate_policy(policy_path, robot: str, task: str, seeds: Sequence[int],
                     references: Mapping[int, Reference], execution_mode: str = "temporal_ensembling",
                     progress: Optional[Callable] = None,
                     disturbance=None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """core.rollout.evaluate over `seeds` (no expert re-rollouts: `references` are cached,
+    """core.eval.rollout.evaluate over `seeds` (no expert re-rollouts: `references` are cached,
     made with the same `disturbance`). Returns (JSON-ready summary, {"time": (n, L),
     "path": (n, L)} deviation matrices, L = longest episode + 1, see `deviation_matrix`)."""
     ev = evaluate(str(policy_path), robot, task, list(seeds), execution_mode=execution_mode,

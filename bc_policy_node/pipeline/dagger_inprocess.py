@@ -16,13 +16,13 @@ reuse the aggregation / retraining / export / evaluation halves unchanged:
 
 Variants (`collect_round`):
 - ``classic`` (Ross et al. 2011): per tick the expert acts with probability beta_i
-  (`core.dagger.BetaGate`), the expert's label is recorded at EVERY visited state;
+  (`core.dagger.gates.BetaGate`), the expert's label is recorded at EVERY visited state;
 - ``robot_gated`` (EnsembleDAgger / ThriftyDAgger style): an ensemble of N policies trained
   with different seeds on the same aggregate; when their disagreement
-  (`core.dagger.EnsembleDisagreement`, in units of the data's action std) exceeds a threshold
+  (`core.dagger.gates.EnsembleDisagreement`, in units of the data's action std) exceeds a threshold
   calibrated on the training observations, the expert takes over (`UncertaintyGate`,
   hysteresis, per-episode query budget). Only expert-acted ticks are labelled;
-- ``human_gated`` (HG-DAgger): a simulated human (`core.dagger.SimulatedHuman`) watches the
+- ``human_gated`` (HG-DAgger): a simulated human (`core.dagger.gates.SimulatedHuman`) watches the
   end effector against the expert's path for that seed and takes over on deviation > X or a
   stall; only intervention segments are labelled.
 
@@ -58,12 +58,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.dagger import (GATE_BUDGET, BetaGate, EnsembleDisagreement, SimulatedHuman, UncertaintyGate,
+from ..core.dagger.gates import (GATE_BUDGET, BetaGate, EnsembleDisagreement, SimulatedHuman, UncertaintyGate,
                            beta_schedule)
-from ..core.env import SimEnv, load_contract
-from ..core.episodes import Dataset, DatasetError, Episode
-from ..core.rollout import PolicyRunner, RolloutResult, expert_act_fn, rollout
-from ..core.runtime import OnnxPolicy
+from ..core.sim.env import SimEnv, load_contract
+from ..core.data.episodes import Dataset, DatasetError, Episode
+from ..core.eval.rollout import PolicyRunner, RolloutResult, expert_act_fn, rollout
+from ..core.control.runtime import OnnxPolicy
 from ..core.types import ACTOR_EXPERT
 from .dagger_eval import Reference, _env, cached_eval, disturbance_key, expert_references, say as _say
 
@@ -216,7 +216,7 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
     ticks later (the learner's own path). plan_obs rolls the goal of the current observation
     only (no waypoint switch inside the chunk).
 
-    disturbance: `core.disturbance.Pushes` (or dict) applied to these rollouts (the simulated
+    disturbance: `core.sim.disturbance.Pushes` (or dict) applied to these rollouts (the simulated
     human's reference paths, if computed here, get the same pushes).
     """
     policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
@@ -508,7 +508,7 @@ def run_dagger(robot: str = "planar3", task: str = "long_horizon", variant: str 
     variant's expert segment (often shorter than K) leaves the rest of the chunk masked out
     (results/report.md, DAgger section). Round 0's demos are unchanged.
 
-    disturbance: `core.disturbance.Pushes` (or dict) applied to every DAgger rollout, to the
+    disturbance: `core.sim.disturbance.Pushes` (or dict) applied to every DAgger rollout, to the
     evaluation and to the expert references (deployment conditions); `demo_disturbance` to the
     round-0 demonstrations (default calm: demonstrations recorded with care)."""
     if variant not in VARIANTS:

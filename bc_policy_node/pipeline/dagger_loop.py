@@ -10,11 +10,11 @@ One graph runs for all rounds (real processes, lock-step)::
 Round i (1..R), in its folder ``<out>/round_<i>/``:
 
 1. roll the current policy on N seeded episodes through the graph (the dagger node's gate
-   decides who acts; classic: beta_i = `core.dagger.beta_schedule(i)`, set on the running
-   dagger node; human_gated: a `core.dagger.SimulatedHuman` in this process watches
+   decides who acts; classic: beta_i = `core.dagger.gates.beta_schedule(i)`, set on the running
+   dagger node; human_gated: a `core.dagger.gates.SimulatedHuman` in this process watches
    /task_state and drives /dagger/intervention; robot_gated: an ensemble trained on the
    aggregate, the dagger node restarted with it and its calibrated threshold);
-2. build the round's dataset from its bags (`core.dataset_builder`: FrameTag alignment, expert
+2. build the round's dataset from its bags (`core.data.dataset_builder`: FrameTag alignment, expert
    labels where `labelled`; classic with a chunked model: the expert's planned chunk from each
    labelled observation, `Episode.chunk_labels`, see `run_dagger_ros(chunk_labels=...)`);
 3. aggregate with all earlier data, retrain from scratch, export ONNX (the in-process DAgger's
@@ -40,10 +40,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..core.dagger import beta_schedule
-from ..core.disturbance import Pushes
-from ..core.env import load_contract
-from ..core.episodes import Dataset, Episode
+from ..core.dagger.gates import beta_schedule
+from ..core.sim.disturbance import Pushes
+from ..core.sim.env import load_contract
+from ..core.data.episodes import Dataset, Episode
 from ..core.types import ACTOR_NAMES
 from .dagger_eval import cached_eval, disturbance_key, expert_references, progress_bar as _bar, say as _say
 from .dagger_inprocess import (RECORD_FILE, VARIANTS, RoundRecord, aggregate, check_round_config, expert_demos,
@@ -361,7 +361,7 @@ def _add(dst: Dict[str, int], src: Mapping[str, int]) -> None:
 
 def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """ROS rollout statistics of one round (success of the gated episodes, who acted, why)."""
-    from ..core.metrics import success_summary
+    from ..core.eval.metrics import success_summary
 
     actors: Dict[str, int] = {}
     reasons: Dict[str, int] = {}
@@ -479,7 +479,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
     results/report.md: without them classic DAgger's chunk targets follow the learner's own
     drifting path, and a gated variant's short expert segments leave most of each chunk
     unlabelled). An explicit ``dagger_params["label_chunk_length"]`` wins.
-    disturbance: `core.disturbance.Pushes` (or dict): the bridge pushes the arm during the
+    disturbance: `core.sim.disturbance.Pushes` (or dict): the bridge pushes the arm during the
     rollouts (its push_* parameters) and the in-process evaluation is pushed alike; the
     round-0 demonstrations stay calm.
     """
@@ -598,7 +598,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
                 for j, s in it:
                     hum = None
                     if human_refs is not None:
-                        from ..core.dagger import SimulatedHuman
+                        from ..core.dagger.gates import SimulatedHuman
                         hum = SimulatedHuman(human_refs[s].ee, **dict(human or {}))
                     e = dg.run_episode(s, episode_id=1000 * i + j, record=True, human=hum,
                                        notes=f"dagger round {i} {variant}"
@@ -674,7 +674,7 @@ def run_dagger_ros(robot: str = "planar3", task: str = "curved_reach", dataset=N
 
 
 def _model_id(path) -> str:
-    from ..core.runtime import OnnxPolicy
+    from ..core.control.runtime import OnnxPolicy
     return OnnxPolicy(path).model_id
 
 
@@ -686,7 +686,7 @@ def _load_episodes(d: Path) -> List[Dict[str, Any]]:
 def _build_round_dataset(done: Sequence[Mapping[str, Any]], contract, data_dir: Path, round_index: int,
                          variant: str, beta: Optional[float]) -> List[Episode]:
     """The round's bags -> its dataset (FrameTag alignment), meta like the in-process rounds'."""
-    from ..core.dataset_builder import build_dataset
+    from ..core.data.dataset_builder import build_dataset
 
     bags = [e["bag"] for e in done if e.get("bag")]
     ds, report = build_dataset(bags, contract, out_dir=None)

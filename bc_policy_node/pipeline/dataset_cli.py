@@ -19,12 +19,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..core.bagread import BagReadError, find_bags, needs_recovery, read_episode_meta, recover_all
+from ..core.data.bagread import BagReadError, find_bags, needs_recovery, read_episode_meta, recover_all
 from ..core.contract import Contract, ContractError
-from ..core.dataset_builder import BuildError, build_dataset
-from ..core.dataset_tools import (bag_info, dataset_info, delete_bags, delete_episodes,
+from ..core.data.dataset_builder import BuildError, build_dataset
+from ..core.data.dataset_tools import (bag_info, dataset_info, delete_bags, delete_episodes,
                                   format_bag_info, format_dataset_info, merge_datasets, plot_episode)
-from ..core.episodes import Dataset, DatasetError
+from ..core.data.episodes import Dataset, DatasetError
 
 MAX_ROWS = 15
 
@@ -201,7 +201,7 @@ def do_delete(args) -> int:
 
 
 def do_export(args) -> int:
-    from ..core.lerobot_export import export_lerobot
+    from ..core.data.lerobot_export import export_lerobot
 
     d = _one_dataset(args)
     out = Path(_need(args, "out"))

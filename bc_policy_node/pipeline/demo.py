@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict
 
-from ..core.env import load_contract
+from ..core.sim.env import load_contract
 
 STAGES = ("collect", "dataset", "train", "export", "evaluate", "closed_loop", "dagger", "report")
 
@@ -104,7 +104,7 @@ def main(args) -> int:
         return {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool))}
 
     def dataset():
-        from ..core.dataset_builder import build_dataset
+        from ..core.data.dataset_builder import build_dataset
         ds, report = build_dataset([out / "bags"], contract, out_dir=out / "dataset")
         return {"episodes": len(ds), "frames": ds.num_frames, "hash": ds.content_hash(),
                 "excluded": int(report["excluded"])}
@@ -130,7 +130,7 @@ def main(args) -> int:
                 "size_mb": path.stat().st_size / 1e6}
 
     def evaluate():
-        from ..core.rollout import evaluate as run
+        from ..core.eval.rollout import evaluate as run
         from .evaluate import plot_rollouts
         r = run(st.results["export"]["model"], cfg.robot, cfg.task, eval_seeds, progress=_tqdm("eval BC"))
         plot_rollouts(r["results"], r["experts"], out / "rollouts_bc.png",
@@ -140,7 +140,7 @@ def main(args) -> int:
 
     def closed_loop():
         from .closed_loop import measure_free_run, run_policy_episodes
-        from ..core.rollout import evaluate as run
+        from ..core.eval.rollout import evaluate as run
         model = st.results["export"]["model"]
         seeds = eval_seeds[:cfg.ros_episodes]          # the same seeds as in-process: outcomes must agree
         eps = run_policy_episodes(model, cfg.robot, cfg.task, seeds, logs / "closed_loop",

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from ..core.disturbance import Pushes
-from ..core.rollout import RolloutResult, evaluate
-from ..core.runtime import OnnxPolicy
+from ..core.sim.disturbance import Pushes
+from ..core.eval.rollout import RolloutResult, evaluate
+from ..core.control.runtime import OnnxPolicy
 
 
 def plot_rollouts(results: Sequence[RolloutResult], experts: Sequence[RolloutResult], path, title: str,
@@ -52,7 +52,7 @@ def plot_rollouts(results: Sequence[RolloutResult], experts: Sequence[RolloutRes
 
 
 def summary_dict(res: Dict) -> Dict:
-    """The JSON-able part of core.rollout.evaluate's result."""
+    """The JSON-able part of core.eval.rollout.evaluate's result."""
     return {k: v for k, v in res.items() if k not in ("results", "experts")}
 
 

@@ -26,7 +26,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from bc_msgs.msg import TaskState  # noqa: E402
 from bc_msgs.srv import QueryExpert, ResetEpisode, StepSim  # noqa: E402
 from bc_policy_node.core.contract import Contract, ObservationAssembler  # noqa: E402
-from bc_policy_node.core.env import MODELS_DIR, SimEnv, contract_path  # noqa: E402
+from bc_policy_node.core.sim.env import MODELS_DIR, SimEnv, contract_path  # noqa: E402
 from bc_policy_node.graph import sim_nodes  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
 from bc_policy_node.nodes.conversions import command_msg, trajectory_msg  # noqa: E402
@@ -44,7 +44,7 @@ CMD = "/forward_position_controller/commands"
 TRAJ = "/forward_position_controller/joint_trajectory"
 JOINTS = ["j1", "j2", "j3"]
 BRIDGE_TEST_PARAMS = {"auto_reset": False, "diagnostics_rate_hz": 20.0}
-# The lock-step graph pushes the arm (core/disturbance.py) a few times per episode; the expert recovers.
+# The lock-step graph pushes the arm (core/sim/disturbance.py) a few times per episode; the expert recovers.
 PUSHES = {"magnitude": 0.4, "interval": 40.0, "count": 3}
 PUSH_PARAMS = {"push_magnitude": PUSHES["magnitude"], "push_interval_ticks": PUSHES["interval"],
                "push_count": PUSHES["count"]}

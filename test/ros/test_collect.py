@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("rclpy")
 
 from bc_policy_node.core.contract import ObservationAssembler  # noqa: E402
-from bc_policy_node.core.dataset_builder import build_dataset  # noqa: E402
-from bc_policy_node.core.env import SimEnv, load_contract  # noqa: E402
+from bc_policy_node.core.data.dataset_builder import build_dataset  # noqa: E402
+from bc_policy_node.core.sim.env import SimEnv, load_contract  # noqa: E402
 from bc_policy_node.pipeline.collect import collect, format_summary, next_episode_id  # noqa: E402
 
 pytestmark = pytest.mark.ros

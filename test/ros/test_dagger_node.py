@@ -3,7 +3,7 @@
 Policies are tiny ONNX graphs built here with onnx.helper (no torch): "hold" (every action =
 the measured joint positions) and "constant" (every action = a fixed far-away target, so a
 hand-back to it would jump). The expert is the scripted one, so every label can be checked
-against `core.experts` exactly. No timed asserts: timeouts only bound waits.
+against `core.sim.experts` exactly. No timed asserts: timeouts only bound waits.
 """
 import json
 import os
@@ -24,11 +24,11 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 
 from bc_msgs.msg import FrameTag  # noqa: E402
-from bc_policy_node.core.disturbance import Pushes  # noqa: E402
-from bc_policy_node.core.env import SimEnv, load_contract  # noqa: E402
-from bc_policy_node.core.episodes import Dataset  # noqa: E402
-from bc_policy_node.core.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
-from bc_policy_node.core.runtime import OnnxPolicy, embed_metadata  # noqa: E402
+from bc_policy_node.core.sim.disturbance import Pushes  # noqa: E402
+from bc_policy_node.core.sim.env import SimEnv, load_contract  # noqa: E402
+from bc_policy_node.core.data.episodes import Dataset  # noqa: E402
+from bc_policy_node.core.eval.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
+from bc_policy_node.core.control.runtime import OnnxPolicy, embed_metadata  # noqa: E402
 from bc_policy_node.core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
 from bc_policy_node.pipeline.dagger_inprocess import round_configs  # noqa: E402
@@ -223,7 +223,7 @@ def dagger(tmp_path_factory):
 def test_beta_one_is_the_expert_alone_and_beta_zero_the_policy_alone(dagger):
     """beta = 1: executed commands and joint trajectory are the expert's own rollout of that
     seed (in-process SimEnv + the same scripted expert), to the last bit. beta = 0: they are
-    the in-process rollout of the same ONNX policy (core.rollout.PolicyRunner) - which also
+    the in-process rollout of the same ONNX policy (core.eval.rollout.PolicyRunner) - which also
     proves each policy command is paired with the observation it answered."""
     dg, w, d = dagger
     dg.set_beta(1.0)

@@ -33,7 +33,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from bc_msgs.msg import ActionChunk, PolicyStatus, TaskState  # noqa: E402
 from bc_msgs.srv import LoadPolicy  # noqa: E402
 from bc_policy_node.core.contract import Contract  # noqa: E402
-from bc_policy_node.core.runtime import embed_metadata  # noqa: E402
+from bc_policy_node.core.control.runtime import embed_metadata  # noqa: E402
 from bc_policy_node.graph import policy_nodes  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
 from bc_policy_node.nodes.conversions import to_time  # noqa: E402

@@ -33,9 +33,9 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from bc_msgs.msg import PolicyStatus  # noqa: E402
-from bc_policy_node.core.env import SimEnv, load_contract  # noqa: E402
-from bc_policy_node.core.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
-from bc_policy_node.core.runtime import OnnxPolicy, embed_metadata  # noqa: E402
+from bc_policy_node.core.sim.env import SimEnv, load_contract  # noqa: E402
+from bc_policy_node.core.eval.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
+from bc_policy_node.core.control.runtime import OnnxPolicy, embed_metadata  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
 from bc_policy_node.pipeline.closed_loop import policy_graph  # noqa: E402
 from bc_policy_node.pipeline.graph_client import RESET, GraphClient  # noqa: E402

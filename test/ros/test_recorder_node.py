@@ -3,7 +3,7 @@
 A publisher process (stream_publisher.py) sends JointState / TaskState / commands with known
 values; the recorder (the installed executable, started from graph.record_nodes like
 `bc-policy collect` does) writes one bag per episode. Bags are read back with rosbags'
-AnyReader (independent of core.bagread) and built into a dataset. Crash, SIGINT, full disk
+AnyReader (independent of core.data.bagread) and built into a dataset. Crash, SIGINT, full disk
 and start-up errors are real: kill -9, SIGINT, RLIMIT_FSIZE (EFBIG), bad parameters.
 No assertion depends on timing; waits are on conditions with generous deadlines.
 """
@@ -22,9 +22,9 @@ import yaml
 rclpy = pytest.importorskip("rclpy")
 
 from bc_policy_node import graph, procs  # noqa: E402
-from bc_policy_node.core import bagread  # noqa: E402
+from bc_policy_node.core.data import bagread  # noqa: E402
 from bc_policy_node.core.contract import Contract  # noqa: E402
-from bc_policy_node.core.dataset_builder import build_dataset  # noqa: E402
+from bc_policy_node.core.data.dataset_builder import build_dataset  # noqa: E402
 from bc_policy_node.pipeline.graph_client import START_EPISODE, STOP_EPISODE, GraphClient  # noqa: E402
 from bc_msgs.srv import StartEpisode, StopEpisode  # noqa: E402
 from stream_publisher import CMD_TOPIC, command, goal, joint_pos, joint_vel  # noqa: E402
@@ -99,9 +99,9 @@ def contract():
 
 
 def read_independent(bag: Path):
-    """{topic: [deserialized msgs]} with rosbags AnyReader (not core.bagread)."""
+    """{topic: [deserialized msgs]} with rosbags AnyReader (not core.data.bagread)."""
     from rosbags.highlevel import AnyReader
-    from bc_policy_node.core.rostypes import typestore
+    from bc_policy_node.core.data.rostypes import typestore
 
     out = {}
     with AnyReader([bag], default_typestore=typestore()) as r:

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from bc_policy_node.core.rollout import evaluate  # noqa: E402
+from bc_policy_node.core.eval.rollout import evaluate  # noqa: E402
 from bc_policy_node.pipeline.closed_loop import run_policy_episodes  # noqa: E402
 
 pytestmark = pytest.mark.ros

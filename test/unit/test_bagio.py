@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bc_policy_node.core import bagread, rostypes
-from bc_policy_node.core.bagio import BagWriteError, EpisodeBagWriter, recover_bag
+from bc_policy_node.core.data import bagread, rostypes
+from bc_policy_node.core.data.bagio import BagWriteError, EpisodeBagWriter, recover_bag
 from bc_policy_node.core.types import JointStateData, TaskStateData
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ def _child(script, *args):
 
 WRITER_CHILD = """
     import sys, time
-    from bc_policy_node.core.bagio import EpisodeBagWriter
+    from bc_policy_node.core.data.bagio import EpisodeBagWriter
     root = sys.argv[1]
     topics = {"/cmd": "std_msgs/msg/Float64MultiArray", "/joint_states": "sensor_msgs/msg/JointState"}
     with EpisodeBagWriter(root + "/ep_000", topics, {"episode_id": 0}) as w:
@@ -225,7 +225,7 @@ def test_kill_9_mid_episode_leaves_earlier_intact_and_recovers_the_rest(tmp_path
 def test_kill_before_first_chunk_recovers_an_empty_valid_bag(tmp_path):
     script = """
         import sys, os, signal
-        from bc_policy_node.core.bagio import EpisodeBagWriter
+        from bc_policy_node.core.data.bagio import EpisodeBagWriter
         w = EpisodeBagWriter(sys.argv[1] + "/ep", {"/cmd": "std_msgs/msg/Float64MultiArray"},
                              flush_interval_s=1e9)
         w.write("/cmd", {"data": [1.0]}, 1)
@@ -244,7 +244,7 @@ def test_kill_before_first_chunk_recovers_an_empty_valid_bag(tmp_path):
 def test_sigint_finalizes_a_valid_bag_marked_incomplete(tmp_path):
     script = """
         import sys, time
-        from bc_policy_node.core.bagio import EpisodeBagWriter
+        from bc_policy_node.core.data.bagio import EpisodeBagWriter
         with EpisodeBagWriter(sys.argv[1] + "/ep", {"/cmd": "std_msgs/msg/Float64MultiArray"}) as w:
             k = 0
             while True:
@@ -272,7 +272,7 @@ def test_disk_full_raises_bag_write_error_and_keeps_earlier_episodes(tmp_path):
     script = """
         import sys, resource, signal, os
         import numpy as np
-        from bc_policy_node.core.bagio import EpisodeBagWriter, BagWriteError
+        from bc_policy_node.core.data.bagio import EpisodeBagWriter, BagWriteError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
         topics = {"/cmd": "std_msgs/msg/Float64MultiArray"}

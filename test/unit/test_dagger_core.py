@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bc_policy_node.core.dagger import (GATE_BUDGET, GATE_INTERVENTION, GATE_UNCERTAINTY, BetaGate,
+from bc_policy_node.core.dagger.gates import (GATE_BUDGET, GATE_INTERVENTION, GATE_UNCERTAINTY, BetaGate,
                                         EnsembleDisagreement, InterventionGate, UncertaintyGate,
                                         beta_schedule)
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bc_policy_node.core.env import SimEnv, load_contract
-from bc_policy_node.core.runtime import embed_metadata
+from bc_policy_node.core.sim.env import SimEnv, load_contract
+from bc_policy_node.core.control.runtime import embed_metadata
 from bc_policy_node.pipeline.dagger_eval import deviation_growth, expert_references
 from bc_policy_node.pipeline.dagger_inprocess import aggregate, collect_round, expert_demos, labels_of
 
@@ -165,7 +165,7 @@ def test_gated_chunk_labels_only_on_expert_ticks(setup):
 def test_rounds_under_pushes_label_the_pushed_states(setup):
     """With a disturbance the rollouts are pushed at the seeded ticks (the demos stay calm) and
     the expert labels the displaced states like any other."""
-    from bc_policy_node.core.disturbance import Pushes
+    from bc_policy_node.core.sim.disturbance import Pushes
 
     c, pushes = setup["contract"], Pushes(magnitude=0.4, interval=30.0, count=2)
     eps, _ = collect_round(ROBOT, TASK, "classic", setup["hold"], SEEDS, round_index=1, beta=0.0, contract=c,

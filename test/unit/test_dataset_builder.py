@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from bc_policy_node.core import bagread
-from bc_policy_node.core.bagio import EpisodeBagWriter
+from bc_policy_node.core.data import bagread
+from bc_policy_node.core.data.bagio import EpisodeBagWriter
 from bc_policy_node.core.contract import Contract
-from bc_policy_node.core.dataset_builder import build_dataset, episode_from_bag
-from bc_policy_node.core.episodes import Dataset
+from bc_policy_node.core.data.dataset_builder import build_dataset, episode_from_bag
+from bc_policy_node.core.data.episodes import Dataset
 from bc_policy_node.core.types import JointStateData, TaskStateData
 
 CMD = "/forward_position_controller/commands"
@@ -369,7 +369,7 @@ def test_sim_expert_bag_matches_in_process_assembly(tmp_path):
     """Simulator -> bag -> builder gives exactly the arrays the in-process path assembles."""
     pytest.importorskip("mujoco")
     from bc_policy_node.core.contract import ObservationAssembler
-    from bc_policy_node.core.env import COMMAND_TOPIC, SimEnv, load_contract
+    from bc_policy_node.core.sim.env import COMMAND_TOPIC, SimEnv, load_contract
 
     c = load_contract("planar3", "curved_reach")
     env = SimEnv("planar3", "curved_reach")

@@ -3,9 +3,9 @@ import numpy as np
 import yaml
 
 from bc_policy_node.cli import main as cli
-from bc_policy_node.core import bagread
-from bc_policy_node.core.bagio import EpisodeBagWriter
-from bc_policy_node.core.episodes import Dataset
+from bc_policy_node.core.data import bagread
+from bc_policy_node.core.data.bagio import EpisodeBagWriter
+from bc_policy_node.core.data.episodes import Dataset
 from bc_policy_node.pipeline.dataset_cli import parse_indices
 
 from test_dataset_builder import CMD, TOPICS, contract, cmd, lockstep_bag  # noqa: E402

@@ -5,14 +5,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from bc_policy_node.core.bagio import EpisodeBagWriter
-from bc_policy_node.core.dataset_builder import build_dataset
-from bc_policy_node.core.dataset_tools import (bag_info, dataset_info, delete_bags,
+from bc_policy_node.core.data.bagio import EpisodeBagWriter
+from bc_policy_node.core.data.dataset_builder import build_dataset
+from bc_policy_node.core.data.dataset_tools import (bag_info, dataset_info, delete_bags,
                                                delete_episodes, format_bag_info,
                                                format_dataset_info, merge_datasets,
                                                plot_episode, select_episodes)
-from bc_policy_node.core.episodes import Dataset, DatasetError, Episode
-from bc_policy_node.core.lerobot_export import export_lerobot, read_lerobot_episode
+from bc_policy_node.core.data.episodes import Dataset, DatasetError, Episode
+from bc_policy_node.core.data.lerobot_export import export_lerobot, read_lerobot_episode
 
 from test_dataset_builder import CMD, TOPICS, T0, contract, lockstep_bag  # noqa: E402
 

@@ -1,11 +1,11 @@
-"""Seeded pushes (core/disturbance.py) in the in-process env, the DAgger pipeline and the bridge's parameters."""
+"""Seeded pushes (core/sim/disturbance.py) in the in-process env, the DAgger pipeline and the bridge's parameters."""
 import json
 
 import numpy as np
 import pytest
 
-from bc_policy_node.core.disturbance import Pushes
-from bc_policy_node.core.env import SimEnv
+from bc_policy_node.core.sim.disturbance import Pushes
+from bc_policy_node.core.sim.env import SimEnv
 from bc_policy_node.pipeline.dagger_eval import expert_references
 
 PUSHES = Pushes(magnitude=0.4, interval=30.0, count=3)
@@ -97,7 +97,7 @@ def test_command_line_pushes_reach_the_evaluation(capsys, monkeypatch):
     """`bc-policy eval --push-magnitude ...`: the parsed flags become the evaluation's pushes
     (calm without them); the summary says so."""
     from bc_policy_node.cli import build_parser
-    from bc_policy_node.core.env import MODELS_DIR
+    from bc_policy_node.core.sim.env import MODELS_DIR
     from bc_policy_node.pipeline import evaluate
 
     model = str(MODELS_DIR / "policies" / "planar3_curved_reach.onnx")

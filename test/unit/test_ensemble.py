@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from bc_policy_node.core.ensemble import (
+from bc_policy_node.core.control.ensemble import (
     LatencyAwareExecutor, ModeConsistentEnsembler, NoChunkError, RecedingHorizon,
     TemporalEnsembler, make_executor)
 

@@ -2,15 +2,15 @@
 import numpy as np
 import pytest
 
-from bc_policy_node.core.disturbance import Pushes
-from bc_policy_node.core.env import SimEnv
-from bc_policy_node.core.tasks import TaskError
+from bc_policy_node.core.sim.disturbance import Pushes
+from bc_policy_node.core.sim.env import SimEnv
+from bc_policy_node.core.sim.tasks import TaskError
 
 
 @pytest.mark.parametrize("task,pushes", [("curved_reach", None), ("bimodal", None),
                                          ("long_horizon", Pushes(magnitude=0.4, interval=30.0, count=3))])
 def test_advance_in_pieces_is_bit_identical_to_step(task, pushes):
-    """Also with pushes (core/disturbance.py): the free-running bridge pushes at the same ticks."""
+    """Also with pushes (core/sim/disturbance.py): the free-running bridge pushes at the same ticks."""
     a, b = SimEnv("planar3", task, disturbance=pushes), SimEnv("planar3", task, disturbance=pushes)
     expert = a.make_expert()
     msgs = a.reset(5)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bc_policy_node.core.metrics import path_distance_matrix, time_deviation_matrix
+from bc_policy_node.core.eval.metrics import path_distance_matrix, time_deviation_matrix
 from bc_policy_node.experiments import common as C
 from bc_policy_node.experiments import runner
 
@@ -49,7 +49,7 @@ def hold_policy(contract, path: Path, k: int = 1) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from bc_policy_node.core.runtime import embed_metadata
+    from bc_policy_node.core.control.runtime import embed_metadata
 
     a, d = contract.act_dim, contract.obs_dim
     w = np.zeros((d, k * a), dtype=np.float32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bc_policy_node.core.contract import Contract, ContractError
-from bc_policy_node.core.episodes import Dataset, DatasetError, Episode
+from bc_policy_node.core.data.episodes import Dataset, DatasetError, Episode
 from bc_policy_node.learning import (ConfigError, ModelConfig, TrainConfig, TrainError, build_model,
                                      configs_from_dict, load_configs, load_policy, train)
 from bc_policy_node.learning.data import build_chunks, episode_chunks, segment_ids

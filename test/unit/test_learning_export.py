@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from bc_policy_node.core.runtime import CONTRACT_KEY, META_KEY, OnnxPolicy
+from bc_policy_node.core.control.runtime import CONTRACT_KEY, META_KEY, OnnxPolicy
 from bc_policy_node.learning import ExportError, ModelConfig, TrainConfig, check_parity, export, load_policy, train
 from bc_policy_node.learning.export import read_metadata
 from bc_policy_node.learning.synthetic import synthetic_dataset

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bc_policy_node.core.contract import Contract, ContractError
-from bc_policy_node.core.runtime import META_KEY, OnnxPolicy
+from bc_policy_node.core.control.runtime import META_KEY, OnnxPolicy
 from bc_policy_node.learning import ConfigError, ModelConfig, TrainConfig, build_model, check_parity, export, train
 from bc_policy_node.learning.models import reference_index
 from bc_policy_node.learning.synthetic import synthetic_contract, synthetic_dataset
@@ -44,7 +44,7 @@ def test_config_and_build_errors():
 def test_untrained_head_outputs_the_measured_position_plus_the_mean_offset(ds):
     """With a zero head the network's normalized output is 0: every action of the chunk is the
     measured joint position + the mean training offset, whatever the other inputs are."""
-    from bc_policy_node.core.episodes import NormStats
+    from bc_policy_node.core.data.episodes import NormStats
 
     stats = NormStats(np.zeros(5), np.ones(5), np.array([0.1, -0.2, 0.3]), np.ones(3))
     model = build_model(REL["chunk_mlp"], 5, 3, stats, ref_index=[0, 1, 2]).eval()

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bc_policy_node.core.metrics import (
+from bc_policy_node.core.eval.metrics import (
     deviation_summary, growth_exponent, mean_ci, path_deviation, success_summary, summarize,
     t_quantile, wilson_interval)
 

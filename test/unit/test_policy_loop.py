@@ -13,7 +13,7 @@ pytest.importorskip("rclpy")  # policy_loop lives in nodes/ (params.doc imports 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from bc_policy_node.core.contract import Contract, ContractError, ObservationAssembler  # noqa: E402
-from bc_policy_node.core.runtime import OnnxPolicy, PolicyContractMismatch, embed_metadata  # noqa: E402
+from bc_policy_node.core.control.runtime import OnnxPolicy, PolicyContractMismatch, embed_metadata  # noqa: E402
 from bc_policy_node.core.types import JointStateData  # noqa: E402
 from bc_policy_node.nodes.policy_loop import (RESTART_EPISODE, RESTART_JUMP, ControlLoop,  # noqa: E402
                                               LoopStats, PolicyParams, load_policy, position_indices)
@@ -63,8 +63,8 @@ def test_config_yaml_declares_exactly_the_parameters_with_the_dataclass_defaults
 
 
 def test_node_defaults_are_the_in_process_runners():
-    """Same execution defaults as core.rollout.PolicyRunner, so the node runs what was evaluated."""
-    from bc_policy_node.core.rollout import EXEC_DEFAULTS, RESET_JUMP_RAD
+    """Same execution defaults as core.eval.rollout.PolicyRunner, so the node runs what was evaluated."""
+    from bc_policy_node.core.eval.rollout import EXEC_DEFAULTS, RESET_JUMP_RAD
 
     p = PolicyParams()
     assert p.m == EXEC_DEFAULTS["temporal_ensembling"]["m"] == EXEC_DEFAULTS["mode_consistent"]["m"]
@@ -244,8 +244,8 @@ def test_control_loop_commands_what_the_in_process_runner_commands_across_episod
     node (one tick per observation, also on an episode's final one), over consecutive episodes
     = core.rollout.rollout with a PolicyRunner reset per episode, bit for bit. Without the
     episode trigger the second episode differs (the bug this guards against)."""
-    from bc_policy_node.core.env import SimEnv, load_contract
-    from bc_policy_node.core.rollout import PolicyRunner, policy_act_fn, rollout
+    from bc_policy_node.core.sim.env import SimEnv, load_contract
+    from bc_policy_node.core.eval.rollout import PolicyRunner, policy_act_fn, rollout
 
     c = load_contract("planar3", "curved_reach")
     path = linear_policy(tmp_path / "lin.onnx", c)
@@ -278,7 +278,7 @@ def test_control_loop_commands_what_the_in_process_runner_commands_across_episod
 
 
 def test_policy_runner_holds_on_nan_and_restarts_after_a_jump_like_the_node(tmp_path):
-    from bc_policy_node.core.rollout import PolicyRunner
+    from bc_policy_node.core.eval.rollout import PolicyRunner
 
     c = contract()
     nan = PolicyRunner(OnnxPolicy(offset_policy(tmp_path, c, float("nan"), "nan.onnx")), c)

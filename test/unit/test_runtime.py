@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bc_policy_node.core.contract import Contract
-from bc_policy_node.core.runtime import (
+from bc_policy_node.core.control.runtime import (
     CONTRACT_KEY, META_FORMAT, META_KEY, OnnxPolicy, PolicyContractMismatch, PolicyLoadError,
     embed_metadata)
 
@@ -235,8 +235,8 @@ def test_check_contract_lists_mismatches(tmp_path):
 
 
 def test_core_runtime_modules_import_without_torch_or_rclpy():
-    code = ("import sys; import bc_policy_node.core.runtime, bc_policy_node.core.ensemble, "
-            "bc_policy_node.core.safety, bc_policy_node.core.metrics; "
+    code = ("import sys; import bc_policy_node.core.control.runtime, bc_policy_node.core.control.ensemble, "
+            "bc_policy_node.core.control.safety, bc_policy_node.core.eval.metrics; "
             "print(sorted(m for m in ('torch', 'rclpy', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bc_policy_node.core.contract import Contract
-from bc_policy_node.core.safety import (
+from bc_policy_node.core.control.safety import (
     EVENT_JOINT_LIMIT, EVENT_NO_REFERENCE, EVENT_NONFINITE, EVENT_SHAPE, EVENT_STALE,
     EVENT_STEP_LIMIT, CommandValidator, SafetyFilter, SafetyLimits, validate_command)
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from bc_policy_node.core.env import MODELS_DIR, SimEnv
-from bc_policy_node.core.sim import ArmSim, SimDiverged, SimError
+from bc_policy_node.core.sim.env import MODELS_DIR, SimEnv
+from bc_policy_node.core.sim.sim import ArmSim, SimDiverged, SimError
 
 PLANAR = MODELS_DIR / "planar3.xml"
 ARM7 = MODELS_DIR / "arm7.xml"

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from bc_policy_node.core.contract import Contract, ObservationAssembler
-from bc_policy_node.core.env import CONTRACTS_DIR, SimEnv, load_contract
-from bc_policy_node.core.tasks import TaskError
+from bc_policy_node.core.sim.env import CONTRACTS_DIR, SimEnv, load_contract
+from bc_policy_node.core.sim.tasks import TaskError
 
 CASES = [("planar3", "curved_reach"), ("planar3", "bimodal"), ("planar3", "long_horizon"),
          ("arm7", "curved_reach")]

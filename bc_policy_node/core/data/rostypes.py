@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-BC_MSGS_DIR = Path(__file__).resolve().parents[2] / "bc_msgs" / "msg"
+BC_MSGS_DIR = Path(__file__).resolve().parents[3] / "bc_msgs" / "msg"
 HEADER_TYPE = "std_msgs/msg/Header"
 
 _NUMERIC = {

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .contract import Contract, ContractError
+from ..contract import Contract, ContractError
 
 DATASET_FORMAT = 1
 

@@ -1,4 +1,4 @@
-"""Episode bags -> time-aligned training arrays (`core.episodes.Dataset`), numpy + rosbags.
+"""Episode bags -> time-aligned training arrays (`core.data.episodes.Dataset`), numpy + rosbags.
 
 Observations are assembled by `core.contract.ObservationAssembler`, the same object the
 policy node feeds with live messages; this module only decides *which* message of every
@@ -65,7 +65,7 @@ import numpy as np
 
 from .bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta, read_raw,
                       recover_bag, topic_types)
-from .contract import Contract, ContractError, ObservationAssembler
+from ..contract import Contract, ContractError, ObservationAssembler
 from .episodes import Dataset, Episode
 from .rostypes import HEADER_TYPE, header_stamp_ns
 

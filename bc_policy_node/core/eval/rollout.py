@@ -11,14 +11,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .contract import Contract, ObservationAssembler
-from .ensemble import NoChunkError, make_executor
-from .env import SimEnv
-from .episodes import Episode
+from ..contract import Contract, ObservationAssembler
+from ..control.ensemble import NoChunkError, make_executor
+from ..sim.env import SimEnv
+from ..data.episodes import Episode
 from .metrics import path_deviation, success_summary, mean_ci
-from .runtime import OnnxPolicy
-from .safety import SafetyFilter
-from .types import ACTOR_EXPERT, ACTOR_POLICY, STATUS_COLLISION
+from ..control.runtime import OnnxPolicy
+from ..control.safety import SafetyFilter
+from ..types import ACTOR_EXPERT, ACTOR_POLICY, STATUS_COLLISION
 
 # Measured position this far (rad) from the last command on some joint: start a new plan there
 # (the policy node's reset_jump_rad default; tracking lag in the sim stays below ~0.06 rad,
@@ -196,7 +196,7 @@ def evaluate(policy, robot: str, task: str, seeds: Sequence[int], execution_mode
              **exec_params) -> Dict:
     """Success rate (Wilson interval), final error, path deviation from the expert over time,
     collisions and per-episode results for an ONNX policy over `seeds`; `disturbance`
-    (`core.disturbance.Pushes`) pushes policy and expert alike."""
+    (`core.sim.disturbance.Pushes`) pushes policy and expert alike."""
     policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
     env = SimEnv(robot, task, control_rate_hz=policy.contract.control_rate_hz, disturbance=disturbance)
     contract = policy.contract

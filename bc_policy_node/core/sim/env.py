@@ -16,12 +16,12 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .contract import Contract
+from ..contract import Contract
 from .disturbance import Pushes
 from .experts import ScriptedExpert, make_expert
 from .sim import ArmSim, SimDiverged, SimError
 from .tasks import Task, make_task
-from .types import STATUS_DIVERGED, JointStateData, TaskStateData
+from ..types import STATUS_DIVERGED, JointStateData, TaskStateData
 
 JOINT_STATES_TOPIC = "/joint_states"
 TASK_STATE_TOPIC = "/task_state"
@@ -30,7 +30,7 @@ COMMAND_TOPIC = "/forward_position_controller/commands"
 
 def _share_root() -> Path:
     """The source checkout when run from one, else the installed share/bc_policy_node."""
-    src = Path(__file__).resolve().parents[2]
+    src = Path(__file__).resolve().parents[3]
     if (src / "models" / "planar3.xml").is_file():
         return src
     try:
@@ -84,7 +84,7 @@ class SimEnv:
         mjcf: MJCF path overriding the shipped model.
         control_rate_hz: control rate; physics substeps = round(1 / (rate * timestep)). Task
             horizons keep their duration in seconds (ticks are given at 50 Hz).
-        disturbance: `core.disturbance.Pushes` (or its dict) knocking the arm off its path at
+        disturbance: `core.sim.disturbance.Pushes` (or its dict) knocking the arm off its path at
             seeded ticks; None = calm.
 
     `step()` after the episode is done is a no-op returning the final messages (the bridge

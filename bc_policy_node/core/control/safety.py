@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .contract import Contract
+from ..contract import Contract
 
 EVENT_STALE = "stale_observation"      # observation older than stale_after_s (or no stamp)
 EVENT_NONFINITE = "nonfinite_action"   # NaN/inf in the proposed action -> rejected, hold

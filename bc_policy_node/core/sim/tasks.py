@@ -1,4 +1,4 @@
-"""Sim tasks with seeded reset distributions (numpy only; physics lives in core/sim.py).
+"""Sim tasks with seeded reset distributions (numpy only; physics lives in core/sim/sim.py).
 
 Each task reproduces a failure mode behavioral cloning is known for:
 
@@ -22,7 +22,7 @@ from typing import Dict, Optional, Tuple, Type
 import numpy as np
 
 from .sim import ArmSim
-from .types import STATUS_COLLISION, STATUS_RUNNING, STATUS_SUCCESS, STATUS_TIMEOUT
+from ..types import STATUS_COLLISION, STATUS_RUNNING, STATUS_SUCCESS, STATUS_TIMEOUT
 
 TOOL_CLEARANCE = 0.09   # m, lateral distance the bimodal expert keeps from the obstacle edge
 

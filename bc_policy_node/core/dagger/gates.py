@@ -136,7 +136,7 @@ class EnsembleDisagreement:
 
     Score = mean over the first `horizon` actions and joints of the across-member standard
     deviation, divided by `scale` (e.g. the action std of the data) so a threshold is unitless.
-    `policies` are anything with `predict_chunk(obs) -> (B, K, A)` (core.runtime.OnnxPolicy).
+    `policies` are anything with `predict_chunk(obs) -> (B, K, A)` (core.control.runtime.OnnxPolicy).
     """
 
     def __init__(self, policies: Sequence, scale=None, horizon: int = 5):

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .contract import Contract
+from ..contract import Contract
 from .sim import ArmSim
 from .tasks import TOOL_CLEARANCE
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .contract import Contract, ContractError
+from ..contract import Contract, ContractError
 
 META_FORMAT = 1
 CONTRACT_KEY = "bc_policy.contract"
@@ -77,7 +77,7 @@ def embed_metadata(model_proto, contract: Contract, meta: Mapping[str, Any]):
     m.setdefault("opset", opsets[0] if opsets else None)
     m.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if "package_version" not in m:
-        from .. import __version__
+        from ... import __version__
         m["package_version"] = __version__
     contract_json = contract.to_json()
     if not m.get("model_id"):
@@ -150,7 +150,7 @@ class OnnxPolicy:
         missing = [k for k in (CONTRACT_KEY, META_KEY) if k not in props]
         if missing:
             raise self._fail(f"missing metadata {missing}; not a bc_policy export "
-                             f"(use learning/export.py, which calls core.runtime.embed_metadata)")
+                             f"(use learning/export.py, which calls core.control.runtime.embed_metadata)")
         try:
             contract = Contract.from_json(props[CONTRACT_KEY])
         except (ContractError, ValueError) as e:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from .bagread import find_bags, needs_recovery, read_episode_meta, receive_times
-from .contract import Contract
+from ..contract import Contract
 from .episodes import Dataset, DatasetError, Episode
 
 

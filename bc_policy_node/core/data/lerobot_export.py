@@ -1,4 +1,4 @@
-"""Export a `core.episodes.Dataset` to the LeRobot dataset layout (v2.1, pyarrow only).
+"""Export a `core.data.episodes.Dataset` to the LeRobot dataset layout (v2.1, pyarrow only).
 
 Layout written (LeRobot `CODEBASE_VERSION = "v2.1"`, one parquet file per episode)::
 
