@@ -144,14 +144,14 @@ def raw_onnxruntime_us(path: Path, d: int, iters: int = 5000) -> dict:
 
 
 def in_process_step_us(path: Path, contract, iters: int = 5000) -> dict:
-    """ControlLoop.step + observation update without DDS: the Python compute part of a tick."""
+    """PolicyController.step + observation update without DDS: the Python compute part of a tick."""
     from sensor_msgs.msg import JointState
 
     from bc_policy_node.core.contract import ObservationAssembler
     from bc_policy_node.core.control.runtime import OnnxPolicy
-    from bc_policy_node.nodes.policy_loop import ControlLoop, PolicyParams
+    from bc_policy_node.core.control.controller import PolicyController
 
-    loop = ControlLoop(contract, OnnxPolicy(path), PolicyParams())
+    loop = PolicyController(contract, OnnxPolicy(path))
     asm = ObservationAssembler(contract)
     js = JointState(name=JOINTS, position=list(HOME), velocity=[0.0] * A)
     t = np.empty(iters)
@@ -159,7 +159,7 @@ def in_process_step_us(path: Path, contract, iters: int = 5000) -> dict:
     for i in range(iters):
         t0 = time.perf_counter()
         asm.update("/joint_states", js, now + i * 1e-3)
-        loop.step(asm, now + i * 1e-3)
+        loop.step(asm.vector(), asm.oldest_stamp(), now + i * 1e-3)
         t[i] = time.perf_counter() - t0
     return {"p50_us": float(np.median(t[200:]) * 1e6), "p99_us": float(np.percentile(t[200:], 99) * 1e6)}
 
@@ -455,7 +455,7 @@ def print_table(res: dict) -> None:
     ips = res["in_process_step"]
     name = f"MLP 14->256->256->{K}x{A}" if res["meta"]["model"] == "mlp" else f"transformer K={K}, A={A}"
     print(f"\nraw onnxruntime ({name}, 1 thread): p50 {raw['p50_us']:.1f} us, p99 {raw['p99_us']:.1f} us; "
-          f"observation update + ControlLoop.step in-process (no DDS): p50 {ips['p50_us']:.1f} us, p99 {ips['p99_us']:.1f} us")
+          f"observation update + PolicyController.step in-process (no DDS): p50 {ips['p50_us']:.1f} us, p99 {ips['p99_us']:.1f} us")
     print(f"load average during the run: {res['meta']['loadavg_start']} -> {res['meta'].get('loadavg_end')} "
           f"(2 cores shared with other work)")
     hdr = ("rate Hz", "achieved", "missed %", "tick p50/p99 us", "infer p50 us", "obs->cmd p50/p99 us", "tick/raw",

@@ -9,7 +9,7 @@ NODES = [  # (node name, module, dataclass)
     ("mujoco_bridge", "bc_policy_node.nodes.mujoco_bridge", "BridgeParams"),
     ("expert", "bc_policy_node.nodes.expert_node", "ExpertParams"),
     ("recorder", "bc_policy_node.nodes.recorder_node", "RecorderParams"),
-    ("policy", "bc_policy_node.nodes.policy_loop", "PolicyParams"),
+    ("policy", "bc_policy_node.core.control.params", "PolicyParams"),
     ("dagger", "bc_policy_node.nodes.dagger_node", "DaggerParams"),
 ]
 

@@ -36,7 +36,7 @@ from ..core.contract import Contract
 from ..core.sim.env import SimEnv, load_contract
 from ..core.data.episodes import Dataset
 from ..core.eval.metrics import mean_ci, success_summary, t_quantile, time_deviation_matrix
-from ..core.eval.rollout import PolicyRunner, RolloutResult, expert_act_fn, policy_act_fn, rollout
+from ..core.eval.rollout import RolloutResult, expert_act_fn, make_controller, policy_act_fn, rollout
 from ..core.control.runtime import OnnxPolicy
 from ..core.types import STATUS_COLLISION
 
@@ -261,16 +261,16 @@ def evaluate_policy(policy: Union[OnnxPolicy, str, Path, Trained], task: str, se
                     label: bool = False, robot: str = ROBOT, variant: str = "",
                     **exec_params) -> EvalResult:
     """Closed-loop rollouts of `policy` on `seeds` with the node's executor + safety filter
-    (`core.eval.rollout.PolicyRunner`). `label=True` also queries the expert at every visited state
-    and records |policy action - expert label| per tick. The runner's RNG (mode_select="sample")
+    (`core.control.controller.PolicyController`). `label=True` also queries the expert at every visited state
+    and records |policy action - expert label| per tick. The controller's RNG (mode_select="sample")
     is reseeded with each episode seed."""
     if isinstance(policy, Trained):
         policy = policy.onnx
     pol = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
     contract = pol.contract
     env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz)
-    runner = PolicyRunner(pol, contract, execution_mode, mode_select=mode_select, **exec_params)
-    act = policy_act_fn(runner, env, contract)
+    runner = make_controller(pol, contract, execution_mode, mode_select=mode_select, **exec_params)
+    act = policy_act_fn(runner, contract.dt)
     label_fn = None
     if label:
         expert = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz).make_expert()
@@ -279,7 +279,7 @@ def evaluate_policy(policy: Union[OnnxPolicy, str, Path, Trained], task: str, se
             return expert.act_obs(obs, contract, mode=int(msgs["/task_state"].mode))
     out = EvalResult([], [], [], [], [], [], [], [] if label else None, [],
                      {"task": task, "execution_mode": execution_mode, "mode_select": mode_select,
-                      "exec_params": dict(runner.exec_params), "model_id": pol.model_id, "variant": variant})
+                      "exec_params": runner.params.executor_kwargs(), "model_id": pol.model_id, "variant": variant})
     for s in seeds:
         runner.reset(seed=int(s))
         r = rollout(env, contract, act, int(s), variant=variant, label_fn=label_fn)

@@ -47,7 +47,7 @@ from ..core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY
 from . import qos
 from .conversions import command_msg, has_header, message_class, to_time
 from .params import declare_and_load, doc
-from .policy_loop import position_indices
+from ..core.control.controller import position_indices
 
 VARIANTS = ("classic", "human_gated", "robot_gated")
 UNCERTAINTY_SOURCES = ("auto", "ensemble", "chunk")

@@ -6,6 +6,8 @@ from typing import Type, TypeVar
 
 from rcl_interfaces.msg import ParameterDescriptor
 
+from ..core.params import doc, runtime_names  # noqa: F401  (re-exported for the nodes)
+
 T = TypeVar("T")
 
 
@@ -30,10 +32,3 @@ def declare_and_load(node, cls: Type[T]) -> T:
             value = float(value)
         values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
-
-
-def doc(text: str, default):
-    """Field helper: `rate_hz: float = doc("control rate (Hz)", 50.0)`."""
-    if isinstance(default, list):
-        default = tuple(default)
-    return dataclasses.field(default=default, metadata={"doc": text})

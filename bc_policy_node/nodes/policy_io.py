@@ -16,7 +16,7 @@ from ..core.contract import Contract
 from ..core.control.safety import EVENT_JOINT_LIMIT, EVENT_NONFINITE, EVENT_STALE, EVENT_STEP_LIMIT
 from . import qos
 from .conversions import to_time
-from .policy_loop import PolicyParams
+from ..core.control.params import PolicyParams
 
 STATUS_FLOATS = ("tick_time_p50_us", "tick_time_p99_us", "inference_time_p50_us", "inference_time_p99_us",
                  "period_jitter_p99_us", "obs_to_cmd_latency_p50_us", "obs_to_cmd_latency_p99_us",

@@ -1,6 +1,7 @@
 """The policy node: runs an exported ONNX chunk policy on the robot (rclpy lifecycle node).
 
-What to command is decided in `policy_loop` (no rclpy); this module is the ROS shell:
+What to command is decided by `core.control.controller.PolicyController` (no rclpy); this
+module is the ROS shell:
 lifecycle, observation intake, tick scheduling, hot swap, status. Ticks are triggered by
   * a dedicated control thread sleeping to absolute deadlines (free-run, system time);
   * an rclpy timer on the node clock (free-run with ``use_sim_time``);
@@ -39,8 +40,11 @@ from .conversions import has_header, message_class
 from .fastlane import NeverExecutedGroup
 from .params import declare_and_load
 from .policy_io import ChunkOut, CommandOut, diagnostics_msg, status_msg
-from .policy_loop import (RESTART_JUMP, ControlLoop, LoopStats, PolicyLoader, PolicyParams, StampSync,
-                          load_policy)
+from ..core.control.controller import RESTART_JUMP, PolicyController, TickResult, load_policy
+from ..core.control.loader import PolicyLoader
+from ..core.control.params import PolicyParams
+from ..core.control.stats import LoopStats
+from ..core.sync import StampSync
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 LOG_EVERY_S = 2.0            # throttle of warnings raised inside the control loop
@@ -86,14 +90,14 @@ class PolicyNode(LifecycleNode):
         ``~/load_policy`` bc_msgs/LoadPolicy: hot swap; the model is loaded and checked on a
         worker thread and swapped in between two ticks; a refused one leaves the old running.
         Lifecycle: ``~/change_state``, ``~/get_state``, ``~/get_available_transitions``, ...
-    Parameters (`policy_loop.PolicyParams`; defaults with units in config/policy.yaml):
+    Parameters (`core.control.params.PolicyParams`; defaults with units in config/policy.yaml):
         model_path, contract, execution_mode, autostart, controller, command_interface, m,
         query_every, n_execute, mode_threshold, mode_select, threads, status_rate_hz,
         stale_after_s, lockstep, missed_tick_factor, stats_window, reset_on_change,
         reset_jump_rad (+ use_sim_time, read at activate). Only ``model_path`` changes at run
         time: setting it hot-swaps the model (a refused model is reverted).
 
-    New plan at the measured position (`policy_loop` docstring): when the ``reset_on_change``
+    New plan at the measured position (`core.control.controller` docstring): when the ``reset_on_change``
     field (default ``/task_state:episode_id``) changes, and when the measured position is more
     than ``reset_jump_rad`` from the last command (throttled warning). Each one is reported in
     ``~/status`` ``last_event`` and counted on ``/diagnostics`` (``new_plan_episode``,
@@ -110,7 +114,7 @@ class PolicyNode(LifecycleNode):
         self._last_event = ""
         self._active = False
         self._contract: Optional[Contract] = None
-        self._loop: Optional[ControlLoop] = None
+        self._loop: Optional[PolicyController] = None
         self._assembler: Optional[ObservationAssembler] = None
         self._stats: Optional[LoopStats] = None
         self._subs: List = []
@@ -163,7 +167,7 @@ class PolicyNode(LifecycleNode):
             contract = Contract.load(p.contract)
             types = {topic: message_class(t) for topic, t in contract.observation_topics().items()}
             policy = load_policy(self._model_path, contract, p)
-            loop = ControlLoop(contract, policy, p)
+            loop = PolicyController(contract, policy, p)
             if p.lockstep and not any(has_header(c) for c in types.values()):
                 raise ValueError("lockstep needs at least one stamped (header) observation topic")
             marker_topic, marker_path = self._check_reset_marker(contract, types)
@@ -403,40 +407,39 @@ class PolicyNode(LifecycleNode):
                                      f"{self._assembler.missing_terms()}")
                 return
             self._obs_ready = True
-        loop = self._loop
+        loop, obs = self._loop, self._assembler
         try:
-            cmd = loop.step(self._assembler, now)
+            r = loop.step(obs.vector(), obs.oldest_stamp(), now)
         except Exception as e:  # never let one bad tick kill the node: hold and report
             self._counters["tick_errors"] += 1
             self._last_event = f"tick {loop.tick - 1}: error {type(e).__name__}: {e}"
             self._throttled_warn("tick_error", f"{self._last_event} -> holding the last command")
-            cmd = loop.safety.hold()
-            loop.chunk, loop.events = None, ()
-        if cmd is not None:
-            self._out.publish(cmd)
+            r = loop.hold(obs.oldest_stamp())
+        if r.command is not None:
+            self._out.publish(r.command)
         pub_time = self._now()
-        if loop.chunk is not None:
-            self._chunks.publish(loop.chunk, self._newest_stamp, loop.policy.model_id)
+        if r.chunk is not None:
+            self._chunks.publish(r.chunk, self._newest_stamp, loop.policy.model_id)
         self._stats.record(now, time.perf_counter() - start, pub_time - self._newest_stamp,
-                           now - loop.obs_stamp, loop.inference_s)
-        if loop.events:
-            self._last_event = f"tick {loop.tick - 1}: {'+'.join(loop.events)}"
-            self._throttled_warn(loop.events[0], f"safety at tick {loop.tick - 1}: {', '.join(loop.events)} "
+                           now - r.stamp, r.inference_s)
+        if r.events:
+            self._last_event = f"tick {r.tick}: {'+'.join(r.events)}"
+            self._throttled_warn(r.events[0], f"safety at tick {r.tick}: {', '.join(r.events)} "
                                  f"(totals {loop.safety.stats()})")
-        if loop.restart:
-            self._report_restart(loop)
+        if r.restart:
+            self._report_restart(loop, r)
 
-    def _report_restart(self, loop: ControlLoop) -> None:
+    def _report_restart(self, loop: PolicyController, r: TickResult) -> None:
         """A tick started a new plan (rare: once per episode / per disturbance)."""
-        n = loop.tick - 1
-        if loop.restart == RESTART_JUMP:
-            why = (f"measured position {loop.jump:.3f} rad from the last command "
+        n = r.tick
+        if r.restart == RESTART_JUMP:
+            why = (f"measured position {r.jump:.3f} rad from the last command "
                    f"(> reset_jump_rad {self.params.reset_jump_rad:g})")
             self._throttled_warn("restart_jump", f"tick {n}: new plan at the measured position: {why} "
                                  f"(total {loop.restarts[RESTART_JUMP]})")
         else:
             why = f"{self.params.reset_on_change} changed to {loop.marker}"
-        events = f"; {'+'.join(loop.events)}" if loop.events else ""
+        events = f"; {'+'.join(r.events)}" if r.events else ""
         self._last_event = f"tick {n}: new plan at the measured position ({why}){events}"
 
     # ------------------------------------------------------------------ hot swap

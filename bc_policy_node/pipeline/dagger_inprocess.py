@@ -62,7 +62,8 @@ from ..core.dagger.gates import (GATE_BUDGET, BetaGate, EnsembleDisagreement, Si
                            beta_schedule)
 from ..core.sim.env import SimEnv, load_contract
 from ..core.data.episodes import Dataset, DatasetError, Episode
-from ..core.eval.rollout import PolicyRunner, RolloutResult, expert_act_fn, rollout
+from ..core.control.controller import PolicyController
+from ..core.eval.rollout import RolloutResult, expert_act_fn, make_controller, policy_act_fn, rollout
 from ..core.control.runtime import OnnxPolicy
 from ..core.types import ACTOR_EXPERT
 from .dagger_eval import Reference, _env, cached_eval, disturbance_key, expert_references, say as _say
@@ -113,20 +114,20 @@ def expert_frames(robot: str, task: str, n_frames: int, seed0: int = 0,
 class DaggerController:
     """Who acts at each tick of one DAgger episode, as hooks for `core.rollout.rollout`.
 
-    The policy runner is stepped on EVERY tick (also while the expert acts), exactly like the
+    The policy controller is stepped on EVERY tick (also while the expert acts), exactly like the
     policy node keeps running while a DAgger node switches the command stream: its chunk
     executor stays consistent and hand-backs are smooth. `expert_acts(t, obs)` decides;
     `act(obs, t, msgs)` returns the policy's command computed in that decision.
     """
 
-    def __init__(self, variant: str, env: SimEnv, contract: Contract, runner: PolicyRunner, *,
+    def __init__(self, variant: str, env: SimEnv, contract: Contract, runner: PolicyController, *,
                  gate=None, ensemble: Optional[EnsembleDisagreement] = None,
                  human: Optional[SimulatedHuman] = None):
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r} not in {VARIANTS}")
         self.variant, self.env, self.contract, self.runner = variant, env, contract, runner
         self.gate, self.ensemble, self.human = gate, ensemble, human
-        self._jidx = [list(env.joint_names).index(j) for j in contract.action.joints]
+        self._policy_fn = policy_act_fn(runner, contract.dt)
         self.reasons: List[str] = []
         self.uncertainty: List[float] = []
         self._policy_action: Optional[np.ndarray] = None
@@ -140,7 +141,7 @@ class DaggerController:
         self.reasons, self.uncertainty = [], []
 
     def expert_acts(self, t: int, obs: np.ndarray) -> bool:
-        self._policy_action = self.runner.act(obs, t, self.env.sim.qpos[self._jidx])
+        self._policy_action = self._policy_fn(obs, t, None)
         u = float(self.ensemble(obs)) if self.ensemble is not None else 0.0
         if self.human is not None:
             d = self.human.decide(self.env.sim.ee_position()[:self.env.task.dim])
@@ -242,7 +243,7 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
         return a
 
     seeds = [int(s) for s in seeds]
-    runner = PolicyRunner(policy, contract, execution_mode)
+    runner = make_controller(policy, contract, execution_mode)
     ens = None
     if variant == "robot_gated":
         members = [m if isinstance(m, OnnxPolicy) else OnnxPolicy(m) for m in ensemble]

@@ -27,7 +27,7 @@ from bc_msgs.msg import FrameTag  # noqa: E402
 from bc_policy_node.core.sim.disturbance import Pushes  # noqa: E402
 from bc_policy_node.core.sim.env import SimEnv, load_contract  # noqa: E402
 from bc_policy_node.core.data.episodes import Dataset  # noqa: E402
-from bc_policy_node.core.eval.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
+from bc_policy_node.core.eval.rollout import make_controller, policy_act_fn, rollout  # noqa: E402
 from bc_policy_node.core.control.runtime import OnnxPolicy, embed_metadata  # noqa: E402
 from bc_policy_node.core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
@@ -223,7 +223,7 @@ def dagger(tmp_path_factory):
 def test_beta_one_is_the_expert_alone_and_beta_zero_the_policy_alone(dagger):
     """beta = 1: executed commands and joint trajectory are the expert's own rollout of that
     seed (in-process SimEnv + the same scripted expert), to the last bit. beta = 0: they are
-    the in-process rollout of the same ONNX policy (core.eval.rollout.PolicyRunner) - which also
+    the in-process rollout of the same ONNX policy (core.eval.rollout.make_controller: the policy node's engine) - which also
     proves each policy command is paired with the observation it answered."""
     dg, w, d = dagger
     dg.set_beta(1.0)
@@ -245,9 +245,9 @@ def test_beta_one_is_the_expert_alone_and_beta_zero_the_policy_alone(dagger):
     w.clear()
     out = dg.run_episode(seed, episode_id=2, record=False)
     env = SimEnv(ROBOT, TASK)
-    runner = PolicyRunner(OnnxPolicy(drift), CONTRACT)
-    runner.reset(seed=seed)
-    ref = rollout(env, CONTRACT, policy_act_fn(runner, env, CONTRACT), seed)
+    ctl = make_controller(OnnxPolicy(drift), CONTRACT)
+    ctl.reset(seed=seed)
+    ref = rollout(env, CONTRACT, policy_act_fn(ctl, CONTRACT.dt), seed)
     tags, executed = w.episode(out["bridge_episode"])
     assert (out["status"], out["steps"]) == (ref.status, ref.steps)
     assert all(t.actor == ACTOR_POLICY and t.labelled for t in tags)     # classic: labels everywhere

@@ -3,7 +3,7 @@
 Real processes over DDS: `mujoco_bridge` in lock-step + the policy node (lock-step,
 use_sim_time; `pipeline.closed_loop.policy_graph`, i.e. what `run_policy_episodes` starts) run
 an ONNX policy for consecutive seeded episodes driven by GraphClient.reset / wait_task_done.
-The reference is `core.rollout.rollout` with a `PolicyRunner` (reset per episode) on the same
+The reference is `core.eval.rollout.rollout` with the node's own engine (`make_controller`) (reset per episode) on the same
 ONNX file and seeds in this process. Every commanded action of every episode, every joint
 position and every outcome must be identical: the node re-plans at each new episode
 (reset_on_change on /task_state episode_id) exactly like the in-process runner's reset.
@@ -34,7 +34,8 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from bc_msgs.msg import PolicyStatus  # noqa: E402
 from bc_policy_node.core.sim.env import SimEnv, load_contract  # noqa: E402
-from bc_policy_node.core.eval.rollout import PolicyRunner, policy_act_fn, rollout  # noqa: E402
+from bc_policy_node.core.control.controller import RESTART_JUMP  # noqa: E402
+from bc_policy_node.core.eval.rollout import make_controller, policy_act_fn, rollout  # noqa: E402
 from bc_policy_node.core.control.runtime import OnnxPolicy, embed_metadata  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
 from bc_policy_node.pipeline.closed_loop import policy_graph  # noqa: E402
@@ -97,12 +98,12 @@ def reach_policy(path, contract=CONTRACT, gain=20.0, amp=0.8, wiggle=0.01, hidde
 
 
 def in_process(model, seeds):
-    env, runner = SimEnv(ROBOT, TASK), PolicyRunner(OnnxPolicy(model), CONTRACT)
+    env, ctl = SimEnv(ROBOT, TASK), make_controller(OnnxPolicy(model), CONTRACT)
     out = []
     for s in seeds:
-        runner.reset(seed=s)
-        out.append(rollout(env, CONTRACT, policy_act_fn(runner, env, CONTRACT), s))
-    assert runner.jump_resets == 0
+        ctl.reset(seed=s)
+        out.append(rollout(env, CONTRACT, policy_act_fn(ctl, CONTRACT.dt), s))
+    assert ctl.restarts[RESTART_JUMP] == 0
     return out
 
 

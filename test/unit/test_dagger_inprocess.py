@@ -2,7 +2,7 @@
 
 Policies here are tiny hand-built ONNX graphs ("hold the current joint position", optionally
 with an offset) carrying the real contract, so the tests exercise the same OnnxPolicy /
-PolicyRunner / rollout path as the experiments without torch.
+PolicyController / rollout path as the experiments without torch.
 """
 import numpy as np
 import onnx

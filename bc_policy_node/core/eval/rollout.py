@@ -1,7 +1,8 @@
 """In-process closed-loop rollouts and evaluation (core sim + onnxruntime; no ROS, no torch).
 
-The fast path for experiments and DAgger: the same contract assembler, chunk executors and
-safety filter as the policy node, stepping `SimEnv` directly. Many seeds in seconds.
+The fast path for experiments and DAgger: the same contract assembler and control engine
+(`core.control.controller.PolicyController`) as the policy node, stepping `SimEnv` directly.
+Many seeds in seconds.
 """
 from __future__ import annotations
 
@@ -12,92 +13,21 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..contract import Contract, ObservationAssembler
-from ..control.ensemble import NoChunkError, make_executor
 from ..sim.env import SimEnv
 from ..data.episodes import Episode
 from .metrics import path_deviation, success_summary, mean_ci
+from ..control.controller import PolicyController
+from ..control.params import PolicyParams
 from ..control.runtime import OnnxPolicy
-from ..control.safety import SafetyFilter
 from ..types import ACTOR_EXPERT, ACTOR_POLICY, STATUS_COLLISION
 
-# Measured position this far (rad) from the last command on some joint: start a new plan there
-# (the policy node's reset_jump_rad default; tracking lag in the sim stays below ~0.06 rad,
-# also in DAgger with the expert driving, so it only fires when something else moved the arm).
-RESET_JUMP_RAD = 0.5
-EXEC_DEFAULTS = {"temporal_ensembling": {"m": 0.01}, "mode_consistent": {"m": 0.01, "threshold": 0.15},
-                 "receding_horizon": {}, "latency_aware": {}}
-
-
-class PolicyRunner:
-    """An ONNX policy + chunk executor + safety filter: observation in, safe command out.
-
-    The policy node runs the same pieces tick by tick; this is their in-process twin
-    (`nodes.policy_loop.ControlLoop`; in lock-step through the bridge the node commands the
-    same actions, test/ros/test_policy_parity.py). Like the node it
-
-    * starts a new plan at the measured position when `reset` is called (the node: when the
-      episode id changes) and when the measured position is more than `reset_jump_rad` from
-      the last command on some joint (something else moved the arm; 0 = off; the node's
-      parameter of the same name, same default) — counted in `jump_resets`;
-    * holds the last command (the measured position before the first one) when the policy
-      outputs NaN/inf, instead of using the rest of the plan.
-    """
-
-    def __init__(self, policy: OnnxPolicy, contract: Optional[Contract] = None,
-                 execution_mode: str = "temporal_ensembling", mode_select: str = "argmax",
-                 seed: int = 0, reset_jump_rad: float = RESET_JUMP_RAD, **exec_params):
-        self.policy = policy
-        self.contract = contract or policy.contract
-        self.mode = execution_mode
-        params = dict(EXEC_DEFAULTS.get(execution_mode, {}))
-        params.update(exec_params)
-        self.exec_params = params
-        self.mode_select = mode_select
-        self.rng = np.random.default_rng(seed)
-        self.executor = make_executor(execution_mode, **params)
-        self.safety = SafetyFilter(self.contract)
-        self.reset_jump_rad = float(reset_jump_rad)
-        self.jump_resets = 0
-        self.last_chunk: Optional[np.ndarray] = None
-        self._last_cmd: Optional[np.ndarray] = None
-        self._nan = np.full(self.contract.act_dim, np.nan)
-
-    def reset(self, seed: Optional[int] = None) -> None:
-        self.executor.reset()
-        self.safety.reset()
-        self.last_chunk = None
-        self._last_cmd = None
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-
-    def chunk(self, obs: np.ndarray) -> np.ndarray:
-        return self.policy.predict_chunk(obs, mode_select=self.mode_select, rng=self.rng)[0]
-
-    def act(self, obs: np.ndarray, t: int, current_position: np.ndarray) -> np.ndarray:
-        last = self._last_cmd
-        if (self.reset_jump_rad > 0 and last is not None
-                and np.max(np.abs(np.asarray(current_position, dtype=float) - last)) > self.reset_jump_rad):
-            self.executor.reset()
-            self.safety.reset()
-            self.jump_resets += 1
-        proposed = None
-        if self.executor.needs_query(t):
-            chunk = self.chunk(obs)
-            if np.isfinite(chunk).all():
-                self.last_chunk = chunk
-                self.executor.add(chunk, t)
-            else:
-                proposed = self._nan            # rejected: the safety filter holds
-        if proposed is None:
-            try:
-                proposed = self.executor.action(t)
-            except NoChunkError:                # NaN before any chunk: stay where we are
-                proposed = self._nan
-        cmd, _ = self.safety.filter(proposed, now=0.0, obs_stamp=0.0, current_position=current_position)
-        if cmd is None:
-            return proposed
-        self._last_cmd = cmd
-        return cmd.copy()
+def make_controller(policy: OnnxPolicy, contract: Optional[Contract] = None,
+                    execution_mode: str = "temporal_ensembling", mode_select: str = "argmax",
+                    seed: int = 0, reset_jump_rad: Optional[float] = None, **exec_params) -> PolicyController:
+    """The policy node's engine (`core.control.controller.PolicyController`) with the node's
+    defaults, from the experiments' executor keywords (`PolicyParams.for_execution`)."""
+    params = PolicyParams.for_execution(execution_mode, mode_select, seed, reset_jump_rad, **exec_params)
+    return PolicyController(contract or policy.contract, policy, params)
 
 
 @dataclass
@@ -183,11 +113,14 @@ def expert_act_fn(env: SimEnv, contract: Contract, expert=None) -> ActFn:
     return act
 
 
-def policy_act_fn(runner: PolicyRunner, env: SimEnv, contract: Contract) -> ActFn:
-    jidx = [list(env.joint_names).index(j) for j in contract.action.joints]
+def policy_act_fn(controller: PolicyController, dt: float) -> ActFn:
+    """`controller` ticking once per sim step; the observation of tick t is stamped t * dt
+    (always fresh: in process nothing is late)."""
+    nan = np.full(controller.contract.act_dim, np.nan)
 
     def act(obs, t, msgs):
-        return runner.act(obs, t, env.sim.qpos[jidx])
+        cmd = controller.step(obs, t * dt).command
+        return nan.copy() if cmd is None else cmd   # None: no measured position in obs
     return act
 
 
@@ -201,7 +134,8 @@ def evaluate(policy, robot: str, task: str, seeds: Sequence[int], execution_mode
     env = SimEnv(robot, task, control_rate_hz=policy.contract.control_rate_hz, disturbance=disturbance)
     contract = policy.contract
     policy.check_contract(contract)  # self-consistency; robot contract checked by the node
-    runner = PolicyRunner(policy, contract, execution_mode, mode_select=mode_select, **exec_params)
+    controller = make_controller(policy, contract, execution_mode, mode_select=mode_select, **exec_params)
+    act = policy_act_fn(controller, contract.dt)
     expert_env = (SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
                   if with_expert else None)
     expert_fn = expert_act_fn(expert_env, contract) if with_expert else None
@@ -209,8 +143,8 @@ def evaluate(policy, robot: str, task: str, seeds: Sequence[int], execution_mode
     experts: List[RolloutResult] = []
     it = progress(seeds) if progress else seeds
     for s in it:
-        runner.reset(seed=s)
-        results.append(rollout(env, contract, policy_act_fn(runner, env, contract), s))
+        controller.reset(seed=s)
+        results.append(rollout(env, contract, act, s))
         if with_expert:
             experts.append(rollout(expert_env, contract, expert_fn, s))
     return summarize(results, experts)
