@@ -28,12 +28,18 @@ class StampSync:
         self._pending = {t: collections.OrderedDict() for t in self.topics}
         self.last: Optional[Hashable] = None
 
+    def is_repeat(self, key) -> bool:
+        """`key` is at or before the last released stamp (a re-publication, or out of order)."""
+        return self.last is not None and key <= self.last
+
     def add(self, topic: str, key, item) -> Optional[List[Tuple[str, object]]]:
+        if self.is_repeat(key):
+            return None
         pending = self._pending[topic]
         pending[key] = item
         if len(pending) > self.max_pending:
             pending.popitem(last=False)
-        if (self.last is not None and key <= self.last) or any(key not in self._pending[t] for t in self.topics):
+        if any(key not in self._pending[t] for t in self.topics):
             return None
         out = []
         for t in self.topics:

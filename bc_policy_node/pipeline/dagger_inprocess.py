@@ -58,17 +58,17 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.dagger.gates import (GATE_BUDGET, BetaGate, EnsembleDisagreement, SimulatedHuman, UncertaintyGate,
-                           beta_schedule)
+from ..core.dagger.arbiter import DaggerArbiter
+from ..core.dagger.gates import GATE_BUDGET, EnsembleDisagreement, SimulatedHuman, beta_schedule
+from ..core.dagger.params import VARIANTS, DaggerParams
 from ..core.sim.env import SimEnv, load_contract
 from ..core.data.episodes import Dataset, DatasetError, Episode
-from ..core.control.controller import PolicyController
+from ..core.control.controller import PolicyController, position_indices
 from ..core.eval.rollout import RolloutResult, expert_act_fn, make_controller, policy_act_fn, rollout
 from ..core.control.runtime import OnnxPolicy
-from ..core.types import ACTOR_EXPERT
+from ..core.types import ACTOR_POLICY
 from .dagger_eval import Reference, _env, cached_eval, disturbance_key, expert_references, say as _say
 
-VARIANTS = ("classic", "robot_gated", "human_gated")
 SOURCE_EXPERT = "expert"
 RECORD_FILE = "record.json"
 
@@ -112,59 +112,66 @@ def expert_frames(robot: str, task: str, n_frames: int, seed0: int = 0,
 
 # ============================================================================ gated rollouts
 class DaggerController:
-    """Who acts at each tick of one DAgger episode, as hooks for `core.rollout.rollout`.
+    """One DAgger episode in process: the arbiter of the dagger node
+    (`core.dagger.arbiter.DaggerArbiter`, same `DaggerParams`) as hooks for `core.eval.rollout.rollout`.
 
     The policy controller is stepped on EVERY tick (also while the expert acts), exactly like the
-    policy node keeps running while a DAgger node switches the command stream: its chunk
-    executor stays consistent and hand-backs are smooth. `expert_acts(t, obs)` decides;
-    `act(obs, t, msgs)` returns the policy's command computed in that decision.
+    policy node keeps running while the dagger node switches the command stream: its chunk
+    executor stays consistent and hand-backs are smooth. `expert_acts(t, obs)` lets the gate
+    decide (human_gated: a `SimulatedHuman` watching the end effector holds the intervention
+    switch); the expert is asked only when it acts (classic: `label_fn` labels every state),
+    and every executed command goes through the arbiter's safety filter (a hand-over moves a
+    joint by at most max_step per tick, as on the robot). `labels` / `labelled` record the
+    expert's label per tick.
     """
 
-    def __init__(self, variant: str, env: SimEnv, contract: Contract, runner: PolicyController, *,
-                 gate=None, ensemble: Optional[EnsembleDisagreement] = None,
+    def __init__(self, params: DaggerParams, env: SimEnv, contract: Contract, runner: PolicyController,
+                 label_fn, *, ensemble: Optional[EnsembleDisagreement] = None,
                  human: Optional[SimulatedHuman] = None):
-        if variant not in VARIANTS:
-            raise ValueError(f"variant {variant!r} not in {VARIANTS}")
-        self.variant, self.env, self.contract, self.runner = variant, env, contract, runner
-        self.gate, self.ensemble, self.human = gate, ensemble, human
+        self.variant, self.env, self.contract, self.runner = params.variant, env, contract, runner
+        self.arbiter = DaggerArbiter(contract, params, ensemble)
+        self.human, self.label_fn = human, label_fn
         self._policy_fn = policy_act_fn(runner, contract.dt)
+        self._pos_idx = position_indices(contract)
         self.reasons: List[str] = []
         self.uncertainty: List[float] = []
-        self._policy_action: Optional[np.ndarray] = None
+        self.labels: List[Optional[np.ndarray]] = []
 
     def reset(self, seed: int) -> None:
         self.runner.reset(seed=seed)
-        if self.gate is not None:
-            self.gate.reset(seed)
+        self.arbiter.begin_episode(seed, seed)
         if self.human is not None:
             self.human.reset()
-        self.reasons, self.uncertainty = [], []
+        self.reasons, self.uncertainty, self.labels = [], [], []
 
-    def expert_acts(self, t: int, obs: np.ndarray) -> bool:
-        self._policy_action = self._policy_fn(obs, t, None)
-        u = float(self.ensemble(obs)) if self.ensemble is not None else 0.0
+    def decide(self, obs: np.ndarray, t: int, msgs, label: Optional[np.ndarray]) -> Tuple[np.ndarray, int]:
+        """`core.eval.rollout.rollout`'s decide_fn: (executed command, actor) for tick t."""
+        policy_action = self._policy_fn(obs, t, None)
+        intervention = False
         if self.human is not None:
-            d = self.human.decide(self.env.sim.ee_position()[:self.env.task.dim])
-            reason = self.human.reason if d.expert_acts else ""
-        else:
-            d = self.gate.decide(u)
-            reason = d.reason
-        self.reasons.append(reason if d.expert_acts or d.reason == GATE_BUDGET else "")
-        self.uncertainty.append(u)
-        return bool(d.expert_acts)
-
-    def act(self, obs, t, msgs) -> np.ndarray:
-        return self._policy_action
+            intervention = self.human.observe(self.env.sim.ee_position()[:self.env.task.dim])
+        turn = self.arbiter.gate(obs, t, intervention)
+        if label is None and turn.expert_acts:
+            label = self.label_fn(obs, msgs, t)
+        out = self.arbiter.resolve(turn, obs[self._pos_idx], label, "", policy_action)
+        reason = out.reason
+        if self.human is not None and turn.expert_acts:
+            reason = self.human.reason       # deviation / stall: why the human took over
+        self.reasons.append(reason if turn.expert_acts or out.reason == GATE_BUDGET else "")
+        self.uncertainty.append(out.uncertainty)
+        self.labels.append(out.expert_action)
+        return out.command, out.actor
 
 
 def tag_episode(result: RolloutResult, variant: str, round_index: int, dt: float,
                 beta: Optional[float] = None, reasons: Sequence[str] = (),
-                uncertainty: Sequence[float] = (), chunk_labels: Optional[np.ndarray] = None) -> Episode:
+                uncertainty: Sequence[float] = (), chunk_labels: Optional[np.ndarray] = None,
+                labels: Optional[Sequence[Optional[np.ndarray]]] = None) -> Episode:
     """A DAgger rollout as a training episode with its `labelled` mask.
 
     classic: act = the expert's label at every visited state, all frames labelled.
-    gated: act = the executed command (= the expert's label on expert ticks), labelled only
-    where the expert acted; the policy's own frames carry no label and are excluded from the
+    gated: act = the expert's label (`labels`, per tick) where the expert acted, labelled only
+    there; the policy's own frames carry no label and are excluded from the
     loss (and from the normalization statistics of the actions).
     chunk_labels: optional (T, K, act_dim) expert plans from each visited state (rows of
     unlabelled frames are ignored); stored as `Episode.chunk_labels`, they replace the
@@ -175,8 +182,12 @@ def tag_episode(result: RolloutResult, variant: str, round_index: int, dt: float
             raise ValueError("classic DAgger needs labels at every visited state (label_fn)")
         act, labelled = result.labels, np.ones(result.steps, dtype=bool)
     else:
-        act, labelled = result.actions, result.actors == ACTOR_EXPERT
-    expert_ticks = int((result.actors == ACTOR_EXPERT).sum())
+        labelled = result.actors != ACTOR_POLICY
+        act = result.actions.copy()
+        if labels is not None:          # the expert's label, not the step-clamped executed command
+            for t in np.flatnonzero(labelled):
+                act[t] = labels[t]
+    expert_ticks = int((result.actors != ACTOR_POLICY).sum())
     counts: Dict[str, int] = {}
     for r in reasons:
         if r:
@@ -250,25 +261,21 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
         if threshold is None:
             raise ValueError("robot_gated needs a disagreement threshold (see calibrate_threshold)")
         ens = EnsembleDisagreement(members, scale=action_scale)
+    params = DaggerParams.in_process(variant, beta=beta, uncertainty_threshold=threshold or 1.0,
+                                     query_budget=query_budget, release=release, min_expert_ticks=min_expert_ticks)
     if variant == "human_gated" and references is None:
         references = expert_references(robot, task, seeds, contract=contract, disturbance=disturbance)
     dt = 1.0 / contract.control_rate_hz
     episodes, results = [], []
     t_start = time.perf_counter()
     for s in seeds:
-        if variant == "classic":
-            ctl = DaggerController(variant, env, contract, runner, gate=BetaGate(beta, seed=s))
-        elif variant == "robot_gated":
-            ctl = DaggerController(variant, env, contract, runner, ensemble=ens,
-                                   gate=UncertaintyGate(threshold, query_budget, release, min_expert_ticks))
-        else:
-            ctl = DaggerController(variant, env, contract, runner,
-                                   human=SimulatedHuman(references[s].ee, **dict(human or {})))
+        ctl = DaggerController(params, env, contract, runner, expert_label, ensemble=ens,
+                               human=(SimulatedHuman(references[s].ee, **dict(human or {}))
+                                      if variant == "human_gated" else None))
         ctl.reset(s)
         plans.clear()
-        r = rollout(env, contract, ctl.act, s, label_fn=expert_label if variant == "classic" else None,
-                    expert_acts=ctl.expert_acts,
-                    expert_fn=None if variant == "classic" else (lambda obs, t, msgs: expert_label(obs, msgs, t)))
+        r = rollout(env, contract, None, s, label_fn=expert_label if variant == "classic" else None,
+                    decide_fn=ctl.decide)
         results.append(r)
         cl = None
         if chunk_labels:
@@ -277,7 +284,7 @@ def collect_round(robot: str, task: str, variant: str, policy, seeds: Iterable[i
             for t, plan in plans.items():
                 cl[t] = plan
         episodes.append(tag_episode(r, variant, round_index, dt, beta if variant == "classic" else None,
-                                    ctl.reasons, ctl.uncertainty, cl))
+                                    ctl.reasons, ctl.uncertainty, cl, ctl.labels))
     total = time.perf_counter() - t_start
     labels = sum(int(e.labelled.sum()) for e in episodes)
     frames = sum(len(e) for e in episodes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from .metrics import path_deviation, success_summary, mean_ci
 from ..control.controller import PolicyController
 from ..control.params import PolicyParams
 from ..control.runtime import OnnxPolicy
-from ..types import ACTOR_EXPERT, ACTOR_POLICY, STATUS_COLLISION
+from ..types import ACTOR_POLICY, STATUS_COLLISION
 
 def make_controller(policy: OnnxPolicy, contract: Optional[Contract] = None,
                     execution_mode: str = "temporal_ensembling", mode_select: str = "argmax",
@@ -58,12 +58,15 @@ class RolloutResult:
 ActFn = Callable[[np.ndarray, int, Dict[str, object]], np.ndarray]
 
 
-def rollout(env: SimEnv, contract: Contract, act_fn: ActFn, seed: int, variant: str = "",
+DecideFn = Callable[[np.ndarray, int, Dict[str, object], Optional[np.ndarray]], Tuple[np.ndarray, int]]
+
+
+def rollout(env: SimEnv, contract: Contract, act_fn: Optional[ActFn], seed: int, variant: str = "",
             label_fn: Optional[Callable[[np.ndarray, Dict[str, object]], np.ndarray]] = None,
-            expert_acts: Optional[Callable[[int, np.ndarray], bool]] = None,
-            expert_fn: Optional[ActFn] = None, max_steps: Optional[int] = None) -> RolloutResult:
+            decide_fn: Optional[DecideFn] = None, max_steps: Optional[int] = None) -> RolloutResult:
     """One episode. `act_fn(obs, t, msgs)` is the policy; optional `label_fn(obs, msgs)` labels
-    every visited state (DAgger); `expert_acts(t, obs)` -> True hands tick t to `expert_fn`."""
+    every visited state (DAgger); `decide_fn(obs, t, msgs, label) -> (command, ACTOR_*)`, when
+    given, replaces `act_fn` with an arbiter that chooses who acts (`pipeline.dagger_inprocess`)."""
     assembler = ObservationAssembler(contract)
     msgs = env.reset(seed, variant)
     jidx = [list(env.joint_names).index(j) for j in contract.action.joints]
@@ -76,12 +79,11 @@ def rollout(env: SimEnv, contract: Contract, act_fn: ActFn, seed: int, variant: 
         ee.append(np.asarray(ts.ee_position, dtype=float))
         q.append(env.sim.qpos)
         label = label_fn(obs, msgs) if label_fn is not None else None
-        if expert_acts is not None and expert_acts(t, obs):
-            a = label if label is not None and expert_fn is None else expert_fn(obs, t, msgs)
-            actors.append(ACTOR_EXPERT)
+        if decide_fn is not None:
+            a, actor = decide_fn(obs, t, msgs, label)
         else:
-            a = act_fn(obs, t, msgs)
-            actors.append(ACTOR_POLICY)
+            a, actor = act_fn(obs, t, msgs), ACTOR_POLICY
+        actors.append(actor)
         obs_l.append(obs)
         act_l.append(a)
         if label is not None:
