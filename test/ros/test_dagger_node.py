@@ -1,6 +1,6 @@
 """DAgger through real processes over DDS: bridge (lock-step) + policy + expert + dagger + recorder.
 
-Policies are tiny ONNX graphs built here with onnx.helper (no torch): "hold" (every action =
+Policies are tiny ONNX graphs (test/onnx_policies.py, no torch): "hold" (every action =
 the measured joint positions) and "constant" (every action = a fixed far-away target, so a
 hand-back to it would jump). The expert is the scripted one, so every label can be checked
 against `core.sim.experts` exactly. No timed asserts: timeouts only bound waits.
@@ -18,7 +18,7 @@ rclpy = pytest.importorskip("rclpy")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_policies import const_policy, hold_policy  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
@@ -28,7 +28,7 @@ from bc_policy_node.core.sim.disturbance import Pushes  # noqa: E402
 from bc_policy_node.core.sim.env import SimEnv, load_contract  # noqa: E402
 from bc_policy_node.core.data.episodes import Dataset  # noqa: E402
 from bc_policy_node.core.eval.rollout import make_controller, policy_act_fn, rollout  # noqa: E402
-from bc_policy_node.core.control.runtime import OnnxPolicy, embed_metadata  # noqa: E402
+from bc_policy_node.core.control.runtime import OnnxPolicy  # noqa: E402
 from bc_policy_node.core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
 from bc_policy_node.pipeline.dagger_inprocess import round_configs  # noqa: E402
@@ -42,31 +42,6 @@ K, A, D = CONTRACT.chunk_length, CONTRACT.act_dim, CONTRACT.obs_dim
 FAR = [1.2, -1.5, 1.5]          # rad; a target far from every start configuration
 GENEROUS = {"expert_timeout_periods": 500.0}   # 10 s: labels never time out on a loaded machine
 DEEP = QoSProfile(depth=5000, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def tiny_policy(path, const=None, bias=None):
-    """ONNX chunk policy: action k = the measured joint positions ("hold"), + (k + 1) * `bias`
-    ("drift"), or `const` for every k."""
-    w, b = np.zeros((D, K * A)), np.zeros((K, A))
-    for k in range(K):
-        if const is None:
-            w[np.arange(A), k * A + np.arange(A)] = 1.0    # joint_pos is the first observation term
-            if bias is not None:
-                b[k] = (k + 1) * np.asarray(bias)
-        else:
-            b[k] = const
-    inits = [numpy_helper.from_array(w.astype(np.float32), "W"),
-             numpy_helper.from_array(b.reshape(-1).astype(np.float32), "b"),
-             numpy_helper.from_array(np.array([-1, K, A], np.int64), "shape")]
-    nodes = [helper.make_node("MatMul", ["obs", "W"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["flat"]),
-             helper.make_node("Reshape", ["flat", "shape"], ["actions"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", D])],
-                              [helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", K, A])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    embed_metadata(model, CONTRACT, {"kind": "chunk_mlp", "chunk_length": K})
-    onnx.save(model, str(path))
-    return Path(path)
 
 
 class Watch:
@@ -121,7 +96,7 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
     aggregated with round 0, retrained, exported and hot-swapped into the running policy node
     (its status reports the new model id). The bridge pushes the arm (--push-magnitude): the
     recorded states carry the seeded pushes and are labelled like any other."""
-    hold = tiny_policy(tmp_path / "hold.onnx")
+    hold = hold_policy(tmp_path / "hold.onnx", CONTRACT)
     hold_id = OnnxPolicy(hold).model_id
     seen = {}
 
@@ -187,7 +162,7 @@ def test_a_lost_command_is_sent_again_when_the_bridge_republishes_its_pair(tmp_p
     per 0.5 s gets through), so it stays at its pair; kicked (~/step 0), it re-publishes that
     pair, and the dagger node answers the repeated stamp with the command it already sent (no
     new frame). Without the re-send the loop would stay at step 1 for good."""
-    hold = tiny_policy(tmp_path / "hold.onnx")
+    hold = hold_policy(tmp_path / "hold.onnx", CONTRACT)
     with DaggerGraph(ROBOT, TASK, hold, "classic", tmp_path / "logs", tmp_path / "bags", beta=1.0,
                      dagger_params=GENEROUS, bridge_params={"max_command_rate_hz": 2.0}) as dg:
         c = dg.client
@@ -212,7 +187,7 @@ def test_a_lost_command_is_sent_again_when_the_bridge_republishes_its_pair(tmp_p
 @pytest.fixture(scope="module")
 def dagger(tmp_path_factory):
     d = tmp_path_factory.mktemp("dagger_graph")
-    hold = tiny_policy(d / "hold.onnx")
+    hold = hold_policy(d / "hold.onnx", CONTRACT)
     dg = DaggerGraph(ROBOT, TASK, hold, "classic", d / "logs", d / "bags", beta=1.0, dagger_params=GENEROUS)
     try:
         yield dg, Watch(dg), d
@@ -239,7 +214,7 @@ def test_beta_one_is_the_expert_alone_and_beta_zero_the_policy_alone(dagger):
     np.testing.assert_allclose(executed, traj["act"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(w.positions()[:len(traj["q"])], traj["q"], rtol=0, atol=1e-12)
 
-    drift = tiny_policy(d / "drift.onnx", bias=[0.03, -0.02, 0.01])
+    drift = hold_policy(d / "drift.onnx", CONTRACT, step_bias=[0.03, -0.02, 0.01])
     dg.swap(drift)
     dg.set_beta(0.0)
     w.clear()
@@ -297,7 +272,7 @@ def test_intervention_handover_never_jumps_beyond_the_step_clamp(dagger):
     proposals at the hand-overs jump further; intervention frames are labelled, policy
     frames are not."""
     dg, w, d = dagger
-    dg.swap(tiny_policy(d / "far.onnx", const=FAR))
+    dg.swap(const_policy(d / "far.onnx", CONTRACT, FAR))
     dg.restart_dagger({"variant": "human_gated"})
     teleop = dg.client.node.create_publisher(Float64MultiArray, "/dagger/teleop_command", qos.COMMAND)
     switch = dg._intervention

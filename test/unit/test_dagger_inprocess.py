@@ -5,40 +5,15 @@ with an offset) carrying the real contract, so the tests exercise the same OnnxP
 PolicyController / rollout path as the experiments without torch.
 """
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx_policies import hold_policy
 
 from bc_policy_node.core.sim.env import SimEnv, load_contract
-from bc_policy_node.core.control.runtime import embed_metadata
 from bc_policy_node.pipeline.dagger_eval import deviation_growth, expert_references
 from bc_policy_node.pipeline.dagger_inprocess import aggregate, collect_round, expert_demos, labels_of
 
 ROBOT, TASK = "planar3", "curved_reach"
 SEEDS = [4242, 4243]
-
-
-def hold_policy(path, contract, offset=0.0):
-    """ONNX chunk policy: every action of the chunk = the observed joint positions + offset."""
-    k, a, d = contract.chunk_length, contract.act_dim, contract.obs_dim
-    start = contract.slices()["joint_pos"].start
-    w = np.zeros((d, k * a), dtype=np.float32)
-    for i in range(k):
-        for j in range(a):
-            w[start + j, i * a + j] = 1.0
-    b = np.full(k * a, offset, dtype=np.float32)
-    nodes = [helper.make_node("MatMul", ["obs", "W"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"]),
-             helper.make_node("Reshape", ["z", "shape"], ["actions"])]
-    graph = helper.make_graph(
-        nodes, "hold", [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", d])],
-        [helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", k, a])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b"),
-         numpy_helper.from_array(np.array([-1, k, a], dtype=np.int64), "shape")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    embed_metadata(model, contract, {"kind": "chunk_mlp", "chunk_length": k})
-    onnx.save_model(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
