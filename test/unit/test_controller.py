@@ -10,10 +10,10 @@ import yaml
 
 onnx = pytest.importorskip("onnx")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_policies import hold_policy, hold_weights, linear_policy  # noqa: E402
 
 from bc_policy_node.core.contract import Contract, ContractError, ObservationAssembler  # noqa: E402
-from bc_policy_node.core.control.runtime import OnnxPolicy, PolicyContractMismatch, embed_metadata  # noqa: E402
+from bc_policy_node.core.control.runtime import OnnxPolicy, PolicyContractMismatch  # noqa: E402
 from bc_policy_node.core.types import JointStateData  # noqa: E402
 from bc_policy_node.core.control.controller import (RESTART_EPISODE, RESTART_JUMP,  # noqa: E402
                                                     PolicyController, load_policy, position_indices)
@@ -37,20 +37,7 @@ def contract(**over):
 
 def offset_policy(tmp_path, c, offset, name="p.onnx", k=K):
     """actions[k] = q + offset (NaN offset -> NaN output)."""
-    w = np.zeros((A, k * A), np.float32)
-    for kk in range(k):
-        w[np.arange(A), kk * A + np.arange(A)] = 1
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.full(k * A, offset, np.float32), "b"),
-             numpy_helper.from_array(np.array([-1, k, A], np.int64), "s")]
-    nodes = [helper.make_node("MatMul", ["obs", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["f"]),
-             helper.make_node("Reshape", ["f", "s"], ["actions"])]
-    g = helper.make_graph(nodes, "p", [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", A])],
-                          [helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", k, A])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 10
-    embed_metadata(m, c, {"kind": "chunk_mlp", "chunk_length": k})
-    onnx.save(m, str(tmp_path / name))
-    return tmp_path / name
+    return hold_policy(tmp_path / name, c, offset, k)
 
 
 def tick(loop, asm, now):
@@ -252,29 +239,13 @@ def test_sampling_is_seeded_and_reseeded_by_reset(tmp_path):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-def linear_policy(path, c, seed=0):
+def moving_policy(path, c, seed=0):
     """chunk[k] = q + (k + 1) / K * (M obs + b): a deterministic policy that moves the arm."""
-    k, a, d = c.chunk_length, c.act_dim, c.obs_dim
+    k, a = c.chunk_length, c.act_dim
     rng = np.random.default_rng(seed)
-    m, b = rng.normal(0, 0.4, (d, a)), rng.normal(0, 0.2, a)
-    w, bias = np.zeros((d, k * a)), np.zeros(k * a)
-    q = c.slices()[c.observation[0].name]
-    for kk in range(k):
-        cols = kk * a + np.arange(a)
-        w[np.arange(q.start, q.stop), cols] = 1.0
-        w[:, cols] += (kk + 1) / k * m
-        bias[cols] = (kk + 1) / k * b
-    inits = [numpy_helper.from_array(w.astype(np.float32), "W"), numpy_helper.from_array(bias.astype(np.float32), "b"),
-             numpy_helper.from_array(np.array([-1, k, a], np.int64), "s")]
-    nodes = [helper.make_node("MatMul", ["obs", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["f"]),
-             helper.make_node("Reshape", ["f", "s"], ["actions"])]
-    g = helper.make_graph(nodes, "lin", [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", d])],
-                          [helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", k, a])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    embed_metadata(model, c, {"kind": "chunk_mlp", "chunk_length": k})
-    onnx.save(model, str(path))
-    return path
+    m, b = rng.normal(0, 0.4, (c.obs_dim, a)), rng.normal(0, 0.2, a)
+    scale = np.repeat(np.arange(1, k + 1) / k, a)
+    return linear_policy(path, c, hold_weights(c, k) + np.tile(m, k) * scale, np.tile(b, k) * scale, k)
 
 
 @pytest.mark.parametrize("params, same", [({}, True), ({"reset_on_change": "", "reset_jump_rad": 0.0}, False)])
@@ -287,7 +258,7 @@ def test_node_ticks_command_what_the_in_process_rollout_commands_across_episodes
     from bc_policy_node.core.sim.env import SimEnv, load_contract
 
     c = load_contract("planar3", "curved_reach")
-    path = linear_policy(tmp_path / "lin.onnx", c)
+    path = moving_policy(tmp_path / "lin.onnx", c)
     loop = PolicyController(c, OnnxPolicy(path), PolicyParams(**params))
     asm, env = ObservationAssembler(c), SimEnv("planar3", "curved_reach")
     ref_ctl, ref_env = make_controller(OnnxPolicy(path), c), SimEnv("planar3", "curved_reach")

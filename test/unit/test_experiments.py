@@ -6,6 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from onnx_policies import hold_policy
+
 from bc_policy_node.core.eval.metrics import path_distance_matrix, time_deviation_matrix
 from bc_policy_node.experiments import common as C
 from bc_policy_node.experiments import runner
@@ -44,30 +46,6 @@ def test_path_helpers():
     assert C.passing_side(left[:2], goal, obst) == 0
 
 
-def hold_policy(contract, path: Path, k: int = 1) -> Path:
-    """A torch-free ONNX policy that commands the current joint positions (the arm holds)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from bc_policy_node.core.control.runtime import embed_metadata
-
-    a, d = contract.act_dim, contract.obs_dim
-    w = np.zeros((d, k * a), dtype=np.float32)
-    q0 = contract.obs_slice("joint_pos").start
-    for i in range(k):
-        for j in range(a):
-            w[q0 + j, i * a + j] = 1.0
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-1, k, a], dtype=np.int64), "s")]
-    nodes = [helper.make_node("MatMul", ["obs", "w"], ["mm"]), helper.make_node("Reshape", ["mm", "s"], ["actions"])]
-    graph = helper.make_graph(nodes, "hold", [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", d])],
-                              [helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", k, a])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    embed_metadata(model, contract, {"kind": "mlp" if k == 1 else "chunk_mlp", "chunk_length": k})
-    onnx.save(model, str(path))
-    return path
-
-
 def test_drift_experiment_tiny(tmp_path, monkeypatch):
     """The whole drift pipeline (demos -> policy -> closed loop with expert labels -> teacher forced ->
     figure + numbers) on a tiny config. Training is replaced by a hand-made ONNX policy that holds
@@ -80,7 +58,7 @@ def test_drift_experiment_tiny(tmp_path, monkeypatch):
         calls.append(tag)
         d = Path(cache) / "models" / tag
         d.mkdir(parents=True, exist_ok=True)
-        return C.Trained(hold_policy(ds.contract, d / "policy.onnx"),
+        return C.Trained(hold_policy(d / "policy.onnx", ds.contract, k=1),
                          {"best_val_loss": 0.5, "best_epoch": 1, "epochs": 1, "num_frames": ds.num_frames,
                           "num_episodes": len(ds), "train_seconds": 0.0, "num_parameters": 0})
 
