@@ -1,7 +1,6 @@
 """Messages <-> numpy / core types, in one place (the only module that knows both sides)."""
 from __future__ import annotations
 
-import importlib
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -13,6 +12,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from bc_msgs.msg import ActionChunk, TaskState
 
 from ..core.types import JointStateData, TaskStateData
+from .common import message_class  # noqa: F401  (re-exported until dagger_node imports it from .common)
 
 
 def to_time(seconds: float) -> Time:
@@ -114,23 +114,6 @@ def action_chunk_msg(chunk: np.ndarray, joint_names: Sequence[str], dt: float, m
     msg.dt = float(dt)
     msg.actions = np.asarray(chunk, dtype=float).ravel().tolist()
     return msg
-
-
-def message_class(type_name: str):
-    """``pkg/msg/Name`` (or ``pkg/Name``) -> the rclpy message class, imported at run time.
-
-    Raises ValueError naming the type when it is malformed or its package is not available.
-    """
-    parts = type_name.strip("/").split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3 or parts[1] != "msg" or not all(parts):
-        raise ValueError(f"message type {type_name!r} is not of the form pkg/msg/Name")
-    try:
-        return getattr(importlib.import_module(f"{parts[0]}.msg"), parts[2])
-    except (ImportError, AttributeError):
-        raise ValueError(f"message type {type_name!r} is not available here (is its package built "
-                         f"and sourced?)") from None
 
 
 def has_header(msg_class) -> bool:

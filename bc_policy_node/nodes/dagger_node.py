@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
-import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray
 
 from bc_msgs.msg import ActionChunk, FrameTag, TaskState
 from bc_msgs.srv import QueryExpert
@@ -44,17 +40,17 @@ from ..core.control.controller import position_indices
 from ..core.dagger.arbiter import REASON_EXPERT_UNAVAILABLE, DaggerArbiter, Outcome, load_ensemble
 from ..core.dagger.frames import ANSWER_ERROR, Frame, FramePairing
 from ..core.dagger.params import DaggerParams
-from ..core.params import runtime_names
 from ..core.sync import StampSync
 from . import qos
-from .conversions import command_msg, has_header, message_class, to_time
+from .common import ERROR, OK, WARN, Diagnostics, JsonStatus, ThrottledLog, message_class, \
+    refuse_static_parameters, run_node
+from .conversions import command_msg, has_header, to_time
 from .params import declare_and_load
 
 LOG_EVERY_S = 2.0
 PENDING_STAMPS = 64
 RESEND_AFTER_S = 0.5       # s; a lock-step round trip is ~2 ms: an older unanswered command was lost
 MAX_LATE_REQUESTS = 100      # timed-out expert requests still awaited (a late answer = alive again)
-RUNTIME_PARAMS = runtime_names(DaggerParams)
 
 
 class DaggerNode(Node):
@@ -125,7 +121,7 @@ class DaggerNode(Node):
         self._intervention = False
         self._teleop: Optional[Tuple[float, np.ndarray]] = None
         self._counts: collections.Counter = collections.Counter()
-        self._log_next: Dict[str, float] = {}
+        self._warn = ThrottledLog(self.get_logger(), LOG_EVERY_S)
         self._wall = Clock(clock_type=ClockType.STEADY_TIME)
 
         # --- observation intake: stamped topics are paired by stamp (core.sync), the others held (ZOH)
@@ -150,7 +146,8 @@ class DaggerNode(Node):
         self.create_subscription(Float64MultiArray, "~/teleop_command", self._on_teleop, qos.COMMAND)
         self._cmd_pub = self.create_publisher(Float64MultiArray, p.command_topic(), qos.COMMAND)
         self._tag_pub = self.create_publisher(FrameTag, "~/frame_tag", qos.COMMAND)
-        self._status_pub = self.create_publisher(String, "~/status", qos.STATUS)
+        self._status_pub = JsonStatus(self)
+        self._diag = Diagnostics(self, "dagger arbiter", hardware_id=self.contract.robot)
         self._expert = self.create_client(QueryExpert, p.expert_service)
         wait = min(p.expert_timeout_periods, p.policy_timeout_periods) * self.dt
         self._deadline_timer = self.create_timer(min(max(wait / 4, 0.001), 0.02), self._on_deadline_timer,
@@ -176,13 +173,13 @@ class DaggerNode(Node):
         else:
             self.get_logger().info(text)
     def _on_set_parameters(self, params) -> SetParametersResult:
+        refused = refuse_static_parameters(params, DaggerParams)
+        if refused is not None:
+            return refused
         changes = {}
         for prm in params:
             if prm.name == "use_sim_time":
                 continue
-            if prm.name not in RUNTIME_PARAMS:
-                return SetParametersResult(successful=False, reason=(
-                    f"{prm.name} is read once at startup; only {', '.join(RUNTIME_PARAMS)} change at run time"))
             try:
                 changes[prm.name] = float(prm.value)
             except (TypeError, ValueError):
@@ -215,7 +212,7 @@ class DaggerNode(Node):
             return True
         except ContractError as e:
             self._counts["bad_observations"] += 1
-            self._throttled_warn("bad_obs", f"observation refused: {e}")
+            self._warn.warning("bad_obs", f"observation refused: {e}")
             return False
 
     def _arrival(self, topic: str, key, msg) -> None:
@@ -237,7 +234,7 @@ class DaggerNode(Node):
             self._counts["episodes"] += 1
         ok = all(self._observe(t, m, key[0] + key[1] * 1e-9) for t, m in released)
         if not ok or not self._assembler.ready:
-            self._throttled_warn("obs_incomplete", "observation incomplete: no data yet for "
+            self._warn.warning("obs_incomplete", "observation incomplete: no data yet for "
                                  f"{self._assembler.missing_terms()}; frame skipped")
             return
         obs = self._assembler.vector()
@@ -296,7 +293,7 @@ class DaggerNode(Node):
             if not np.all(np.isfinite(plan)):
                 plan, err = None, "non-finite label"
         if self._pairing.expert_answer(f, plan, err) == ANSWER_ERROR:
-            self._throttled_warn("expert_error", f"expert query failed at step {f.step}: {err}")
+            self._warn.warning("expert_error", f"expert query failed at step {f.step}: {err}")
         self._advance()
 
     def _on_policy_command(self, msg: Float64MultiArray) -> None:
@@ -424,33 +421,21 @@ class DaggerNode(Node):
                 **{k: int(v) for k, v in c.items()}}
 
     def _publish_status(self) -> None:
-        self._status_pub.publish(String(data=json.dumps(self.status(), sort_keys=True)))
+        st = self.status()
+        self._status_pub.publish(st)
+        absent = [who for who in ("policy", "expert") if st[f"{who}_absent"]]
+        if absent:
+            level, message = ERROR, f"{' and '.join(absent)} absent: the robot holds"
+        elif not st["expert_ready"]:
+            level, message = WARN, f"expert service {self.params.expert_service} not available"
+        else:
+            level, message = OK, f"{st['variant']}: episode {st['episode_id']}"
+        self._diag.publish(level, message, {k: v for k, v in st.items() if k != "links"})
 
-    def _throttled_warn(self, key: str, text: str) -> None:
-        now = time.monotonic()
-        if now >= self._log_next.get(key, 0.0):
-            self._log_next[key] = now + LOG_EVERY_S
-            self.get_logger().warn(text)
 
-
-def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DaggerNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, ContractError) as e:
-        print(f"dagger: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args=None) -> int:
+    return run_node(DaggerNode, "dagger", (ValueError, ContractError), args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -22,7 +22,7 @@ from ..core.sim.sim import ArmSim, SimError
 from . import qos
 from .conversions import command_msg
 from .fastlane import FastLane
-from .spin import run_node
+from .common import ThrottledLog, run_node
 from .params import declare_and_load, doc
 
 MODES = ("lockstep", "free")
@@ -105,6 +105,7 @@ class ExpertNode(Node):
                                         control_rate_hz=self.contract.control_rate_hz)
         self.create_service(QueryExpert, "~/query", self._srv_query)
         self.queries = 0
+        self._obs_log = ThrottledLog(self.get_logger(), 5.0)   # per message: rclpy's throttle costs ~0.4 ms
 
         self._lane: Optional[FastLane] = None
         self._drive_experts: Dict[str, ScriptedExpert] = {}
@@ -135,7 +136,7 @@ class ExpertNode(Node):
         if self._lane is not None:
             self._lane.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, reason: str = "") -> None:
         if self._lane is not None:
             self._lane.stop()
 
@@ -166,13 +167,12 @@ class ExpertNode(Node):
             self._idx_cache[names] = idx
         pos = np.asarray(msg.position, dtype=float)
         if idx is None or len(pos) != len(names):
-            self.get_logger().warn(f"/joint_states without the robot's joints {list(self.joint_names)} "
-                                   f"(names {list(names)}, {len(pos)} positions): ignored",
-                                   throttle_duration_sec=5.0)
+            self._obs_log.warning("names", f"/joint_states without the robot's joints {list(self.joint_names)} "
+                                  f"(names {list(names)}, {len(pos)} positions): ignored")
             return None
         q = pos[idx]
         if not np.all(np.isfinite(q)):
-            self.get_logger().warn("/joint_states with NaN/inf positions: ignored", throttle_duration_sec=5.0)
+            self._obs_log.warning("nonfinite", "/joint_states with NaN/inf positions: ignored")
             return None
         return q
 
@@ -235,7 +235,7 @@ class ExpertNode(Node):
         try:
             target = self._drive_expert(ts.task).act_task(q, None, ts)
         except (ValueError, KeyError) as e:
-            self.get_logger().error(f"no command for task {ts.task!r}: {e}", throttle_duration_sec=5.0)
+            self._obs_log.error("no_command", f"no command for task {ts.task!r}: {e}")
             return
         self._cmd_pub.publish(command_msg(target, self.joint_names))
         self.commands_sent += 1

@@ -11,7 +11,6 @@ from typing import Dict, Optional
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
@@ -30,7 +29,7 @@ from ..core.types import STATUS_DIVERGED
 from . import qos
 from .conversions import joint_state_msg, task_state_msg, trajectory_first_point
 from .fastlane import FastLane
-from .spin import run_node
+from .common import ERROR, OK, WARN, Diagnostics, ThrottledLog, run_node
 from .params import declare_and_load, doc
 
 MODES = ("free", "lockstep")
@@ -269,7 +268,8 @@ class MujocoBridge(Node):
         self._js_pub = self.create_publisher(JointState, "/joint_states", qos.STATE)
         self._ts_pub = self.create_publisher(TaskState, "/task_state", qos.STATE)
         self._clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK) if p.publish_clock else None
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = Diagnostics(self, "simulation", hardware_id=p.robot)
+        self._bad_input_log = ThrottledLog(self.get_logger(), 2.0)   # per command: rclpy's throttle costs ~0.4 ms
         self._lane = FastLane(self, "bridge_commands", on_error=self._on_lane_error)
         ctrl = p.controller.strip("/")
         self.command_topic = f"/{ctrl}/commands"
@@ -309,7 +309,7 @@ class MujocoBridge(Node):
             self._free_thread = threading.Thread(target=self._free_loop, name="physics", daemon=True)
             self._free_thread.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, reason: str = "") -> None:
         self._stop.set()
         if self._free_thread is not None:
             self._free_thread.join(2.0)
@@ -459,7 +459,8 @@ class MujocoBridge(Node):
     def _count(self, key: str, message: str = "") -> None:
         self.counts[key] += 1
         if message:
-            self.get_logger().warn(f"{message} (total {key}: {self.counts[key]})", throttle_duration_sec=2.0)
+            # one key for every counter: bad commands share one warning per 2 s
+            self._bad_input_log.warning("command", f"{message} (total {key}: {self.counts[key]})")
 
     def _apply(self, target: Optional[np.ndarray], reason: str, kind: str = "") -> None:
         """Count a validated command and act on it (lockstep: one period; free: latch). Lock held."""
@@ -584,23 +585,17 @@ class MujocoBridge(Node):
 
     def _publish_diagnostics(self) -> None:
         s = self.stats()
-        d = DiagnosticStatus(name=f"{self.get_name()}: simulation", hardware_id=self.params.robot)
         rtf = s.get("achieved_rtf", float("nan"))
         if s["status"] == STATUS_DIVERGED:
-            d.level, d.message = DiagnosticStatus.ERROR, f"episode {s['episode_id']} diverged: reset needed"
+            level, message = ERROR, f"episode {s['episode_id']} diverged: reset needed"
         elif (not self.lockstep and s["status"] != "no episode" and math.isfinite(rtf)
               and rtf < 0.9 * self.params.real_time_factor):
-            d.level, d.message = DiagnosticStatus.WARN, f"real-time factor {rtf:.2f} below target"
+            level, message = WARN, f"real-time factor {rtf:.2f} below target"
         elif s["rejected"] or s[RATE_LIMITED]:
-            d.level, d.message = DiagnosticStatus.WARN, (f"{s['rejected']} commands rejected, "
-                                                         f"{s[RATE_LIMITED]} rate-limited")
+            level, message = WARN, f"{s['rejected']} commands rejected, {s[RATE_LIMITED]} rate-limited"
         else:
-            d.level, d.message = DiagnosticStatus.OK, f"{s['mode']}: {s['status']}"
-        d.values = [KeyValue(key=k, value=(f"{v:.6g}" if isinstance(v, float) else str(v)))
-                    for k, v in s.items()]
-        arr = DiagnosticArray(status=[d])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(arr)
+            level, message = OK, f"{s['mode']}: {s['status']}"
+        self._diag.publish(level, message, s)
 
 
 def main(args=None) -> int:

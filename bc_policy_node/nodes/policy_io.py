@@ -6,7 +6,7 @@ from typing import Dict
 
 import numpy as np
 from builtin_interfaces.msg import Duration
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -14,9 +14,10 @@ from bc_msgs.msg import ActionChunk, PolicyStatus
 
 from ..core.contract import Contract
 from ..core.control.safety import EVENT_JOINT_LIMIT, EVENT_NONFINITE, EVENT_STALE, EVENT_STEP_LIMIT
-from . import qos
-from .conversions import to_time
 from ..core.control.params import PolicyParams
+from . import qos
+from .common import ERROR, OK, WARN, diagnostic_array
+from .conversions import to_time
 
 STATUS_FLOATS = ("tick_time_p50_us", "tick_time_p99_us", "inference_time_p50_us", "inference_time_p99_us",
                  "period_jitter_p99_us", "obs_to_cmd_latency_p50_us", "obs_to_cmd_latency_p99_us",
@@ -107,19 +108,14 @@ def status_msg(stamp, state: str, params: PolicyParams, last_event: str, loop=No
 
 def diagnostics_msg(name: str, st: PolicyStatus, hardware_id: str, extra: Dict[str, object],
                     waiting_for_obs: bool) -> DiagnosticArray:
-    d = DiagnosticStatus(name=name, hardware_id=hardware_id)
     if st.lifecycle_state == "active" and st.ticks >= 100 and st.missed_ticks > 0.01 * st.ticks:
-        d.level, d.message = DiagnosticStatus.WARN, f"{st.missed_ticks} of {st.ticks} ticks missed"
+        level, message = WARN, f"{st.missed_ticks} of {st.ticks} ticks missed"
     elif st.lifecycle_state == "unconfigured" and st.last_event.startswith("configure refused"):
-        d.level, d.message = DiagnosticStatus.ERROR, st.last_event[:300]
+        level, message = ERROR, st.last_event[:300]
     elif st.lifecycle_state == "active" and waiting_for_obs:
-        d.level, d.message = DiagnosticStatus.WARN, "active, waiting for observations"
+        level, message = WARN, "active, waiting for observations"
     else:
-        d.level, d.message = DiagnosticStatus.OK, st.lifecycle_state
+        level, message = OK, st.lifecycle_state
     values = {"model_id": st.model_id, "lifecycle_state": st.lifecycle_state,
               "execution_mode": st.execution_mode, "last_event": st.last_event, **extra}
-    d.values = [KeyValue(key=k, value=(f"{v:.6g}" if isinstance(v, float) else str(v))) for k, v in values.items()]
-    arr = DiagnosticArray()
-    arr.header.stamp = st.header.stamp
-    arr.status = [d]
-    return arr
+    return diagnostic_array(st.header.stamp, name, level, message, hardware_id, values)

@@ -25,18 +25,18 @@ import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.task import Future
 
 from bc_msgs.msg import PolicyStatus
 from bc_msgs.srv import LoadPolicy
-from diagnostic_msgs.msg import DiagnosticArray
 
 from ..core.contract import Contract, ContractError, ObservationAssembler
 from . import qos
-from .conversions import has_header, message_class
+from .common import Diagnostics, ThrottledLog, message_class, refuse_static_parameters, run_node
+from .conversions import has_header
 from .fastlane import NeverExecutedGroup
 from .params import declare_and_load
 from .policy_io import ChunkOut, CommandOut, diagnostics_msg, status_msg
@@ -131,7 +131,7 @@ class PolicyNode(LifecycleNode):
         # reset_on_change: the observation topic whose field is watched, and the field's path
         self._marker_topic: Optional[str] = None
         self._marker_path: tuple = ()
-        self._log_next: Dict[str, float] = {}
+        self._warn = ThrottledLog(self.get_logger(), LOG_EVERY_S)   # per key: safety events share a call site
         self._now = time.time
         # lock-step bookkeeping
         self._sync: Optional[StampSync] = None
@@ -144,7 +144,7 @@ class PolicyNode(LifecycleNode):
         self._loader = PolicyLoader(self._wake.trigger, self._wait_for_tick_boundary)
         self._chunk_topic = self.get_fully_qualified_name().rstrip("/") + "/action_chunk"
         self._status_pub = self.create_publisher(PolicyStatus, "~/status", qos.STATUS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = Diagnostics(self, "policy control loop")
         # Status is for people and monitors: wall (steady) time, also under a paused or fast sim.
         self._status_timer = self.create_timer(1.0 / self.params.status_rate_hz, self._publish_status,
                                                clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -338,7 +338,7 @@ class PolicyNode(LifecycleNode):
             self._assembler.update(topic, msg, stamp)
         except ContractError as e:
             self._counters["bad_observations"] += 1
-            self._throttled_warn("bad_observation", f"observation refused: {e}")
+            self._warn.warning("bad_observation", f"observation refused: {e}")
             return
         if stamp > self._newest_stamp:
             self._newest_stamp = stamp
@@ -385,7 +385,7 @@ class PolicyNode(LifecycleNode):
             except Exception as e:
                 if not rclpy.ok():
                     return
-                self._throttled_warn("tick_crash", f"control tick failed: {type(e).__name__}: {e}")
+                self._warn.warning("tick_crash", f"control tick failed: {type(e).__name__}: {e}")
             tick_done.set()
             deadline += period
             delay = deadline - time.monotonic()
@@ -403,8 +403,8 @@ class PolicyNode(LifecycleNode):
             self._poll_observations()
         if not self._obs_ready:
             if not self._assembler.ready:
-                self._throttled_warn("waiting", "waiting for observations: no data yet for "
-                                     f"{self._assembler.missing_terms()}")
+                self._warn.warning("waiting", "waiting for observations: no data yet for "
+                                   f"{self._assembler.missing_terms()}")
                 return
             self._obs_ready = True
         loop, obs = self._loop, self._assembler
@@ -413,7 +413,7 @@ class PolicyNode(LifecycleNode):
         except Exception as e:  # never let one bad tick kill the node: hold and report
             self._counters["tick_errors"] += 1
             self._last_event = f"tick {loop.tick - 1}: error {type(e).__name__}: {e}"
-            self._throttled_warn("tick_error", f"{self._last_event} -> holding the last command")
+            self._warn.warning("tick_error", f"{self._last_event} -> holding the last command")
             r = loop.hold(obs.oldest_stamp())
         if r.command is not None:
             self._out.publish(r.command)
@@ -424,8 +424,8 @@ class PolicyNode(LifecycleNode):
                            now - r.stamp, r.inference_s)
         if r.events:
             self._last_event = f"tick {r.tick}: {'+'.join(r.events)}"
-            self._throttled_warn(r.events[0], f"safety at tick {r.tick}: {', '.join(r.events)} "
-                                 f"(totals {loop.safety.stats()})")
+            self._warn.warning(r.events[0], f"safety at tick {r.tick}: {', '.join(r.events)} "
+                               f"(totals {loop.safety.stats()})")
         if r.restart:
             self._report_restart(loop, r)
 
@@ -435,8 +435,8 @@ class PolicyNode(LifecycleNode):
         if r.restart == RESTART_JUMP:
             why = (f"measured position {r.jump:.3f} rad from the last command "
                    f"(> reset_jump_rad {self.params.reset_jump_rad:g})")
-            self._throttled_warn("restart_jump", f"tick {n}: new plan at the measured position: {why} "
-                                 f"(total {loop.restarts[RESTART_JUMP]})")
+            self._warn.warning("restart_jump", f"tick {n}: new plan at the measured position: {why} "
+                               f"(total {loop.restarts[RESTART_JUMP]})")
         else:
             why = f"{self.params.reset_on_change} changed to {loop.marker}"
         events = f"; {'+'.join(r.events)}" if r.events else ""
@@ -513,13 +513,11 @@ class PolicyNode(LifecycleNode):
         return response
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for p in params:
-            if p.name == "use_sim_time":
-                continue
-            if p.name != "model_path":
-                return SetParametersResult(successful=False, reason=(
-                    f"{p.name} is read once at startup; only model_path (hot swap) changes at run time"))
-            if self._quiet_param:
+        refused = refuse_static_parameters(params, PolicyParams, " (hot swap)")
+        if refused is not None:
+            return refused
+        for p in params:     # model_path is the only run-time parameter (+ rclpy's use_sim_time)
+            if p.name != "model_path" or self._quiet_param:
                 continue
             if not isinstance(p.value, str) or not p.value:
                 return SetParametersResult(successful=False, reason="model_path must be a non-empty path")
@@ -540,9 +538,8 @@ class PolicyNode(LifecycleNode):
         if loop is not None:
             extra.update(loop.safety.stats())
             extra.update({f"new_plan_{k}": v for k, v in loop.restarts.items()})
-        self._diag_pub.publish(diagnostics_msg(f"{self.get_name()}: policy control loop", st,
-                                               self._contract.robot if self._contract else "", extra,
-                                               not self._obs_ready))
+        self._diag.pub.publish(diagnostics_msg(self._diag.name, st, self._contract.robot if self._contract else "",
+                                               extra, not self._obs_ready))
 
     # ------------------------------------------------------------------ logging
     def _event(self, text: str, error: bool = False) -> None:
@@ -553,12 +550,6 @@ class PolicyNode(LifecycleNode):
         else:
             self.get_logger().info(text)
 
-    def _throttled_warn(self, key: str, text: str) -> None:
-        now = time.monotonic()
-        if now >= self._log_next.get(key, 0.0):
-            self._log_next[key] = now + LOG_EVERY_S
-            self.get_logger().warn(text)
-
     def destroy_node(self):
         self._active = False
         if self._thread is not None:
@@ -568,29 +559,19 @@ class PolicyNode(LifecycleNode):
         return super().destroy_node()
 
 
-def main(args=None) -> None:
+def _executor():
+    # One executor thread runs services, parameters, status and lock-step ticks; the free-run
+    # control thread and the model loader are the node's own threads. (EventsExecutor.spin is
+    # unusable in these wheels; BCP_POLICY_EXECUTOR=multi is kept for the bench's comparison.)
+    if os.environ.get("BCP_POLICY_EXECUTOR", "single") == "multi":
+        return MultiThreadedExecutor(num_threads=2)
+    return SingleThreadedExecutor()
+
+
+def main(args=None) -> int:
     sys.setswitchinterval(GIL_SWITCH_S)
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        # One executor thread runs services, parameters, status and lock-step ticks; the
-        # free-run control thread and the model loader are the node's own threads.
-        # (EventsExecutor.spin is unusable in these wheels; BCP_POLICY_EXECUTOR=multi is kept
-        # for the bench's comparison.)
-        if os.environ.get("BCP_POLICY_EXECUTOR", "single") == "multi":
-            executor = MultiThreadedExecutor(num_threads=2)
-        else:
-            executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    return run_node(PolicyNode, "policy", (ValueError,), args, executor=_executor)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,26 +5,17 @@ core writer does the file format, crash safety and metadata).
 """
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import shutil
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import rclpy
-import rclpy.logging
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message
-from rclpy.signals import SignalHandlerOptions
-from std_msgs.msg import String
 
 from bc_msgs.srv import StartEpisode, StopEpisode
 
@@ -34,6 +25,7 @@ from ..core.data.bagread import BagReadError, recover_all, recover_bag
 from ..core.contract import COMMAND_TYPES, Contract, ContractError
 from ..core.data.dataset_builder import command_vector
 from . import qos
+from .common import ERROR, OK, WARN, Diagnostics, JsonStatus, ThrottledLog, message_class, run_node
 from .params import declare_and_load, doc
 
 NODE_NAME = "recorder"
@@ -91,20 +83,6 @@ def normalize_type(type_name: str) -> str:
     if len(parts) != 3 or parts[1] != "msg" or not all(parts):
         raise ValueError(f"message type {type_name!r} is not of the form pkg/msg/Name")
     return "/".join(parts)
-
-
-def message_class(type_name: str):
-    """The rclpy class of 'pkg/msg/Name', imported at run time (RecorderError if unavailable)."""
-    pkg, _, name = normalize_type(type_name).split("/")
-    try:
-        module = importlib.import_module(f"{pkg}.msg")
-    except ImportError:
-        raise RecorderError(f"package {pkg!r} has no Python messages here (is it built and "
-                            f"sourced?)") from None
-    cls = getattr(module, name, None)
-    if cls is None or not hasattr(cls, "_TYPE_SUPPORT"):
-        raise RecorderError(f"package {pkg!r} has no message {name!r}") from None
-    return cls
 
 
 def installed_definition(msgtype: str) -> Optional[str]:
@@ -243,9 +221,9 @@ class RecorderNode(Node):
     Command messages whose size does not match the contract are recorded as received but
     counted as rejected (status, diagnostics, episode.yaml `rejected`); the dataset builder
     excludes such episodes with the reason.
-    SIGINT/SIGTERM (see main): the open episode is closed outside any callback with
-    complete=false, outcome "interrupted (SIGINT)". kill -9: recover_on_start repairs the
-    cut bag at the next start. Unknown types / unwritable output_dir: the node exits at start
+    SIGINT/SIGTERM (`common.run_node`): the open episode is closed outside any callback with
+    complete=false, outcome "interrupted (SIGINT)" / "interrupted (SIGTERM)", and a last status
+    is published. kill -9: recover_on_start repairs the cut bag at the next start. Unknown types / unwritable output_dir: the node exits at start
     with a message naming the topic and type / the folder.
     """
 
@@ -264,7 +242,7 @@ class RecorderNode(Node):
         self.last_error = ""
         self.stats: Dict[str, _TopicStats] = {t: _TopicStats() for t in self.topics}
         self.episodes = {"finished": 0, "discarded": 0, "failed": 0}
-        self._last_warn = 0.0
+        self._warn = ThrottledLog(self.get_logger(), LOG_EVERY_S)   # one key: rejected commands
         self._draining = False
         self._subs: List[Tuple[object, Callable]] = []
         cmd_topics = {self.contract.action.topic} if self.contract else set()
@@ -279,8 +257,8 @@ class RecorderNode(Node):
             record = self._make_recorder(topic, check)
             sub = self.create_subscription(cls, topic, self._batched(record), profile, raw=True)
             self._subs.append((sub, record))
-        self.status_pub = self.create_publisher(String, "~/status", qos.STATUS)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.status_pub = JsonStatus(self)
+        self.diagnostics = Diagnostics(self, "episode recorder")
         self.create_service(StartEpisode, "~/start_episode", self._on_start)
         self.create_service(StopEpisode, "~/stop_episode", self._on_stop)
         self.create_timer(max(0.02, self.params.flush_interval_s / 2), self._on_flush_timer)
@@ -339,7 +317,7 @@ class RecorderNode(Node):
                 reason = check(raw)
                 if reason:
                     stats.rejected += 1
-                    self._warn(f"{topic}: command rejected (recorded as received): {reason}")
+                    self._warn.warning("rejected", f"{topic}: command rejected (recorded as received): {reason}")
                     if self._writer is not None:
                         stats.ep_rejected += 1
             w = self._writer
@@ -357,12 +335,6 @@ class RecorderNode(Node):
                 stats.lost += 1
                 self._on_write_error(e)
         return record
-
-    def _warn(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warn >= LOG_EVERY_S:
-            self._last_warn = now
-            self.get_logger().warn(text)
 
     def _on_write_error(self, e: Exception) -> None:
         if not self._write_error:
@@ -525,19 +497,24 @@ class RecorderNode(Node):
         return resp
 
     def shutdown(self, reason: str) -> Optional[Path]:
-        """Finalize an open episode as incomplete (SIGINT / SIGTERM / node shutdown)."""
-        if self._writer is None:
-            return None
+        """Finalize an open episode as incomplete (SIGINT / SIGTERM / node shutdown), then
+        publish a last status. Returns the bag path, or None if no episode was open."""
+        path = None
+        if self._writer is not None:
+            try:
+                self.drain()
+            except Exception:  # noqa: BLE001 - context may be gone already
+                pass
+            path, written, error = self.close_episode(False, outcome=f"interrupted ({reason})")
+            log = self.get_logger()
+            if error:
+                log.error(f"open episode at shutdown: {error}")
+            else:
+                log.warn(f"open episode finalized as incomplete ({reason}): {path}, {written} messages")
         try:
-            self.drain()
+            self.publish_status()
         except Exception:  # noqa: BLE001 - context may be gone already
             pass
-        path, written, error = self.close_episode(False, outcome=f"interrupted ({reason})")
-        log = self.get_logger()
-        if error:
-            log.error(f"open episode at shutdown: {error}")
-        else:
-            log.warn(f"open episode finalized as incomplete ({reason}): {path}, {written} messages")
         return path
 
     # ------------------------------------------------------------------ status
@@ -570,67 +547,24 @@ class RecorderNode(Node):
 
     def publish_status(self) -> None:
         st = self.status()
-        self.status_pub.publish(String(data=json.dumps(st, sort_keys=True)))
-        d = DiagnosticStatus(name=f"{self.get_name()}: episode recorder", hardware_id="")
+        self.status_pub.publish(st)
         rejected = sum(st["rejected"].values())
         lost = sum(st["lost"].values())
         if st["state"] == "error" or lost:
-            d.level, d.message = DiagnosticStatus.ERROR, f"write failed: {st['last_error']}"
+            level, message = ERROR, f"write failed: {st['last_error']}"
         elif rejected:
-            d.level, d.message = DiagnosticStatus.WARN, f"{rejected} commands rejected (size/contract)"
+            level, message = WARN, f"{rejected} commands rejected (size/contract)"
         else:
-            d.level, d.message = DiagnosticStatus.OK, st["state"]
-        d.values = [KeyValue(key="state", value=st["state"]),
-                    KeyValue(key="episode", value=(st["episode"] or {}).get("path", "") or ""),
-                    KeyValue(key="episodes_finished", value=str(st["episodes"]["finished"])),
-                    KeyValue(key="rejected", value=str(rejected)), KeyValue(key="lost", value=str(lost))]
-        d.values += [KeyValue(key=f"received {t}", value=str(n)) for t, n in st["received"].items()]
-        msg = DiagnosticArray(status=[d])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
+            level, message = OK, st["state"]
+        values = {"state": st["state"], "episode": (st["episode"] or {}).get("path", "") or "",
+                  "episodes_finished": st["episodes"]["finished"], "rejected": rejected, "lost": lost}
+        values.update({f"received {t}": n for t, n in st["received"].items()})
+        self.diagnostics.publish(level, message, values)
 
 
-# ------------------------------------------------------------------------------ main
 def main(args=None) -> int:
-    # Our own SIGINT/SIGTERM handling: the flag is checked between callbacks, so a signal never
-    # interrupts a write half-way, and the open episode is closed outside any callback.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    received = {"sig": ""}
-
-    def on_signal(signum, _frame):
-        received["sig"] = signal.Signals(signum).name
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    try:
-        node = RecorderNode()
-    except (RecorderError, ValueError) as e:
-        logger.fatal(f"recorder cannot start: {e}")
-        rclpy.try_shutdown()
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except ExternalShutdownException:
-        received["sig"] = received["sig"] or "context shutdown"
-    finally:
-        node.shutdown(received["sig"] or "node shutdown")
-        try:
-            node.publish_status()
-        except Exception:  # noqa: BLE001
-            pass
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(RecorderNode, NODE_NAME, (RecorderError, ValueError), args)
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+    raise SystemExit(main())

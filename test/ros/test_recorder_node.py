@@ -3,13 +3,14 @@
 A publisher process (stream_publisher.py) sends JointState / TaskState / commands with known
 values; the recorder (the installed executable, started from graph.record_nodes like
 `bc-policy collect` does) writes one bag per episode. Bags are read back with rosbags'
-AnyReader (independent of core.data.bagread) and built into a dataset. Crash, SIGINT, full disk
-and start-up errors are real: kill -9, SIGINT, RLIMIT_FSIZE (EFBIG), bad parameters.
+AnyReader (independent of core.data.bagread) and built into a dataset. Crash, signals, full
+disk and start-up errors are real: kill -9, SIGINT/SIGTERM, RLIMIT_FSIZE (EFBIG), bad parameters.
 No assertion depends on timing; waits are on conditions with generous deadlines.
 """
 import hashlib
 import json
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -261,7 +262,10 @@ def test_kill9_keeps_finished_episodes_and_recovers_the_interrupted_one(tmp_path
     check_values(msgs, 1, n)                                 # a prefix, exact, nothing invented
 
 
-def test_sigint_finalizes_the_open_episode(tmp_path, publisher, client):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_finalizes_the_open_episode(tmp_path, publisher, client, sig):
+    """SIGINT (Ctrl-C) and SIGTERM (what `ros2 launch` escalates to) alike: the open episode is
+    closed as incomplete, readable, and the recorder exits 0."""
     out = tmp_path / "bags"
     rec = procs.NodeProcess(recorder_spec(out), tmp_path / "logs")
     try:
@@ -269,12 +273,14 @@ def test_sigint_finalizes_the_open_episode(tmp_path, publisher, client):
         bag = Path(client.start_episode("curved_reach", seed=3, episode_id=3, source="teleop"))
         sent = publisher.run(3, 150, 250)
         wait_written(client, sent)
+        rec.proc.send_signal(sig)                            # mid-episode
+        code, log = wait_exit(rec), rec.log()
     finally:
-        code = rec.stop()                                    # SIGINT first
-    assert code == 0, rec.log()[-2000:]
+        rec.stop()
+    assert code == 0, log[-2000:]
     assert not bagread.needs_recovery(bag)                   # closed cleanly: footer + metadata
     meta = episode_yaml(bag)
-    assert meta["complete"] is False and meta["outcome"] == "interrupted (SIGINT)"
+    assert meta["complete"] is False and meta["outcome"] == f"interrupted ({sig.name})"
     assert meta["source"] == "teleop" and meta["counts"] == {**sent, "/dagger/frame_tag": 0}
     msgs = read_independent(bag)
     check_values(msgs, 3, 150)
