@@ -56,19 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dataset", "bc_policy_node.pipeline.dataset_cli:main",
             "build / inspect / edit datasets (details: bc_policy_node/pipeline/dataset_cli.py)")
-    p.add_argument("action", choices=("build", "info", "plot", "merge", "delete", "export-lerobot", "recover"))
+    p.add_argument("action", choices=("build", "info", "plot", "merge", "delete", "export-lerobot",
+                                      "import-lerobot", "recover"))
     p.add_argument("paths", nargs="*", help="bag folders (build, info, delete, recover) or dataset folders "
-                   "(info, plot, merge, delete, export-lerobot)")
+                   "(info, plot, merge, delete, export-lerobot) or a LeRobot dataset folder (import-lerobot)")
     p.add_argument("--contract", default=None,
-                   help="contract YAML (build; default: the contract the recorder stored in the bags)")
-    p.add_argument("--out", default=None, help="output folder (build, merge, export-lerobot; plot, "
-                   "delete: optional)")
+                   help="contract YAML (build; default: the contract the recorder stored in the bags; "
+                        "import-lerobot: default the one export-lerobot stored)")
+    p.add_argument("--out", default=None, help="output folder (build, merge, export-lerobot, import-lerobot; "
+                   "plot, delete: optional)")
     p.add_argument("--episodes", default=None,
                    help="e.g. 0,3,5-7: dataset episode indices (plot, delete) or bag episode ids (delete)")
     p.add_argument("--gap-tolerance", type=float, default=None, help="s; longer holes flag an episode")
     p.add_argument("--keep-flagged", action="store_true", help="build: keep episodes with gaps / rate flags")
     p.add_argument("--include-incomplete", action="store_true",
                    help="build: keep interrupted / recovered episodes")
+    p.add_argument("--split-by", default="none", metavar="RULE",
+                   help="build: cut long bags into episodes: none | topic:/NAME[:FIELD] (Bool marker: "
+                        "episode while true; TaskState: per episode_id; other: per value) | service:/NAME "
+                        "(service-event log: a cut per call; SetBool: true starts, false ends) | gap:SECONDS "
+                        "(no action message for longer)")
 
     p = add("train", "bc_policy_node.learning.cli:train_main", "train a BC policy on a dataset")
     p.add_argument("dataset", help="dataset folder (bc-policy dataset build)")
@@ -97,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the metrics as JSON")
     _push_args(p, "during every episode (policy and expert alike)")
 
-    p = add("dagger", "bc_policy_node.pipeline.dagger_loop:main",
+    p = add("dagger", "bc_policy_node.pipeline.dagger.ros:main",
             "DAgger rounds through the ROS graph: rollout -> label -> aggregate -> retrain -> export -> hot-swap")
     _robot_task(p)
     p.add_argument("--dataset", required=False, default=None, help="initial (expert) dataset folder")

@@ -1,7 +1,11 @@
 """`bc-policy dataset ACTION PATHS...`: build / inspect / edit datasets (core only, no rclpy).
 
-  build           bags (episode dirs or folders of them) -> dataset folder (--out); the contract
-                  is --contract, else the one the recorder stored in the bags (all must agree)
+  build           bags (episode dirs or folders of them; ours or any rosbag2 bag, sqlite3 or
+                  MCAP) -> dataset folder (--out); the contract is --contract, else the one the
+                  recorder stored in the bags (all must agree). --split-by RULE cuts long bags
+                  into episodes (none | topic:/NAME[:FIELD] | service:/NAME | gap:SECONDS,
+                  core/data/segment.py) and prints each episode's boundaries and cut reasons.
+                  Nothing is written when no episode is included.
   info            bags -> per-episode rates/gaps/success table; dataset folder -> summary
   plot            dataset folder -> one PNG per episode (--episodes, default 0) into --out
   merge           dataset folders (one contract) -> --out
@@ -9,6 +13,9 @@
                   place); bag dirs/folders (+ --episodes = episode ids) -> moved to --out
                   (default <folder>/.trash), never destroyed here
   export-lerobot  dataset folder -> LeRobot v2.1 layout in --out
+  import-lerobot  LeRobot dataset folder (v3.0; v2.x as export-lerobot writes) -> dataset folder
+                  (--out); the contract is the one export-lerobot stored, else --contract (state
+                  dim, action dim and fps must fit it). Image/video features are skipped.
   recover         bags left open by a crash -> valid bags marked incomplete
 Every action prints a one-screen summary; errors print one line and return 1.
 """
@@ -19,9 +26,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..core.data.bagread import BagReadError, find_bags, needs_recovery, read_episode_meta, recover_all
+from ..core.data.bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta, recover_all,
+                                 topic_types)
 from ..core.contract import Contract, ContractError
-from ..core.data.dataset_builder import BuildError, build_dataset
+from ..core.data.dataset_builder import BuildError, build_dataset, save_build
+from ..core.data.segment import SplitError, SplitRule
 from ..core.data.dataset_tools import (bag_info, dataset_info, delete_bags, delete_episodes,
                                   format_bag_info, format_dataset_info, merge_datasets, plot_episode)
 from ..core.data.episodes import Dataset, DatasetError
@@ -83,7 +92,9 @@ def bag_contract(bags: Sequence[Path], explicit: Optional[str] = None) -> Contra
         c = Contract.from_dict(spec)
         specs.setdefault(c.fingerprint(), (c, []))[1].append(bag.name)
     if missing or not specs:
-        raise CliError(f"no contract stored in {len(missing) or len(bags)} bag(s) "
+        foreign = sum(bool(read_episode_meta(b).get("foreign")) for b in bags)
+        why = f" ({foreign} foreign: not recorded by bc-policy)" if foreign else ""
+        raise CliError(f"no contract stored in {len(missing) or len(bags)} bag(s){why} "
                        f"(e.g. {(missing or [b.name for b in bags])[:3]}); pass --contract")
     if len(specs) > 1:
         desc = "; ".join(f"{c.name} ({fp}): {names[:3]}" for fp, (c, names) in specs.items())
@@ -104,27 +115,52 @@ def _bags(args) -> List[Path]:
 def do_build(args) -> int:
     bags = _bags(args)
     out = Path(_need(args, "out"))
+    rule = SplitRule.parse(getattr(args, "split_by", None))
     contract = bag_contract(bags, args.contract)
-    ds, rep = build_dataset(bags, contract, out, args.gap_tolerance,
+    if rule.topic:
+        have = [b for b in bags if rule.topic in topic_types(b)]
+        if not have:
+            raise CliError(f"--split-by {rule}: topic {rule.topic} is not in any of the {len(bags)} bag(s) "
+                           f"(e.g. {bags[0].name} has {sorted(topic_types(bags[0]))})")
+    ds, rep = build_dataset(bags, contract, None, args.gap_tolerance, split_by=rule,
                             keep_flagged=bool(getattr(args, "keep_flagged", False)),
                             include_incomplete=bool(getattr(args, "include_incomplete", False)))
     inc = [e for e in rep["episodes"] if e["status"] == "included"]
     exc = [e for e in rep["episodes"] if e["status"] != "included"]
+    if inc:   # a build without episodes writes nothing (an existing dataset in --out stays)
+        save_build(ds, rep, out)
     align = Counter(f"{e.get('alignment')}/{e.get('time_base')}" for e in inc)
-    print(f"dataset {out}  (contract {contract.name} {contract.fingerprint()}, hash {rep['hash']})")
-    print(f"  bags {rep['bags']}: included {len(inc)}, excluded {len(exc)}; frames {rep['frames']} "
+    foreign = sum(bool(e.get("foreign")) for e in rep["episodes"])
+    print(f"dataset {out}  (contract {contract.name} {contract.fingerprint()}, hash {rep['hash']})"
+          + ("" if inc else "  NOT WRITTEN: no episode included"))
+    print(f"  bags {rep['bags']}" + (f" ({foreign} foreign)" if foreign else "")
+          + (f", split {rule}: {len(rep['episodes'])} episodes" if rule.kind != "none" else "")
+          + f": included {len(inc)}, excluded {len(exc)}; frames {rep['frames']} "
           f"({ds.num_frames * contract.dt:.1f} s at {contract.control_rate_hz:g} Hz)")
     if inc:
         print("  alignment/time base: " + ", ".join(f"{k} x{v}" for k, v in sorted(align.items())))
         known = [e.get("success") for e in inc if e.get("success") is not None]
         if known:
             print(f"  success {sum(map(bool, known))}/{len(known)} of the included episodes")
+    if rule.kind != "none":
+        segs = [e for e in rep["episodes"] if "segment" in e]
+        for e in segs[:MAX_ROWS]:
+            g = e["segment"]
+            print(f"  {Path(e['path']).name:<24} {g['start_s']:8.3f}-{g['end_s']:8.3f} s  frames {e.get('frames', 0):<5} "
+                  f"{e['status']:<8} cut: {g['cut_start']} | {g['cut_end']}")
+        if len(segs) > MAX_ROWS:
+            print(f"  ... {len(segs) - MAX_ROWS} more episodes (all listed in {out / 'build_report.json'})")
     for e in exc[:MAX_ROWS]:
         print(f"  excluded {Path(e['path']).name}: {'; '.join(e.get('reasons') or ['?'])}")
     if len(exc) > MAX_ROWS:
         print(f"  ... {len(exc) - MAX_ROWS} more excluded (all listed in {out / 'build_report.json'})")
-    print(f"  report {out / 'build_report.json'}")
-    return 0 if inc else 1
+    if inc:
+        print(f"  report {out / 'build_report.json'}")
+        return 0
+    print(f"dataset build: no episode included; {out} left as it was", file=sys.stderr)
+    for e in exc[:3]:
+        print(f"  {Path(e['path']).name}: {'; '.join(e.get('reasons') or ['?'])}", file=sys.stderr)
+    return 1
 
 
 def do_info(args) -> int:
@@ -214,6 +250,22 @@ def do_export(args) -> int:
     return 0
 
 
+def do_import(args) -> int:
+    import json
+
+    from ..core.data.lerobot_import import format_import_summary, import_lerobot
+
+    if len(args.paths) != 1:
+        raise CliError(f"`dataset import-lerobot` takes one LeRobot dataset folder, got {args.paths}")
+    out = Path(_need(args, "out"))
+    ds, rep = import_lerobot(args.paths[0], args.contract)
+    ds.save(out)     # the same folder `dataset build` writes; import_report.json beside it
+    (out / "import_report.json").write_text(json.dumps(rep, indent=1, default=str))
+    print(format_import_summary(rep, out))
+    print(f"  report {out / 'import_report.json'}")
+    return 0
+
+
 def do_recover(args) -> int:
     bags = _bags(args)
     todo = [b for b in bags if needs_recovery(b)]
@@ -230,13 +282,14 @@ def do_recover(args) -> int:
 
 
 ACTIONS = {"build": do_build, "info": do_info, "plot": do_plot, "merge": do_merge,
-           "delete": do_delete, "export-lerobot": do_export, "recover": do_recover}
+           "delete": do_delete, "export-lerobot": do_export, "import-lerobot": do_import,
+           "recover": do_recover}
 
 
 def main(args) -> int:
     try:
         return ACTIONS[args.action](args)
-    except (CliError, DatasetError, ContractError, BagReadError, BuildError, FileExistsError,
-            OSError) as e:
+    except (CliError, DatasetError, ContractError, BagReadError, BuildError, SplitError,
+            FileExistsError, OSError) as e:
         print(f"dataset {args.action}: {e}", file=sys.stderr)
         return 1

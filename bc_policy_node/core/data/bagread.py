@@ -1,8 +1,21 @@
-"""Reading episode bags: metadata, messages, integrity checks and crash recovery.
+"""Reading rosbag2 bags: metadata, messages, integrity checks and crash recovery.
 
 Messages are read with `rosbags` (AnyReader: MCAP and sqlite3 rosbag2, so bags from
 `ros2 bag record` work too); recovery reads truncated MCAP files record by record with the
 `mcap` stream reader and stops at the first incomplete record.
+
+Two kinds of bags (`is_ours`):
+
+* ours - written by `bagio.EpisodeBagWriter` (or `recover_bag`): one episode, MCAP storage,
+  episode metadata in episode.yaml / metadata.yaml custom_data / MCAP records. A bag left
+  open by a crash `needs_recovery()` (no metadata.yaml or no MCAP footer) and is excluded
+  from datasets until `recover_bag()` turned it into a valid bag marked complete=false.
+* foreign - any other rosbag2 writer (`ros2 bag record`, rosbags, ...), sqlite3 or MCAP
+  storage, no episode metadata of ours: `read_episode_meta()` gives source="foreign",
+  complete=None (unknown), and the dataset builder treats it as a source of demonstrations
+  (possibly many, see `segment`), never as an incomplete episode of ours. sqlite3 bags never
+  need *our* recovery (rosbag2's sqlite3 storage is transactional); one without
+  metadata.yaml is reported with rosbag2's own remedy (`ros2 bag reindex`) and never touched.
 """
 from __future__ import annotations
 
@@ -16,15 +29,14 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import yaml
 
 from . import rostypes
+from .rosbag_reader import BagReader, BagReadError
 from .bagio import (EPISODE_FILE, MCAP_EPISODE_RECORD, _iso, bag_info_dict, custom_data,
                     episode_record, make_episode_meta, mcap_writer, qos_yaml,
                     write_episode_yaml, write_metadata_yaml)
 
 _MAGIC = b"\x89MCAP0\r\n"
-
-
-class BagReadError(ValueError):
-    """A bag directory is missing, unreadable or needs recovery first."""
+_SQLITE_NO_META = ("{d}: sqlite3 bag without metadata.yaml (its writer did not close it); "
+                   "rebuild the metadata with `ros2 bag reindex {d} sqlite3`, then build again")
 
 
 @dataclass
@@ -38,7 +50,7 @@ class BagMessage:
 # ------------------------------------------------------------------------------ locating
 def is_bag_dir(p: Path) -> bool:
     return p.is_dir() and ((p / "metadata.yaml").is_file() or (p / EPISODE_FILE).is_file()
-                           or any(p.glob("*.mcap")))
+                           or any(p.glob("*.mcap")) or any(p.glob("*.db3")))
 
 
 def find_bags(paths: Iterable) -> List[Path]:
@@ -51,19 +63,40 @@ def find_bags(paths: Iterable) -> List[Path]:
             out.append(p)
         elif p.is_dir():
             out.extend(sorted(c for c in p.iterdir() if is_bag_dir(c)))
+        elif not p.exists():
+            raise BagReadError(f"no such bag directory or folder of bags: {p}")
         else:
             raise BagReadError(f"not a bag directory or a folder of bags: {p}")
     return out
 
 
-def mcap_files(bag_dir) -> List[Path]:
-    d = Path(bag_dir)
+def _bag_info(d: Path) -> Dict[str, Any]:
     meta = d / "metadata.yaml"
-    if meta.is_file():
-        info = yaml.safe_load(meta.read_text()).get("rosbag2_bagfile_information", {})
-        files = [d / f for f in info.get("relative_file_paths", [])]
-        if files and all(f.is_file() for f in files):
-            return files
+    if not meta.is_file():
+        return {}
+    try:
+        return (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information") or {}
+    except yaml.YAMLError as e:
+        raise BagReadError(f"{meta}: not valid YAML ({e})") from None
+
+
+def storage_id(bag_dir) -> Optional[str]:
+    """'mcap' or 'sqlite3' (metadata.yaml storage_identifier, else the files' suffix), or None."""
+    d = Path(bag_dir)
+    sid = _bag_info(d).get("storage_identifier")
+    if sid:
+        return str(sid)
+    if any(d.glob("*.mcap")):
+        return "mcap"
+    return "sqlite3" if any(d.glob("*.db3")) else None
+
+
+def mcap_files(bag_dir) -> List[Path]:
+    """The bag's MCAP files (none for sqlite3 storage)."""
+    d = Path(bag_dir)
+    files = [d / f for f in _bag_info(d).get("relative_file_paths", [])]
+    if files and all(f.is_file() for f in files):
+        return [f for f in files if f.suffix == ".mcap"]
     return sorted(d.glob("*.mcap"))
 
 
@@ -80,7 +113,10 @@ def is_finalized(mcap_path) -> bool:
 
 
 def needs_recovery(bag_dir) -> bool:
+    """An MCAP bag left open by a crash (no metadata.yaml or no footer); never sqlite3 bags."""
     d = Path(bag_dir)
+    if storage_id(d) == "sqlite3":
+        return False
     files = mcap_files(d)
     if not (d / "metadata.yaml").is_file() or not files:
         return bool(files) or (d / EPISODE_FILE).is_file()
@@ -89,21 +125,38 @@ def needs_recovery(bag_dir) -> bool:
 
 # ------------------------------------------------------------------------------ metadata
 def _mcap_episode_records(mcap_path: Path) -> List[Dict[str, Any]]:
+    if is_finalized(mcap_path):      # summary section: no need to scan every chunk
+        from mcap.reader import make_reader
+
+        try:
+            with open(mcap_path, "rb") as f:
+                recs = [m for m in make_reader(f).iter_metadata() if m.name == MCAP_EPISODE_RECORD]
+        except Exception:  # noqa: BLE001 - damaged summary: fall back to the tolerant scan
+            recs = None
+    else:
+        recs = None
+    if recs is None:
+        recs = [r for r in _tolerant_records(mcap_path)[0]
+                if type(r).__name__ == "Metadata" and r.name == MCAP_EPISODE_RECORD]
     out = []
-    for rec in _tolerant_records(mcap_path)[0]:
-        if type(rec).__name__ == "Metadata" and rec.name == MCAP_EPISODE_RECORD:
-            try:
-                out.append(json.loads(rec.metadata["json"]))
-            except (KeyError, ValueError):
-                pass
+    for rec in recs:
+        try:
+            out.append(json.loads(rec.metadata["json"]))
+        except (KeyError, ValueError):
+            pass
     return out
+
+
+def is_ours(bag_dir) -> bool:
+    """True if the bag carries this package's episode metadata (see the module docstring)."""
+    return not read_episode_meta(bag_dir).get("foreign", False)
 
 
 def read_episode_meta(bag_dir) -> Dict[str, Any]:
     """episode.yaml, else metadata.yaml custom_data, else the last MCAP episode record.
 
-    Bags without any of them (e.g. from plain `ros2 bag record`) get defaults with
-    complete=None (unknown).
+    Bags without any of them (foreign: e.g. from plain `ros2 bag record`) get
+    source="foreign", foreign=True, complete=None (unknown).
     """
     d = Path(bag_dir)
     f = d / EPISODE_FILE
@@ -111,14 +164,11 @@ def read_episode_meta(bag_dir) -> Dict[str, Any]:
         meta = yaml.safe_load(f.read_text()) or {}
     else:
         meta = None
-        m = d / "metadata.yaml"
-        if m.is_file():
-            info = yaml.safe_load(m.read_text()).get("rosbag2_bagfile_information", {})
-            text = (info.get("custom_data") or {}).get("bc_policy.episode_json")
-            meta = json.loads(text) if text else None
+        text = (_bag_info(d).get("custom_data") or {}).get("bc_policy.episode_json")
+        meta = json.loads(text) if text else None
         if meta is None:
             recs = [r for p in mcap_files(d) for r in _mcap_episode_records(p)]
-            meta = recs[-1] if recs else {"complete": None}
+            meta = recs[-1] if recs else {"complete": None, "source": "foreign", "foreign": True}
     meta = dict(meta)
     meta.setdefault("episode_id", None)
     meta.setdefault("source", "expert")
@@ -168,13 +218,23 @@ def recover_bag(bag_dir, keep_original: bool = False, chunk_size: int = 256 * 10
     recovered=true, counts and outcome 'interrupted' (unless one was set). A bag that was
     closed cleanly is left untouched (`{"status": "ok"}`). The original file is renamed to
     `*.mcap.truncated` when keep_original, else deleted after the new file is in place.
+    A foreign MCAP bag (no metadata of ours) is recovered the same way, but its original
+    file is always kept and the result stays source="foreign". sqlite3 bags are never
+    touched (BagReadError when one lacks metadata.yaml: `ros2 bag reindex` rebuilds it).
     """
     d = Path(bag_dir)
     if not d.is_dir():
         raise BagReadError(f"no bag directory at {d}")
+    if storage_id(d) == "sqlite3" and not (d / "metadata.yaml").is_file():
+        raise BagReadError(_SQLITE_NO_META.format(d=d))
     if not needs_recovery(d):
         return {"status": "ok", "path": str(d)}
-    meta = make_episode_meta(read_episode_meta(d))
+    found = read_episode_meta(d)
+    foreign = bool(found.get("foreign"))
+    keep_original = keep_original or foreign
+    meta = make_episode_meta({k: v for k, v in found.items() if not (foreign and k == "source")})
+    if foreign:
+        meta["source"] = found["source"]
     files = sorted(d.glob("*.mcap"))
     src = files[0] if files else d / f"{d.name}_0.mcap"
     if len(files) > 1:
@@ -265,13 +325,16 @@ def recover_all(paths: Iterable, **kwargs: Any) -> List[Dict[str, Any]]:
 
 # ------------------------------------------------------------------------------ messages
 def _reader(bag_dir):
-    from rosbags.highlevel import AnyReader
-
     d = Path(bag_dir)
+    if not d.is_dir():
+        raise BagReadError(f"no bag directory at {d}")
     if needs_recovery(d):
         raise BagReadError(f"{d} was not closed cleanly (no metadata.yaml or no MCAP footer); "
                            f"run recover_bag() on it first")
-    return AnyReader([d], default_typestore=rostypes.typestore())
+    if not (d / "metadata.yaml").is_file():
+        raise BagReadError(_SQLITE_NO_META.format(d=d) if storage_id(d) == "sqlite3"
+                           else f"{d}: no metadata.yaml and no bag files")
+    return BagReader(d)
 
 
 def topic_types(bag_dir) -> Dict[str, str]:
@@ -331,7 +394,8 @@ def receive_times(bag_dir, with_header: bool = False) -> Dict[str, Any]:
     out: Dict[str, Tuple[str, List[int], Optional[List[int]]]] = {}
     with _reader(bag_dir) as r:
         for c in r.connections:
-            has = with_header and rostypes.type_info(c.msgtype, r.typestore)[2]
+            has = with_header and c.msgtype in r.typestore.fielddefs and \
+                rostypes.type_info(c.msgtype, r.typestore)[2]
             out.setdefault(c.topic, (c.msgtype, [], [] if has else None))
         for conn, t_ns, raw in r.messages():
             _typ, recv, hdr = out[conn.topic]

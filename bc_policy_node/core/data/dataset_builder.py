@@ -1,447 +1,146 @@
-"""Episode bags -> time-aligned training arrays (`core.data.episodes.Dataset`), numpy + rosbags.
+"""Bags -> training dataset (`core.data.episodes.Dataset`), with a report of every decision.
 
-Observations are assembled by `core.contract.ObservationAssembler`, the same object the
-policy node feeds with live messages; this module only decides *which* message of every
-observation topic is current at each sample time (zero-order hold) and which command is
-the label. Nothing is interpolated: a stream with a hole longer than `gap_tolerance_s`
-(default: the contract's `stale_after_s`, the age at which the policy node would hold) flags
-the episode, which is excluded unless `keep_flagged=True` (then `meta["flags"]` says why).
+Owns which bags and episodes go into a dataset and why (`build_dataset`), reading a bag's
+messages once (`load_bag`), cutting long bags into episodes by a `segment.SplitRule`, and
+saving the dataset with `build_report.json` (`save_build`). How one episode's messages become
+frames (time base, alignment rule, gap flags) is `alignment`'s job; its docstring states the
+rules, and its names (`BuildError`, `command_vector`, `FRAME_TAG_TYPE`) are re-exported here.
 
-Time base (per episode; the clock that orders messages across topics, reported):
+Sources (`bagread` module docstring):
 
-* ``source`` - bags from the recorder node carry each message's DDS source timestamp (the
-  sender's clock at publish, rosbag2's send_timestamp) in MCAP publish_time. On one host this
-  order is causal: in lock-step, observation k is published before command k, which is
-  published before observation k+1, whatever the recorder's queues did. Used when the bag
-  says so (episode.yaml `recorder.timestamps`) and source and receive clocks agree within
-  `max_clock_skew_s` (else the senders' clocks are not the recorder's).
-* ``header`` - observation times are header stamps when the message has a Header, receive
-  times otherwise; commands (Float64MultiArray: no header) use receive times. Used when the
-  header clock agrees with the receive clock within `max_clock_skew_s`.
-* ``receive`` - receive times for everything (header stamps on another clock, e.g. sim time
-  in a wall-clock recording).
-"ZOH at t" means: for every observation topic, the newest message with time <= t.
-
-Frame clock: when header stamps run on another clock than the wall clock (sim time, e.g.
-a lock-step bridge stepping faster than real time), messages are ordered by the wall clock
-(source/receive) but frames are timed by the header stamp of the observation each command
-answered (`frame_clock="header"`): `t`, the command-rate check and the gap checks then use
-sim time, so a lock-step run is 50 Hz however fast it ran and a wall-clock pause is no gap.
-In that mode a command answering an observation that was already answered (e.g. sent after
-the episode ended) is not a new frame (`duplicate_commands`); observations without a
-command are counted (`unanswered_observations`).
-
-Alignment rules (the report says which one each episode used):
-
-* ``frame_tag`` - the bag has a `bc_msgs/msg/FrameTag` topic (policy / DAgger /
-  intervention rollouts): one frame per FrameTag (sorted by time); obs = its `observation`
-  (or ZOH of the observation topics at its time if that field is empty); label =
-  `expert_action` where `labelled` is true (and it has act_dim values), otherwise the
-  `executed_action` with labelled=False (kept as context, excluded from the loss).
-  Chunk labels (the dagger node's ``label_chunk_length`` K > 1): when labelled frames carry
-  K x act_dim values (row-major, the expert's planned chunk from that observation), the
-  episode gets `Episode.chunk_labels` (T, K, act_dim) and act[t] = the chunk's first action;
-  unlabelled frames hold act[t] in every row (never in the loss).
-* ``command`` - one frame per command on the contract's action topic: act[j] = command j,
-  obs[j] = ZOH at the command's receive time c_j, i.e. the newest observation that existed
-  when the command was issued: in lock-step, the observation this command answered.
-  t[j] = c_j - c_0. Commands before every observation term has a value are dropped.
-* ``grid`` - uniform samples t_k = t_0 + round(k * 1e9 / rate) ns from the first time t_0
-  at which every term has a value; obs[k] = ZOH at t_k; act[k] = the first command received
-  in (t_k, t_{k+1}]. A window without a command holds the previous command with
-  labelled=False; leading windows before the first command are trimmed; the episode ends
-  with the window of the last command.
-* ``auto`` (default) - ``command`` when the command stream's median period is within
-  `rate_tolerance` of the contract's dt (a controller running at the control rate), else
-  ``grid`` (e.g. teleop devices publishing at their own rate).
+* our episode bags: one episode each; a bag left open by a crash is excluded ('needs
+  recovery') unless `recover=True`; a recovered / interrupted episode (complete=false) is
+  excluded ('incomplete episode') unless `include_incomplete`.
+* foreign bags (any rosbag2 writer, sqlite3 or MCAP, no metadata of ours): source 'foreign',
+  completeness unknown (complete=None) - included like complete episodes. They carry no
+  contract: the caller passes one.
+* `split_by` (a rule text or SplitRule, e.g. 'gap:0.5'): every bag gives one episode per
+  window of the rule; each window is a report entry (name '<bag>#<i>') with its boundaries
+  (`segment`: receive-time start/end ns, s from the bag's first message), the reasons of
+  both cuts, and the frames it produced - or why it was excluded.
 """
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
-
+from ..contract import Contract, ContractError
+from .alignment import (ALIGNMENTS, FRAME_TAG_TYPE, BuildError, align_episode,  # noqa: F401
+                        command_vector, has_source_times)
 from .bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta, read_raw,
                       recover_bag, topic_types)
-from ..contract import Contract, ContractError, ObservationAssembler
 from .episodes import Dataset, Episode
-from .rostypes import HEADER_TYPE, header_stamp_ns
+from .rosbag_reader import SETBOOL_EVENT, is_service_event, service_event_info, setbool_request
+from .segment import (SplitError, SplitRule, Window, bag_span, gap_windows, marker_windows,
+                      service_windows, slice_raw)
 
-FRAME_TAG_TYPE = "bc_msgs/msg/FrameTag"
-ALIGNMENTS = ("auto", "command", "grid")
-_META_KEYS = ("episode_id", "task", "seed", "source", "success", "outcome", "complete",
-              "recovered", "notes")
-
-
-class BuildError(ValueError):
-    """One episode cannot be turned into frames (reason in the message)."""
+_ERRORS = (BuildError, ContractError, BagReadError, SplitError, OSError)
 
 
-class _Stream:
-    """All messages of one topic, ordered by the time used for alignment.
-
-    Messages stay CDR bytes until used (`msg(i)`): at 1 kHz most are never looked at.
-    """
-
-    def __init__(self, topic: str, msgtype: str, items: List[Tuple], store, base: str):
-        self.topic, self.msgtype, self._store = topic, msgtype, store
-        fields = store.fielddefs[msgtype][1]
-        has_header = bool(fields) and fields[0][0] == "header" and fields[0][1][1] == HEADER_TYPE
-        recv = np.array([it[0] for it in items], dtype=np.int64)
-        src = np.array([it[2] if len(it) > 2 else it[0] for it in items], dtype=np.int64)
-        hdr = np.array([header_stamp_ns(it[1]) for it in items], dtype=np.int64) if has_header \
-            else recv.copy()
-        self.has_header = has_header
-        times = {"header": hdr, "receive": recv, "source": src}[base]
-        order = np.argsort(times, kind="stable")
-        self.times = times[order]
-        self.recv = recv[order]
-        self.source = src[order]
-        self.header = hdr[order]
-        self._raw = [items[i][1] for i in order]
-        self._cache: Dict[int, Any] = {}
-
-    def msg(self, i: int) -> Any:
-        m = self._cache.get(i)
-        if m is None:
-            m = self._cache[i] = self._store.deserialize_cdr(self._raw[i], self.msgtype)
-        return m
-
-    @property
-    def msgs(self) -> List[Any]:
-        return [self.msg(i) for i in range(len(self))]
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-
-def command_vector(contract: Contract, msg: Any) -> np.ndarray:
-    """The action in a command message of the contract's action type."""
-    spec = contract.action
-    if spec.msg_type == "trajectory_msgs/msg/JointTrajectory":
-        names = list(msg.joint_names)
-        if not msg.points:
-            raise ContractError(f"{spec.topic}: JointTrajectory without points")
-        pos = np.asarray(msg.points[0].positions, dtype=float)
-        missing = [j for j in spec.joints if j not in names]
-        if missing or len(pos) != len(names):
-            raise ContractError(f"{spec.topic}: trajectory joints {names} do not cover {missing}")
-        vec = pos[[names.index(j) for j in spec.joints]]
-    else:
-        vec = np.asarray(msg.data, dtype=float).reshape(-1)
-    if vec.shape != (spec.dim,) or not np.all(np.isfinite(vec)):
-        raise ContractError(f"{spec.topic}: command has shape {vec.shape} / non-finite values, "
-                            f"contract expects ({spec.dim},) finite")
-    return vec
-
-
-def _max_gap(times: np.ndarray, t0: int, t1: int) -> float:
-    """Longest interval (s) without a message over [t0, t1], counting the held value at t0."""
-    if len(times) == 0:
-        return (t1 - t0) * 1e-9
-    before = times[times <= t0]
-    inside = times[(times > t0) & (times <= t1)]
-    seq = np.concatenate([[before[-1] if len(before) else t0], inside, [t1]])
-    return float(np.max(np.diff(seq))) * 1e-9 if len(seq) > 1 else 0.0
-
-
-def _zoh_obs(contract: Contract, streams: Dict[str, _Stream], samples: np.ndarray) -> np.ndarray:
-    """obs[k] = ObservationAssembler fed with the newest message of every topic at samples[k]."""
-    asm = ObservationAssembler(contract)
-    idx = {t: np.searchsorted(s.times, samples, side="right") - 1 for t, s in streams.items()}
-    fed = {t: -1 for t in streams}
-    out = np.empty((len(samples), contract.obs_dim))
-    for k in range(len(samples)):
-        for t, s in streams.items():
-            i = int(idx[t][k])
-            if i < 0:
-                raise BuildError(f"no {t} message at or before sample {k}")
-            if i != fed[t]:
-                asm.update(t, s.msg(i), s.times[i] * 1e-9)
-                fed[t] = i
-        out[k] = asm.vector()
-    return out
-
-
-def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[float] = None, *,
-                     alignment: str = "auto", time_base: str = "auto",
-                     max_clock_skew_s: float = 0.5, rate_tolerance: float = 0.1,
-                     frame_topic: Optional[str] = None) -> Tuple[Episode, Dict[str, Any]]:
-    """One bag -> (Episode, report entry). Raises BuildError/ContractError/BagReadError."""
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    tol = contract.stale_after_s if gap_tolerance_s is None else float(gap_tolerance_s)
+def load_bag(bag_dir, contract: Contract, extra_topics: Sequence[str] = ()):
+    """(types, episode meta, raw, typestore): every topic's type, and the raw messages of the
+    contract's topics, FrameTag topics and `extra_topics` (`bagread.read_raw`)."""
     bag = Path(bag_dir)
     types = topic_types(bag)
-    obs_topics = contract.observation_topics()
-    act_topic = contract.action.topic
     em = read_episode_meta(bag)
-    stamps = ((em.get("recorder") or {}).get("timestamps") or {})
-    has_source = stamps.get("publish_time") == "dds_source"
-    candidates = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
-    wanted = [t for t in obs_topics if t in types] + [act_topic] + candidates
+    frame_tags = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
+    wanted = list(contract.observation_topics()) + [contract.action.topic] + frame_tags + list(extra_topics)
     raw, store = read_raw(bag, [t for t in dict.fromkeys(wanted) if t in types],
-                          publish_times=has_source)
-    frame_topics = [t for t in candidates if raw.get(t) and raw[t][1]]  # empty channels: unused
-    if frame_topic is None and len(frame_topics) > 1:
-        raise BuildError(f"several FrameTag topics with messages {frame_topics}; pass frame_topic")
-    frame_topic = frame_topic or (frame_topics[0] if frame_topics else None)
-    for t, ty in list(obs_topics.items()) + ([] if frame_topic else [(act_topic, contract.action.msg_type)]):
-        if t not in types:
-            if frame_topic:  # FrameTag carries the observation; raw topics are optional
-                continue
-            raise BuildError(f"topic {t} ({ty}) is not in the bag (bag has {sorted(types)})")
-        if types[t] != ty:
-            raise BuildError(f"topic {t} has type {types[t]} in the bag, contract says {ty}")
-    if frame_topic and frame_topic not in raw:
-        raise BuildError(f"FrameTag topic {frame_topic} is not in the bag")
+                          publish_times=has_source_times(em))
+    return types, em, raw, store
 
-    # ---- time base (the clock that orders messages across topics; module docstring)
-    base0 = "receive" if time_base == "auto" else time_base
-    streams = {t: _Stream(t, typ, items, store, base0) for t, (typ, items) in raw.items()}
-    skews = [float(np.median(s.recv - s.header)) * 1e-9
-             for s in streams.values() if s.has_header and len(s)]
-    worst = max((abs(x) for x in skews), default=0.0)
-    # clock offset recorder - senders: the smallest receive delay (a stalled recorder adds delay to
-    # every message it takes late, which a median would mistake for another clock)
-    src_worst = max((abs(float(np.min(s.recv - s.source))) * 1e-9
-                     for s in streams.values() if len(s)), default=0.0)
-    frame_clock = time_base
-    if time_base == "auto":
-        if has_source and src_worst <= max_clock_skew_s:
-            time_base = "source"
-        else:
-            time_base = "header" if worst <= max_clock_skew_s else "receive"
-        # header stamps on another clock than the wall clock (sim time, e.g. lock-step faster
-        # than real time): order by the wall clock, but time frames by the observations' stamps
-        frame_clock = "header" if (time_base != "header" and skews and worst > max_clock_skew_s) \
-            else time_base
-        if time_base != base0:
-            streams = {t: _Stream(t, typ, items, store, time_base) for t, (typ, items) in raw.items()}
-    if time_base == "source" and not has_source:
-        raise BuildError("time_base='source' needs a bag from the recorder node (DDS source "
-                         "timestamps in publish_time)")
-    obs_streams = {t: streams[t] for t in obs_topics if t in streams and len(streams[t])}
-    rep: Dict[str, Any] = {"path": str(bag), "time_base": time_base, "frame_clock": frame_clock,
-                           "header_clock_skew_s": worst, "flags": [], "warnings": []}
-    if has_source:
-        rep["source_clock_skew_s"] = src_worst
 
-    labelled = None
-    chunks: Optional[np.ndarray] = None     # (T, K, act_dim) FrameTag chunk labels
-    if frame_topic:
-        fr = streams[frame_topic]
-        if not len(fr):
-            raise BuildError(f"FrameTag topic {frame_topic} has no messages")
-        samples = fr.times
-        frames = fr.msgs
-        given = [np.asarray(m.observation, float) for m in frames]
-        have = np.array([o.shape == (contract.obs_dim,) and bool(np.all(np.isfinite(o)))
-                         for o in given])
-        odd = sorted({o.shape[0] for o, h in zip(given, have) if not h and o.size})
-        if odd:
-            rep["warnings"].append(f"FrameTag.observation of size {odd} or non-finite (contract "
-                                   f"obs_dim {contract.obs_dim}): assembled from raw topics")
-        zoh = None
-        if len(obs_streams) == len(obs_topics):  # raw topics present: fallback + cross-check
-            ready = max(int(s.times[0]) for s in obs_streams.values())
-            ok = samples >= ready
-            zoh = np.full((len(samples), contract.obs_dim), np.nan)
-            try:
-                if ok.any():
-                    zoh[ok] = _zoh_obs(contract, obs_streams, samples[ok])
-            except ContractError as e:
-                if not have.all():
-                    raise
-                rep["warnings"].append(f"raw observation topics unusable for cross-check: {e}")
-                zoh = None
-        if not have.all() and (zoh is None or np.isnan(zoh[~have]).any()):
-            raise BuildError("FrameTag frames without observation and no raw observation "
-                             "topics to assemble it from")
-        obs = np.stack([given[i] if have[i] else zoh[i] for i in range(len(given))])
-        if zoh is not None:
-            both = have & ~np.isnan(zoh).any(axis=1)
-            diff = np.abs(obs[both] - zoh[both]).max(axis=1) if both.any() else np.zeros(0)
-            rep["frame_obs_mismatch"] = int((diff > 1e-9).sum())
-            if rep["frame_obs_mismatch"]:  # FrameTag is authoritative: warn, don't exclude
-                rep["warnings"].append(f"FrameTag.observation differs from the contract's assembly "
-                                       f"in {rep['frame_obs_mismatch']} frames (max {diff.max():.3g})")
-        a_dim = contract.act_dim
-        act = np.zeros((len(samples), a_dim))
-        labelled = np.zeros(len(samples), dtype=bool)
-        actors: Dict[str, int] = {}
-        # chunk labels (dagger label_chunk_length K > 1): expert_action = K x act_dim, row-major;
-        # K = the first labelled frame's. Labels of another size in such an episode are dropped.
-        k_chunk = next((len(m.expert_action) // a_dim for m in frames if bool(m.labelled)
-                        and len(m.expert_action) > a_dim and len(m.expert_action) % a_dim == 0), 0)
-        chunks = np.zeros((len(samples), k_chunk, a_dim)) if k_chunk else None
-        odd_labels = 0
-        prev = None
-        for i, m in enumerate(frames):
-            e = np.asarray(m.expert_action, float)
-            x = np.asarray(m.executed_action, float)
-            if chunks is not None and bool(m.labelled) and e.size:
-                if e.size == k_chunk * a_dim and np.all(np.isfinite(e)):
-                    chunks[i] = e.reshape(k_chunk, a_dim)
-                    e = chunks[i, 0]
-                else:
-                    odd_labels += 1
-                    e = np.zeros(0)
-            if bool(m.labelled) and e.shape == (a_dim,) and np.all(np.isfinite(e)):
-                act[i], labelled[i] = e, True
-            elif x.shape == (contract.act_dim,) and np.all(np.isfinite(x)):
-                act[i] = x
-            elif prev is not None:
-                act[i] = prev
-            prev = act[i]
-            if chunks is not None and not labelled[i]:
-                chunks[i] = act[i]           # held context (never in the loss)
-            actors[str(int(m.actor))] = actors.get(str(int(m.actor)), 0) + 1
-        if chunks is not None:
-            rep["chunk_labels"] = k_chunk
-            if odd_labels:
-                rep["warnings"].append(f"{odd_labels} labelled frames whose expert_action is not a "
-                                       f"{k_chunk} x {a_dim} chunk like the others: unlabelled")
-        steps = np.array([int(m.step) for m in frames])
-        rep.update(alignment="frame_tag", label_source=frame_topic, actor_counts=actors,
-                   missing_steps=int(np.sum(np.clip(np.diff(steps) - 1, 0, None))) if len(steps) > 1 else 0)
-        if frame_clock == "header" and fr.has_header:   # FrameTag stamps = observation stamps
-            frame_t = fr.header
-            gap_streams = {frame_topic: (np.sort(fr.header), int(fr.header.min()), int(fr.header.max()))}
-            for t, s_ in obs_streams.items():
-                if s_.has_header:
-                    gap_streams[t] = (np.sort(s_.header), int(fr.header.min()), int(fr.header.max()))
-                else:
-                    gap_streams[t] = (s_.times, int(samples[0]), int(samples[-1]))
-        else:
-            rep["frame_clock"] = time_base
-            frame_t = samples
-            gap_streams = {frame_topic: (fr.times, None, None)}
-    else:
-        cmd = streams[act_topic]
-        if not len(cmd):
-            raise BuildError(f"no commands on {act_topic}")
-        missing = [t for t in obs_topics if t not in obs_streams]
-        if missing:
-            raise BuildError(f"no messages on observation topics {missing}")
-        ready = max(int(s.times[0]) for s in obs_streams.values())
-        ct = cmd.times
-        keep = np.nonzero(ct >= ready)[0]
-        prim = None
-        if frame_clock == "header":
-            prim = next((s for s in obs_streams.values() if s.has_header), None)
-        if prim is not None:   # frames timed by the stamp of the observation each command answered
-            paired = np.searchsorted(prim.times, ct, side="right") - 1
-            ft = prim.header[np.maximum(paired, 0)]
-            fk = ft[keep]
-            period = float(np.median(np.diff(fk))) * 1e-9 if len(fk) > 1 else contract.dt
-            wall = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else 0.0
-            rep["wall_command_rate_hz"] = 1.0 / wall if wall > 0 else float("inf")
-        else:
-            frame_clock = time_base
-            period = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else contract.dt
-        rep["frame_clock"] = frame_clock
-        rep["command_rate_hz"] = 1.0 / period if period > 0 else float("inf")
-        mode = alignment
-        if mode == "auto":
-            mode = "command" if abs(period / contract.dt - 1.0) <= rate_tolerance else "grid"
-        rep["alignment"] = mode
-        rep["label_source"] = act_topic
-        vec = [None] * len(cmd)
+def episode_from_bag(bag_dir, contract: Contract, gap_tolerance_s: Optional[float] = None,
+                     **opts: Any) -> Tuple[Episode, Dict[str, Any]]:
+    """One bag = one episode -> (Episode, report entry). Raises BuildError/ContractError/
+    BagReadError. opts: `alignment.align_episode`'s keywords."""
+    types, em, raw, store = load_bag(bag_dir, contract)
+    return align_episode(raw, store, types, em, str(Path(bag_dir)), contract, gap_tolerance_s, **opts)
 
-        def cvec(j: int) -> np.ndarray:
-            if vec[j] is None:
-                vec[j] = command_vector(contract, cmd.msg(j))
-            return vec[j]
 
-        if mode == "command":
-            rep["commands_before_ready"] = int(len(ct) - len(keep))
-            if not len(keep):
-                raise BuildError("no command after every observation term had a value")
-            if prim is not None:
-                # one frame per answered observation: a later command answering the same
-                # observation (e.g. sent after the episode ended) is not a new frame
-                first = np.concatenate([[True], np.diff(paired[keep]) > 0])
-                rep["duplicate_commands"] = int((~first).sum())
-                keep = keep[first]
-                rep["unanswered_observations"] = int(paired[keep[-1]] - paired[keep[0]] + 1 - len(keep))
-            samples = ct[keep]
-            act = np.stack([cvec(int(j)) for j in keep])
-            labelled = np.ones(len(samples), dtype=bool)
-            if abs(period / contract.dt - 1.0) > rate_tolerance:
-                rep["flags"].append(f"command rate {rep['command_rate_hz']:.2f} Hz vs contract "
-                                    f"{contract.control_rate_hz} Hz")
-        else:
-            prim = None
-            rep["frame_clock"] = frame_clock = time_base
-            last = int(ct[-1])
-            n = int(np.floor((last - ready) * contract.control_rate_hz / 1e9)) + 1
-            grid = ready + np.round(np.arange(n + 1) * 1e9 / contract.control_rate_hz).astype(np.int64)
-            first = np.searchsorted(ct, grid[:-1], side="right")       # first command > t_k
-            has = (first < len(ct)) & (ct[np.minimum(first, len(ct) - 1)] <= grid[1:])
-            held = np.searchsorted(ct, grid[:-1], side="right") - 1    # newest command <= t_k
-            ok = has | (held >= 0)
-            start = int(np.argmax(ok)) if ok.any() else n
-            end = int(np.nonzero(has)[0][-1]) + 1 if has.any() else start
-            if end <= start:
-                raise BuildError("no command falls into any sample window")
-            ks = np.arange(start, end)
-            samples = grid[ks]
-            act = np.stack([cvec(int(first[k])) if has[k] else cvec(int(held[k])) for k in ks])
-            labelled = has[ks].copy()
-            rep["windows_empty"] = int((~has[ks]).sum())
-            rep["windows_multi"] = int(np.sum((np.searchsorted(ct, grid[ks + 1], side="right")
-                                               - first[ks]) > 1))
-            rep["trimmed_leading"] = int(start)
-        obs = _zoh_obs(contract, obs_streams, samples)
-        if prim is not None:
-            frame_t = ft[keep]
-            gap_streams = {act_topic: (frame_t, int(frame_t[0]), int(frame_t[-1]))}
-            for t, s_ in obs_streams.items():
-                gap_streams[t] = ((np.sort(s_.header), int(frame_t[0]), int(frame_t[-1]))
-                                  if s_.has_header else (s_.times, int(samples[0]), int(samples[-1])))
-        else:
-            frame_t = samples
-            gap_streams = {act_topic: (ct, None, None)}
+def split_windows(rule: SplitRule, contract: Contract, types: Dict[str, str], raw, store) -> List[Window]:
+    """The rule's windows over one bag's messages (raw must hold the rule's topic)."""
+    span = bag_span(raw)
+    if rule.kind == "gap":
+        act = contract.action.topic
+        return gap_windows(rule, [it[0] for it in raw.get(act, ("", []))[1]], act, span)
+    topic = rule.topic
+    if topic not in types:
+        near = difflib.get_close_matches(topic, sorted(types), n=3, cutoff=0.6)
+        raise SplitError(f"split {rule.kind} {rule.name}: topic {topic} is not in the bag"
+                         + (f" (similar: {near})" if near else "") + f"; bag has {sorted(types)}")
+    msgtype, items = raw[topic]
+    if rule.kind == "service":
+        if not is_service_event(topic, msgtype):
+            raise SplitError(f"split {rule}: {topic} has type {msgtype}, not a service event (<pkg>/srv/<Srv>_Event)")
+        return service_windows(rule, [(it[0], *service_event_info(it[1])[:3],
+                                       setbool_request(it[1]) if msgtype == SETBOOL_EVENT else None)
+                                      for it in sorted(items, key=lambda it: it[0])], span)
+    if msgtype not in store.fielddefs:
+        raise SplitError(f"split {rule}: the bag has no definition of {msgtype} to read {topic}")
+    msgs = sorted(((it[0], store.deserialize_cdr(it[1], msgtype)) for it in items), key=lambda x: x[0])
+    return marker_windows(rule, msgtype, msgs, span)
 
-    # ---- gaps: every observation stream and the label stream, over the frames' span
-    t0, t1 = int(frame_t[0]), int(frame_t[-1])
-    for t, s_ in obs_streams.items():
-        gap_streams.setdefault(t, (s_.times, None, None))
-    gaps = {t: _max_gap(ts, t0 if a is None else a, t1 if b is None else b)
-            for t, (ts, a, b) in gap_streams.items()}
-    rep["max_gap_s"] = gaps
-    for t, g in gaps.items():
-        if g > tol:
-            rep["flags"].append(f"gap of {g:.3f} s on {t} (tolerance {tol:.3f} s)")
-    meta = {k: em.get(k) for k in _META_KEYS}
-    meta.update(bag=str(bag), alignment=rep["alignment"], time_base=time_base,
-                frame_clock=rep["frame_clock"],
-                label_source=rep["label_source"], start_time_ns=t0, flags=list(rep["flags"]),
-                duration_s=(t1 - t0) * 1e-9)
-    chunk_labels = chunks
-    if chunk_labels is not None:
-        meta["chunk_labels"] = int(chunk_labels.shape[1])
-    ep = Episode(obs=obs, act=act, t=(frame_t - t0) * 1e-9, meta=meta, labelled=labelled,
-                 chunk_labels=chunk_labels)
-    rep.update(frames=len(ep), duration_s=meta["duration_s"], labelled=int(ep.labelled.sum()))
-    return ep, rep
+
+def episodes_from_bag(bag_dir, contract: Contract, split_by: Union[str, SplitRule, None],
+                      gap_tolerance_s: Optional[float] = None,
+                      **opts: Any) -> List[Tuple[Optional[Episode], Dict[str, Any]]]:
+    """One bag cut by `split_by` -> [(Episode or None if excluded, report entry)] per window.
+
+    Raises (the whole bag fails) when the bag cannot be read or the rule does not fit it.
+    """
+    rule = split_by if isinstance(split_by, SplitRule) else SplitRule.parse(split_by)
+    bag = Path(bag_dir)
+    if rule.kind == "none":
+        ep, rep = episode_from_bag(bag, contract, gap_tolerance_s, **opts)
+        return [(ep, rep)]
+    extra = [rule.topic] if rule.topic else []
+    types, em, raw, store = load_bag(bag, contract, extra)
+    windows = split_windows(rule, contract, types, raw, store)
+    if not windows:
+        raise SplitError(f"split {rule}: no episode in the bag (the marker never started one)")
+    keep = {t: v for t, v in raw.items() if t not in extra or t in contract.observation_topics()
+            or t == contract.action.topic}
+    first_ns = bag_span(raw)[0]
+    hold = list(contract.observation_topics())
+    out: List[Tuple[Optional[Episode], Dict[str, Any]]] = []
+    for w in windows:
+        name = f"{bag}#{w.index}"
+        seg = dict(w.report(first_ns), rule=str(rule))
+        entry: Dict[str, Any] = {"path": name, "bag": str(bag), "segment": seg}
+        try:
+            ep, rep = align_episode(slice_raw(keep, w, hold), store, types, em, name, contract,
+                                    gap_tolerance_s, **opts)
+        except (BuildError, ContractError) as e:
+            entry.update(frames=0, reasons=[f"{type(e).__name__}: {e}"])
+            out.append((None, entry))
+            continue
+        ep.meta["bag"] = str(bag)
+        ep.meta["segment"] = seg
+        key = w.key if isinstance(w.key, int) and not isinstance(w.key, bool) else None
+        ep.meta["episode_id"] = key if key is not None else w.index
+        entry.update(rep, path=name)
+        out.append((ep, entry))
+    return out
 
 
 def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
                   gap_tolerance_s: Optional[float] = None, *, keep_flagged: bool = False,
                   include_incomplete: bool = False, recover: bool = False,
+                  split_by: Union[str, SplitRule, None] = None,
                   **episode_opts: Any) -> Tuple[Dataset, Dict[str, Any]]:
     """Bags (episode dirs, or folders of them) -> (Dataset, report).
 
-    Excluded (listed in the report with reasons, never silently): incomplete episodes unless
-    include_incomplete; flagged episodes (gaps, rate mismatch, FrameTag/contract mismatch)
-    unless keep_flagged; bags that fail to parse or do not match the contract. Truncated bags
-    are recovered first when `recover=True`, else excluded with 'needs recovery'.
-    With `out_dir`, the dataset is saved there (`Dataset.save`) with `build_report.json`.
+    Excluded (listed in the report with reasons, never silently): incomplete episodes of ours
+    unless include_incomplete; flagged episodes (gaps, rate mismatch, FrameTag/contract
+    mismatch) unless keep_flagged; bags that fail to parse or do not match the contract (or
+    the split rule). Truncated bags are recovered first when `recover=True`, else excluded
+    with 'needs recovery'. Foreign bags are included (module docstring). With `out_dir`, the
+    dataset is saved there with `build_report.json` (`save_build`).
     """
+    rule = split_by if isinstance(split_by, SplitRule) else SplitRule.parse(split_by)
     bags = find_bags(bag_dirs)
     episodes: List[Episode] = []
     entries: List[Dict[str, Any]] = []
@@ -455,27 +154,40 @@ def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
             em = read_episode_meta(bag)
             entry.update(episode_id=em.get("episode_id"), source=em.get("source"),
                          complete=em.get("complete"), success=em.get("success"))
+            if em.get("foreign"):
+                entry["foreign"] = True
             if em.get("complete") is False and not include_incomplete:
                 entry.update(status="excluded", reasons=["incomplete episode"])
                 entries.append(entry)
                 continue
-            ep, rep = episode_from_bag(bag, contract, gap_tolerance_s, **episode_opts)
-            entry.update(rep)
-            if rep["flags"] and not keep_flagged:
-                entry.update(status="excluded", reasons=list(rep["flags"]))
-            else:
-                entry["status"] = "included"
-                episodes.append(ep)
-        except (BuildError, ContractError, BagReadError, OSError) as e:
+            results = episodes_from_bag(bag, contract, rule, gap_tolerance_s, **episode_opts)
+        except _ERRORS as e:
             entry.update(status="excluded", reasons=[f"{type(e).__name__}: {e}"])
-        entries.append(entry)
+            entries.append(entry)
+            continue
+        for ep, rep in results:
+            e = dict(entry, **rep)
+            if ep is None:
+                e["status"] = "excluded"
+            elif rep["flags"] and not keep_flagged:
+                e.update(status="excluded", reasons=list(rep["flags"]))
+            else:
+                e["status"] = "included"
+                episodes.append(ep)
+            entries.append(e)
     ds = Dataset(contract, episodes)
     report = {"contract": contract.name, "contract_fingerprint": contract.fingerprint(),
               "gap_tolerance_s": contract.stale_after_s if gap_tolerance_s is None else gap_tolerance_s,
-              "bags": len(bags), "included": len(episodes),
+              "split_by": str(rule), "bags": len(bags), "included": len(episodes),
               "excluded": sum(e["status"] == "excluded" for e in entries),
               "frames": ds.num_frames, "hash": ds.content_hash(), "episodes": entries}
     if out_dir is not None:
-        ds.save(out_dir)
-        (Path(out_dir) / "build_report.json").write_text(json.dumps(report, indent=1, default=str))
+        save_build(ds, report, out_dir)
     return ds, report
+
+
+def save_build(ds: Dataset, report: Dict[str, Any], out_dir) -> Path:
+    """Dataset.save(out_dir) + out_dir/build_report.json."""
+    out = ds.save(out_dir)
+    (out / "build_report.json").write_text(json.dumps(report, indent=1, default=str))
+    return out

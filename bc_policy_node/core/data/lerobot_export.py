@@ -8,6 +8,9 @@ Layout written (LeRobot `CODEBASE_VERSION = "v2.1"`, one parquet file per episod
     meta/tasks.jsonl          {"task_index", "task"}
     meta/episodes_stats.jsonl {"episode_index", "stats": {feature: {min,max,mean,std,count}}}
     meta/stats.json           aggregate {feature: {min,max,mean,std}} (v2.0 readers)
+    meta/bc_policy_exact.npz  the float64 obs/act (+ chunk labels) of every frame, so that
+                              `import-lerobot` gives the dataset back bit for bit (LeRobot's
+                              columns are float32; LeRobot ignores this file)
     data/chunk-000/episode_000000.parquet
 
 Parquet columns: observation.state (fixed-size list<float32>[obs_dim]), action
@@ -16,6 +19,8 @@ timestamps are synchronous with fps), frame_index, episode_index, index, task_in
 plus `labelled` (bool: false = no expert label, DAgger frames) and `t_measured` (float64, the
 episode's measured time of the frame, which may jitter around the nominal timestamp).
 Feature names come from the contract (`joint_pos.j1`, `goal.0`, action joint names).
+info.json carries `bc_policy`: the contract, the dataset's content hash, every episode's metadata
+and the path of the exact-values file (read back by `core.data.lerobot_import`).
 Cameras/videos are not produced (`total_videos` 0, video_path null).
 """
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .episodes import Dataset
 CODEBASE_VERSION = "v2.1"
 CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+EXACT_PATH = "meta/bc_policy_exact.npz"
 
 
 def state_names(dataset: Dataset) -> List[str]:
@@ -125,7 +131,8 @@ def export_lerobot(dataset: Dataset, out_dir, robot_type: Optional[str] = None,
         "chunks_size": CHUNKS_SIZE, "fps": fps_out, "splits": {"train": f"0:{n_eps}"},
         "data_path": DATA_PATH, "video_path": None, "features": _features(dataset),
         "bc_policy": {"contract": c.to_dict(), "dataset_hash": dataset.content_hash(),
-                      "episodes_meta": [_jsonable(e.meta) for e in dataset.episodes]},
+                      "episodes_meta": [_jsonable(e.meta) for e in dataset.episodes],
+                      "exact_arrays": EXACT_PATH},
     }
     agg = {}
     if n_eps:
@@ -133,6 +140,7 @@ def export_lerobot(dataset: Dataset, out_dir, robot_type: Optional[str] = None,
                "action": _stats(np.concatenate(all_act))}
         for v in agg.values():
             v.pop("count")
+    _write_exact(dataset, out / EXACT_PATH)
     _write_json(out / "meta" / "info.json", info)
     _write_json(out / "meta" / "stats.json", agg)
     _write_jsonl(out / "meta" / "episodes.jsonl", episodes_lines)
@@ -140,6 +148,20 @@ def export_lerobot(dataset: Dataset, out_dir, robot_type: Optional[str] = None,
     _write_jsonl(out / "meta" / "tasks.jsonl",
                  [{"task_index": i, "task": t} for t, i in sorted(tasks.items(), key=lambda x: x[1])])
     return out
+
+
+def _write_exact(dataset: Dataset, path: Path) -> None:
+    """float64 obs/act of all frames (episodes concatenated, `lengths`) + chunk labels if any."""
+    eps, c = dataset.episodes, dataset.contract
+    cat = lambda name, dim: (np.concatenate([getattr(e, name) for e in eps])  # noqa: E731
+                             if eps else np.zeros((0, dim)))
+    extra = {}
+    has = np.array([e.chunk_labels is not None for e in eps], dtype=bool)
+    if has.any():
+        extra["chunk_labels"] = np.concatenate([e.chunk_labels for e in eps if e.chunk_labels is not None])
+        extra["chunk_label_episodes"] = has
+    np.savez(path, obs=cat("obs", c.obs_dim), act=cat("act", c.act_dim),
+             lengths=np.array([len(e) for e in eps], dtype=np.int64), **extra)
 
 
 def _jsonable(o: Any) -> Any:

@@ -1,0 +1,434 @@
+"""One bag's messages -> one time-aligned `Episode`: time base, alignment rule, gaps (numpy).
+
+The messages come from `dataset_builder` (which reads the bag and, for long bags, cuts it
+into windows with `segment`). Observations are assembled by `core.contract.ObservationAssembler`, the same object the
+policy node feeds with live messages; this module only decides *which* message of every
+observation topic is current at each sample time (zero-order hold) and which command is
+the label. Nothing is interpolated: a stream with a hole longer than `gap_tolerance_s`
+(default: the contract's `stale_after_s`, the age at which the policy node would hold) flags
+the episode, which is excluded unless `keep_flagged=True` (then `meta["flags"]` says why).
+
+Time base (per episode; the clock that orders messages across topics, reported):
+
+* ``source`` - bags from the recorder node carry each message's DDS source timestamp (the
+  sender's clock at publish, rosbag2's send_timestamp) in MCAP publish_time. On one host this
+  order is causal: in lock-step, observation k is published before command k, which is
+  published before observation k+1, whatever the recorder's queues did. Used when the bag
+  says so (episode.yaml `recorder.timestamps`) and source and receive clocks agree within
+  `max_clock_skew_s` (else the senders' clocks are not the recorder's).
+* ``header`` - observation times are header stamps when the message has a Header, receive
+  times otherwise; commands (Float64MultiArray: no header) use receive times. Used when the
+  header clock agrees with the receive clock within `max_clock_skew_s`.
+* ``receive`` - receive times for everything (header stamps on another clock, e.g. sim time
+  in a wall-clock recording).
+"ZOH at t" means: for every observation topic, the newest message with time <= t.
+
+Frame clock: when header stamps run on another clock than the wall clock (sim time, e.g.
+a lock-step bridge stepping faster than real time), messages are ordered by the wall clock
+(source/receive) but frames are timed by the header stamp of the observation each command
+answered (`frame_clock="header"`): `t`, the command-rate check and the gap checks then use
+sim time, so a lock-step run is 50 Hz however fast it ran and a wall-clock pause is no gap.
+In that mode a command answering an observation that was already answered (e.g. sent after
+the episode ended) is not a new frame (`duplicate_commands`); observations without a
+command are counted (`unanswered_observations`).
+
+Alignment rules (the report says which one each episode used):
+
+* ``frame_tag`` - the bag has a `bc_msgs/msg/FrameTag` topic (policy / DAgger /
+  intervention rollouts): one frame per FrameTag (sorted by time); obs = its `observation`
+  (or ZOH of the observation topics at its time if that field is empty); label =
+  `expert_action` where `labelled` is true (and it has act_dim values), otherwise the
+  `executed_action` with labelled=False (kept as context, excluded from the loss).
+  Chunk labels (the dagger node's ``label_chunk_length`` K > 1): when labelled frames carry
+  K x act_dim values (row-major, the expert's planned chunk from that observation), the
+  episode gets `Episode.chunk_labels` (T, K, act_dim) and act[t] = the chunk's first action;
+  unlabelled frames hold act[t] in every row (never in the loss).
+* ``command`` - one frame per command on the contract's action topic: act[j] = command j,
+  obs[j] = ZOH at the command's receive time c_j, i.e. the newest observation that existed
+  when the command was issued: in lock-step, the observation this command answered.
+  t[j] = c_j - c_0. Commands before every observation term has a value are dropped.
+* ``grid`` - uniform samples t_k = t_0 + round(k * 1e9 / rate) ns from the first time t_0
+  at which every term has a value; obs[k] = ZOH at t_k; act[k] = the first command received
+  in (t_k, t_{k+1}]. A window without a command holds the previous command with
+  labelled=False; leading windows before the first command are trimmed; the episode ends
+  with the window of the last command.
+* ``auto`` (default) - ``command`` when the command stream's median period is within
+  `rate_tolerance` of the contract's dt (a controller running at the control rate), else
+  ``grid`` (e.g. teleop devices publishing at their own rate).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..contract import Contract, ContractError, ObservationAssembler
+from .episodes import Episode
+from .rostypes import HEADER_TYPE, header_stamp_ns
+
+FRAME_TAG_TYPE = "bc_msgs/msg/FrameTag"
+ALIGNMENTS = ("auto", "command", "grid")
+_META_KEYS = ("episode_id", "task", "seed", "source", "success", "outcome", "complete",
+              "recovered", "notes")
+
+
+class BuildError(ValueError):
+    """One episode cannot be turned into frames (reason in the message)."""
+
+
+class _Stream:
+    """All messages of one topic, ordered by the time used for alignment.
+
+    Messages stay CDR bytes until used (`msg(i)`): at 1 kHz most are never looked at.
+    """
+
+    def __init__(self, topic: str, msgtype: str, items: List[Tuple], store, base: str):
+        self.topic, self.msgtype, self._store = topic, msgtype, store
+        fields = store.fielddefs[msgtype][1]
+        has_header = bool(fields) and fields[0][0] == "header" and fields[0][1][1] == HEADER_TYPE
+        recv = np.array([it[0] for it in items], dtype=np.int64)
+        src = np.array([it[2] if len(it) > 2 else it[0] for it in items], dtype=np.int64)
+        hdr = np.array([header_stamp_ns(it[1]) for it in items], dtype=np.int64) if has_header \
+            else recv.copy()
+        self.has_header = has_header
+        times = {"header": hdr, "receive": recv, "source": src}[base]
+        order = np.argsort(times, kind="stable")
+        self.times = times[order]
+        self.recv = recv[order]
+        self.source = src[order]
+        self.header = hdr[order]
+        self._raw = [items[i][1] for i in order]
+        self._cache: Dict[int, Any] = {}
+
+    def msg(self, i: int) -> Any:
+        m = self._cache.get(i)
+        if m is None:
+            m = self._cache[i] = self._store.deserialize_cdr(self._raw[i], self.msgtype)
+        return m
+
+    @property
+    def msgs(self) -> List[Any]:
+        return [self.msg(i) for i in range(len(self))]
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def command_vector(contract: Contract, msg: Any) -> np.ndarray:
+    """The action in a command message of the contract's action type."""
+    spec = contract.action
+    if spec.msg_type == "trajectory_msgs/msg/JointTrajectory":
+        names = list(msg.joint_names)
+        if not msg.points:
+            raise ContractError(f"{spec.topic}: JointTrajectory without points")
+        pos = np.asarray(msg.points[0].positions, dtype=float)
+        missing = [j for j in spec.joints if j not in names]
+        if missing or len(pos) != len(names):
+            raise ContractError(f"{spec.topic}: trajectory joints {names} do not cover {missing}")
+        vec = pos[[names.index(j) for j in spec.joints]]
+    else:
+        vec = np.asarray(msg.data, dtype=float).reshape(-1)
+    if vec.shape != (spec.dim,) or not np.all(np.isfinite(vec)):
+        raise ContractError(f"{spec.topic}: command has shape {vec.shape} / non-finite values, "
+                            f"contract expects ({spec.dim},) finite")
+    return vec
+
+
+def _max_gap(times: np.ndarray, t0: int, t1: int) -> float:
+    """Longest interval (s) without a message over [t0, t1], counting the held value at t0."""
+    if len(times) == 0:
+        return (t1 - t0) * 1e-9
+    before = times[times <= t0]
+    inside = times[(times > t0) & (times <= t1)]
+    seq = np.concatenate([[before[-1] if len(before) else t0], inside, [t1]])
+    return float(np.max(np.diff(seq))) * 1e-9 if len(seq) > 1 else 0.0
+
+
+def _zoh_obs(contract: Contract, streams: Dict[str, _Stream], samples: np.ndarray) -> np.ndarray:
+    """obs[k] = ObservationAssembler fed with the newest message of every topic at samples[k]."""
+    asm = ObservationAssembler(contract)
+    idx = {t: np.searchsorted(s.times, samples, side="right") - 1 for t, s in streams.items()}
+    fed = {t: -1 for t in streams}
+    out = np.empty((len(samples), contract.obs_dim))
+    for k in range(len(samples)):
+        for t, s in streams.items():
+            i = int(idx[t][k])
+            if i < 0:
+                raise BuildError(f"no {t} message at or before sample {k}")
+            if i != fed[t]:
+                asm.update(t, s.msg(i), s.times[i] * 1e-9)
+                fed[t] = i
+        out[k] = asm.vector()
+    return out
+
+
+def has_source_times(em: Dict[str, Any]) -> bool:
+    """The recorder node stored DDS source timestamps in MCAP publish_time (episode.yaml)."""
+    stamps = ((em.get("recorder") or {}).get("timestamps") or {})
+    return stamps.get("publish_time") == "dds_source"
+
+
+def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[str, str],
+                  em: Dict[str, Any], bag: str, contract: Contract,
+                  gap_tolerance_s: Optional[float] = None, *, alignment: str = "auto",
+                  time_base: str = "auto", max_clock_skew_s: float = 0.5,
+                  rate_tolerance: float = 0.1,
+                  frame_topic: Optional[str] = None) -> Tuple[Episode, Dict[str, Any]]:
+    """Messages of one episode -> (Episode, report entry). Raises BuildError/ContractError.
+
+    raw: {topic: (msgtype, [(receive ns, CDR bytes[, publish ns])])} (`bagread.read_raw`) of
+    the contract's topics and FrameTag topics; types: every topic of the bag; em: the bag's
+    episode metadata (`bagread.read_episode_meta`); bag: the name in the report and meta.
+    """
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    tol = contract.stale_after_s if gap_tolerance_s is None else float(gap_tolerance_s)
+    obs_topics = contract.observation_topics()
+    act_topic = contract.action.topic
+    has_source = has_source_times(em)
+    candidates = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
+    frame_topics = [t for t in candidates if raw.get(t) and raw[t][1]]  # empty channels: unused
+    if frame_topic is None and len(frame_topics) > 1:
+        raise BuildError(f"several FrameTag topics with messages {frame_topics}; pass frame_topic")
+    frame_topic = frame_topic or (frame_topics[0] if frame_topics else None)
+    needed = list(obs_topics.items()) + ([] if frame_topic else [(act_topic, contract.action.msg_type)])
+    missing = [f"{t} ({ty})" for t, ty in needed if t not in types]
+    if missing and not frame_topic:   # with FrameTag (it carries the observation) raw topics are optional
+        what = "none of the contract's topics" if len(missing) == len(needed) else "contract topics"
+        raise BuildError(f"{what} {', '.join(missing)} not in the bag (bag has {sorted(types)})")
+    for t, ty in needed:
+        if t in types and types[t] != ty:
+            raise BuildError(f"topic {t} has type {types[t]} in the bag, contract says {ty}")
+    if frame_topic and frame_topic not in raw:
+        raise BuildError(f"FrameTag topic {frame_topic} is not in the bag")
+
+    # ---- time base (the clock that orders messages across topics; module docstring)
+    base0 = "receive" if time_base == "auto" else time_base
+    streams = {t: _Stream(t, typ, items, store, base0) for t, (typ, items) in raw.items()}
+    skews = [float(np.median(s.recv - s.header)) * 1e-9
+             for s in streams.values() if s.has_header and len(s)]
+    worst = max((abs(x) for x in skews), default=0.0)
+    # clock offset recorder - senders: the smallest receive delay (a stalled recorder adds delay to
+    # every message it takes late, which a median would mistake for another clock)
+    src_worst = max((abs(float(np.min(s.recv - s.source))) * 1e-9
+                     for s in streams.values() if len(s)), default=0.0)
+    frame_clock = time_base
+    if time_base == "auto":
+        if has_source and src_worst <= max_clock_skew_s:
+            time_base = "source"
+        else:
+            time_base = "header" if worst <= max_clock_skew_s else "receive"
+        # header stamps on another clock than the wall clock (sim time, e.g. lock-step faster
+        # than real time): order by the wall clock, but time frames by the observations' stamps
+        frame_clock = "header" if (time_base != "header" and skews and worst > max_clock_skew_s) \
+            else time_base
+        if time_base != base0:
+            streams = {t: _Stream(t, typ, items, store, time_base) for t, (typ, items) in raw.items()}
+    if time_base == "source" and not has_source:
+        raise BuildError("time_base='source' needs a bag from the recorder node (DDS source "
+                         "timestamps in publish_time)")
+    obs_streams = {t: streams[t] for t in obs_topics if t in streams and len(streams[t])}
+    rep: Dict[str, Any] = {"path": bag, "time_base": time_base, "frame_clock": frame_clock,
+                           "header_clock_skew_s": worst, "flags": [], "warnings": []}
+    if has_source:
+        rep["source_clock_skew_s"] = src_worst
+
+    labelled = None
+    chunks: Optional[np.ndarray] = None     # (T, K, act_dim) FrameTag chunk labels
+    if frame_topic:
+        fr = streams[frame_topic]
+        if not len(fr):
+            raise BuildError(f"FrameTag topic {frame_topic} has no messages")
+        samples = fr.times
+        frames = fr.msgs
+        given = [np.asarray(m.observation, float) for m in frames]
+        have = np.array([o.shape == (contract.obs_dim,) and bool(np.all(np.isfinite(o)))
+                         for o in given])
+        odd = sorted({o.shape[0] for o, h in zip(given, have) if not h and o.size})
+        if odd:
+            rep["warnings"].append(f"FrameTag.observation of size {odd} or non-finite (contract "
+                                   f"obs_dim {contract.obs_dim}): assembled from raw topics")
+        zoh = None
+        if len(obs_streams) == len(obs_topics):  # raw topics present: fallback + cross-check
+            ready = max(int(s.times[0]) for s in obs_streams.values())
+            ok = samples >= ready
+            zoh = np.full((len(samples), contract.obs_dim), np.nan)
+            try:
+                if ok.any():
+                    zoh[ok] = _zoh_obs(contract, obs_streams, samples[ok])
+            except ContractError as e:
+                if not have.all():
+                    raise
+                rep["warnings"].append(f"raw observation topics unusable for cross-check: {e}")
+                zoh = None
+        if not have.all() and (zoh is None or np.isnan(zoh[~have]).any()):
+            raise BuildError("FrameTag frames without observation and no raw observation "
+                             "topics to assemble it from")
+        obs = np.stack([given[i] if have[i] else zoh[i] for i in range(len(given))])
+        if zoh is not None:
+            both = have & ~np.isnan(zoh).any(axis=1)
+            diff = np.abs(obs[both] - zoh[both]).max(axis=1) if both.any() else np.zeros(0)
+            rep["frame_obs_mismatch"] = int((diff > 1e-9).sum())
+            if rep["frame_obs_mismatch"]:  # FrameTag is authoritative: warn, don't exclude
+                rep["warnings"].append(f"FrameTag.observation differs from the contract's assembly "
+                                       f"in {rep['frame_obs_mismatch']} frames (max {diff.max():.3g})")
+        a_dim = contract.act_dim
+        act = np.zeros((len(samples), a_dim))
+        labelled = np.zeros(len(samples), dtype=bool)
+        actors: Dict[str, int] = {}
+        # chunk labels (dagger label_chunk_length K > 1): expert_action = K x act_dim, row-major;
+        # K = the first labelled frame's. Labels of another size in such an episode are dropped.
+        k_chunk = next((len(m.expert_action) // a_dim for m in frames if bool(m.labelled)
+                        and len(m.expert_action) > a_dim and len(m.expert_action) % a_dim == 0), 0)
+        chunks = np.zeros((len(samples), k_chunk, a_dim)) if k_chunk else None
+        odd_labels = 0
+        prev = None
+        for i, m in enumerate(frames):
+            e = np.asarray(m.expert_action, float)
+            x = np.asarray(m.executed_action, float)
+            if chunks is not None and bool(m.labelled) and e.size:
+                if e.size == k_chunk * a_dim and np.all(np.isfinite(e)):
+                    chunks[i] = e.reshape(k_chunk, a_dim)
+                    e = chunks[i, 0]
+                else:
+                    odd_labels += 1
+                    e = np.zeros(0)
+            if bool(m.labelled) and e.shape == (a_dim,) and np.all(np.isfinite(e)):
+                act[i], labelled[i] = e, True
+            elif x.shape == (contract.act_dim,) and np.all(np.isfinite(x)):
+                act[i] = x
+            elif prev is not None:
+                act[i] = prev
+            prev = act[i]
+            if chunks is not None and not labelled[i]:
+                chunks[i] = act[i]           # held context (never in the loss)
+            actors[str(int(m.actor))] = actors.get(str(int(m.actor)), 0) + 1
+        if chunks is not None:
+            rep["chunk_labels"] = k_chunk
+            if odd_labels:
+                rep["warnings"].append(f"{odd_labels} labelled frames whose expert_action is not a "
+                                       f"{k_chunk} x {a_dim} chunk like the others: unlabelled")
+        steps = np.array([int(m.step) for m in frames])
+        rep.update(alignment="frame_tag", label_source=frame_topic, actor_counts=actors,
+                   missing_steps=int(np.sum(np.clip(np.diff(steps) - 1, 0, None))) if len(steps) > 1 else 0)
+        if frame_clock == "header" and fr.has_header:   # FrameTag stamps = observation stamps
+            frame_t = fr.header
+            gap_streams = {frame_topic: (np.sort(fr.header), int(fr.header.min()), int(fr.header.max()))}
+            for t, s_ in obs_streams.items():
+                if s_.has_header:
+                    gap_streams[t] = (np.sort(s_.header), int(fr.header.min()), int(fr.header.max()))
+                else:
+                    gap_streams[t] = (s_.times, int(samples[0]), int(samples[-1]))
+        else:
+            rep["frame_clock"] = time_base
+            frame_t = samples
+            gap_streams = {frame_topic: (fr.times, None, None)}
+    else:
+        cmd = streams[act_topic]
+        if not len(cmd):
+            raise BuildError(f"no commands on {act_topic}")
+        missing = [t for t in obs_topics if t not in obs_streams]
+        if missing:
+            raise BuildError(f"no messages on observation topics {missing}")
+        ready = max(int(s.times[0]) for s in obs_streams.values())
+        ct = cmd.times
+        keep = np.nonzero(ct >= ready)[0]
+        prim = None
+        if frame_clock == "header":
+            prim = next((s for s in obs_streams.values() if s.has_header), None)
+        if prim is not None:   # frames timed by the stamp of the observation each command answered
+            paired = np.searchsorted(prim.times, ct, side="right") - 1
+            ft = prim.header[np.maximum(paired, 0)]
+            fk = ft[keep]
+            period = float(np.median(np.diff(fk))) * 1e-9 if len(fk) > 1 else contract.dt
+            wall = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else 0.0
+            rep["wall_command_rate_hz"] = 1.0 / wall if wall > 0 else float("inf")
+        else:
+            frame_clock = time_base
+            period = float(np.median(np.diff(ct))) * 1e-9 if len(ct) > 1 else contract.dt
+        rep["frame_clock"] = frame_clock
+        rep["command_rate_hz"] = 1.0 / period if period > 0 else float("inf")
+        mode = alignment
+        if mode == "auto":
+            mode = "command" if abs(period / contract.dt - 1.0) <= rate_tolerance else "grid"
+        rep["alignment"] = mode
+        rep["label_source"] = act_topic
+        vec = [None] * len(cmd)
+
+        def cvec(j: int) -> np.ndarray:
+            if vec[j] is None:
+                vec[j] = command_vector(contract, cmd.msg(j))
+            return vec[j]
+
+        if mode == "command":
+            rep["commands_before_ready"] = int(len(ct) - len(keep))
+            if not len(keep):
+                raise BuildError("no command after every observation term had a value")
+            if prim is not None:
+                # one frame per answered observation: a later command answering the same
+                # observation (e.g. sent after the episode ended) is not a new frame
+                first = np.concatenate([[True], np.diff(paired[keep]) > 0])
+                rep["duplicate_commands"] = int((~first).sum())
+                keep = keep[first]
+                rep["unanswered_observations"] = int(paired[keep[-1]] - paired[keep[0]] + 1 - len(keep))
+            samples = ct[keep]
+            act = np.stack([cvec(int(j)) for j in keep])
+            labelled = np.ones(len(samples), dtype=bool)
+            if abs(period / contract.dt - 1.0) > rate_tolerance:
+                rep["flags"].append(f"command rate {rep['command_rate_hz']:.2f} Hz vs contract "
+                                    f"{contract.control_rate_hz} Hz")
+        else:
+            prim = None
+            rep["frame_clock"] = frame_clock = time_base
+            last = int(ct[-1])
+            n = int(np.floor((last - ready) * contract.control_rate_hz / 1e9)) + 1
+            grid = ready + np.round(np.arange(n + 1) * 1e9 / contract.control_rate_hz).astype(np.int64)
+            first = np.searchsorted(ct, grid[:-1], side="right")       # first command > t_k
+            has = (first < len(ct)) & (ct[np.minimum(first, len(ct) - 1)] <= grid[1:])
+            held = np.searchsorted(ct, grid[:-1], side="right") - 1    # newest command <= t_k
+            ok = has | (held >= 0)
+            start = int(np.argmax(ok)) if ok.any() else n
+            end = int(np.nonzero(has)[0][-1]) + 1 if has.any() else start
+            if end <= start:
+                raise BuildError("no command falls into any sample window")
+            ks = np.arange(start, end)
+            samples = grid[ks]
+            act = np.stack([cvec(int(first[k])) if has[k] else cvec(int(held[k])) for k in ks])
+            labelled = has[ks].copy()
+            rep["windows_empty"] = int((~has[ks]).sum())
+            rep["windows_multi"] = int(np.sum((np.searchsorted(ct, grid[ks + 1], side="right")
+                                               - first[ks]) > 1))
+            rep["trimmed_leading"] = int(start)
+        obs = _zoh_obs(contract, obs_streams, samples)
+        if prim is not None:
+            frame_t = ft[keep]
+            gap_streams = {act_topic: (frame_t, int(frame_t[0]), int(frame_t[-1]))}
+            for t, s_ in obs_streams.items():
+                gap_streams[t] = ((np.sort(s_.header), int(frame_t[0]), int(frame_t[-1]))
+                                  if s_.has_header else (s_.times, int(samples[0]), int(samples[-1])))
+        else:
+            frame_t = samples
+            gap_streams = {act_topic: (ct, None, None)}
+
+    # ---- gaps: every observation stream and the label stream, over the frames' span
+    t0, t1 = int(frame_t[0]), int(frame_t[-1])
+    for t, s_ in obs_streams.items():
+        gap_streams.setdefault(t, (s_.times, None, None))
+    gaps = {t: _max_gap(ts, t0 if a is None else a, t1 if b is None else b)
+            for t, (ts, a, b) in gap_streams.items()}
+    rep["max_gap_s"] = gaps
+    for t, g in gaps.items():
+        if g > tol:
+            rep["flags"].append(f"gap of {g:.3f} s on {t} (tolerance {tol:.3f} s)")
+    meta = {k: em.get(k) for k in _META_KEYS}
+    meta.update(bag=bag, alignment=rep["alignment"], time_base=time_base,
+                frame_clock=rep["frame_clock"],
+                label_source=rep["label_source"], start_time_ns=t0, flags=list(rep["flags"]),
+                duration_s=(t1 - t0) * 1e-9)
+    chunk_labels = chunks
+    if chunk_labels is not None:
+        meta["chunk_labels"] = int(chunk_labels.shape[1])
+    ep = Episode(obs=obs, act=act, t=(frame_t - t0) * 1e-9, meta=meta, labelled=labelled,
+                 chunk_labels=chunk_labels)
+    rep.update(frames=len(ep), duration_s=meta["duration_s"], labelled=int(ep.labelled.sum()))
+    return ep, rep
