@@ -55,8 +55,23 @@ def ros_args(spec: NodeSpec, extra: Optional[Dict[str, object]] = None) -> List[
     return args
 
 
+def default_stop_signals() -> None:
+    """preexec_fn of every node process: SIGINT and SIGTERM back to their default action.
+
+    A process that starts with a signal ignored keeps it ignored across exec, and Python
+    installs its KeyboardInterrupt handler only over SIG_DFL. A test run or `bc-policy collect`
+    started with SIGINT ignored (`cmd &` in a script, nohup wrappers) would hand that to every
+    node, and `stop()`'s SIGINT - the clean shutdown that finalizes an open bag - would be lost.
+    (`restore_signals=True` only covers SIGPIPE/SIGXFZ/SIGXFSZ.) It runs between fork and
+    exec while the parent may have DDS threads: keep it to these two sigaction calls.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class NodeProcess:
-    """One node in its own process; stdout/stderr go to a log file."""
+    """One node in its own process (own session, default SIGINT/SIGTERM whatever the parent
+    ignores); stdout/stderr go to a log file."""
 
     def __init__(self, spec: NodeSpec, log_dir: Path, extra_params: Optional[Dict[str, object]] = None,
                  env: Optional[Dict[str, str]] = None):
@@ -70,7 +85,7 @@ class NodeProcess:
         full_env["PYTHONUNBUFFERED"] = "1"
         self.cmd = executable_path(spec.executable) + ros_args(spec, extra_params)
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=default_stop_signals)
 
     @property
     def pid(self) -> int:
@@ -83,8 +98,10 @@ class NodeProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGINT (clean shutdown), then SIGTERM, then SIGKILL. Returns the exit code."""
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """SIGINT (clean shutdown), `timeout` s; then SIGTERM, 3 s; then SIGKILL, 3 s. Returns
+        the exit code (negative: killed by that signal), or None if even SIGKILL did not reap
+        it within 3 s (e.g. stuck in the kernel); never blocks longer than timeout + 6 s."""
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
             if self.proc.poll() is not None:
                 break
@@ -99,10 +116,15 @@ class NodeProcess:
         self._log.close()
         return self.proc.returncode
 
-    def kill9(self) -> None:
+    def kill9(self, timeout: float = 10.0) -> Optional[int]:
+        """SIGKILL (a crash), reaped within `timeout` s. Returns the exit code or None."""
         self.proc.kill()
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
         self._log.close()
+        return self.proc.returncode
 
 
 class Graph:

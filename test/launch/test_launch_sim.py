@@ -59,6 +59,10 @@ def test_sim_launch_runs_an_expert_episode_and_shuts_down_cleanly():
         done.clear()
         future = client.call_async(ResetEpisode.Request(seed=3))
         assert done.wait(timeout=60.0), f"no finished episode (joint states {got['js']}, commands {got['cmd']})"
+        deadline = time.monotonic() + 30.0   # the response may arrive after the episode's end
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert future.done(), "the bridge never answered the reset request"
         assert future.result().success
         assert got["done"].episode_id == future.result().episode_id
         assert got["done"].status == "success"

@@ -29,8 +29,11 @@ else:
 """
 
 
+WAIT = 60   # s; every child below has a deadline (the test's own timeout is 120 s)
+
+
 def sh(cmd):
-    subprocess.run(cmd, shell=True, check=True)
+    subprocess.run(cmd, shell=True, check=True, timeout=WAIT)
 
 
 def sniff(stop, counts):
@@ -70,14 +73,19 @@ def main():
     time.sleep(0.2)
     received = None
     if cmds:
-        subprocess.run(cmds, env=env, check=False)
+        subprocess.run(cmds, env=env, check=False, timeout=WAIT)
     else:
         lis = subprocess.Popen([sys.executable, "-c", TALKER, "listener"], env=env, stdout=subprocess.PIPE, text=True)
-        subprocess.run([sys.executable, "-c", TALKER, "talker"], env=env, check=True)
-        received = int(lis.communicate()[0].strip() or 0)
+        try:
+            subprocess.run([sys.executable, "-c", TALKER, "talker"], env=env, check=True, timeout=WAIT)
+            received = int(lis.communicate(timeout=WAIT)[0].strip() or 0)
+        finally:
+            if lis.poll() is None:
+                lis.kill()
+                lis.wait(timeout=10)
     time.sleep(0.5)
     stop.set()
-    th.join()
+    th.join(timeout=10)
     print(json.dumps({"received": received, "udp_packets": sum(counts.values()), "destinations": counts}))
 
 

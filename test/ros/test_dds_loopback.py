@@ -17,15 +17,19 @@ def _can_make_netns():
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         return False
     return subprocess.run(["unshare", "-n", "ip", "link", "add", "t0", "type", "veth", "peer", "name", "t1"],
-                          capture_output=True).returncode == 0
+                          capture_output=True, timeout=60).returncode == 0
 
 
 needs_netns = pytest.mark.skipif(not _can_make_netns(), reason="needs root + unshare + veth to sniff safely")
 
 
 def probe(guard: str):
-    out = subprocess.run(["unshare", "-n", sys.executable, str(PROBE), guard],
-                         capture_output=True, text=True, timeout=120)
+    try:
+        out = subprocess.run(["unshare", "-n", sys.executable, str(PROBE), guard],
+                             capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"netns_probe.py {guard} did not finish within 120 s (killed):\n"
+                    f"{str(e.stderr or '')[-2000:]}")
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

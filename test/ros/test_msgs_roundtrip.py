@@ -10,6 +10,7 @@ rclpy = pytest.importorskip("rclpy")
 M = pytest.importorskip("bc_msgs.msg")
 S = pytest.importorskip("bc_msgs.srv")
 
+from child_io import kill, read_line  # noqa: E402
 from msgfill import fill  # noqa: E402
 from roundtrip_peer import MSGS, SEED, SRVS  # noqa: E402
 
@@ -21,14 +22,14 @@ HERE = Path(__file__).resolve().parent
 def peer():
     proc = subprocess.Popen([sys.executable, str(HERE / "roundtrip_peer.py")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    line = read_line(proc, 60.0, "roundtrip_peer.py start-up")
+    assert line.strip() == "ready", f"roundtrip_peer.py said {line!r}"
     yield proc
     proc.terminate()
     try:   # communicate() drains the pipe: a peer blocked on a full stdout could never exit
         proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:   # a slow DDS teardown is not what this module tests
-        proc.kill()
-        proc.communicate()
+        kill(proc)
 
 
 @pytest.fixture(scope="module")

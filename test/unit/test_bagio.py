@@ -5,10 +5,13 @@ implementation of rosbag2 + MCAP + CDR), and with the `mcap` seeking reader for 
 rosbags does not expose (publish_time, metadata records).
 """
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,10 +157,89 @@ def test_metadata_and_errors(tmp_path):
     assert recover_bag(tmp_path / "z")["status"] == "ok"   # clean bags are left alone
 
 
-def _child(script, *args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+CHILD_TIMEOUT_S = 120.0   # deadline for a child's progress / exit (a hang fails, never blocks)
+
+
+class Child:
+    """A `python -c script` child whose stdout/stderr are drained by threads, so every wait
+    on it has a deadline and a failure shows what the child printed."""
+
+    def __init__(self, script, *args, preexec_fn=None):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env, preexec_fn=preexec_fn)
+        self.out, self.err = [], []
+        self._lines = queue.Queue()
+        self._pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True),
+                       threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True)]
+        for t in self._pumps:
+            t.start()
+
+    def _pump(self, stream, into, lines):
+        for line in stream:
+            into.append(line)
+            if lines:
+                self._lines.put(line)
+        if lines:
+            self._lines.put(None)              # EOF
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def output(self):
+        return f"stdout:\n{''.join(self.out)[-3000:]}\nstderr:\n{''.join(self.err)[-3000:]}"
+
+    def fail(self, what):
+        self.kill()
+        pytest.fail(f"child {what} (exit code {self.proc.returncode})\n{self.output()}")
+
+    def wait_for(self, pred, timeout=CHILD_TIMEOUT_S):
+        """The first stdout line (split) that satisfies pred; fails on EOF or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                self.wait()
+                self.fail("ended before printing the expected line")
+            if pred(line.split()):
+                return line.split()
+        self.fail(f"printed no expected line within {timeout:.0f} s")
+
+    def wait(self, timeout=CHILD_TIMEOUT_S):
+        """Exit code; fails (after killing the child) if it has not exited within `timeout`."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail(f"did not exit within {timeout:.0f} s")
+        for t in self._pumps:
+            t.join(timeout=10.0)
+        return self.proc.returncode
+
+    def kill(self):
+        """Teardown: SIGKILL if still running, reaped with a deadline (never raises)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+def ignore_sigint():
+    """preexec_fn: the child starts with SIGINT ignored, as it inherits it from a test run under
+    nohup or in a non-interactive shell's background job (`cmd &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 WRITER_CHILD = """
@@ -170,8 +252,8 @@ WRITER_CHILD = """
             w.write("/cmd", {"data": [float(k)]}, 10**9 + k)
     print("closed", flush=True)
     with EpisodeBagWriter(root + "/ep_001", topics, {"episode_id": 1}, flush_interval_s=0.02) as w:
-        k = 0
-        while True:
+        k, deadline = 0, time.monotonic() + 300     # waits to be killed; never outlives a lost parent
+        while time.monotonic() < deadline:
             w.write("/cmd", {"data": [float(k)]}, 2 * 10**9 + k * 10**6)
             k += 1
             if k % 100 == 0:
@@ -181,22 +263,13 @@ WRITER_CHILD = """
 """
 
 
-def _wait_for(proc, pred):
-    for line in proc.stdout:
-        if pred(line.split()):
-            return line.split()
-    raise AssertionError(f"child ended early: {proc.stderr.read()}")
-
-
 def test_kill_9_mid_episode_leaves_earlier_intact_and_recovers_the_rest(tmp_path):
-    proc = _child(WRITER_CHILD, tmp_path)
-    try:
-        _wait_for(proc, lambda w: w[0] == "closed")
-        fields = _wait_for(proc, lambda w: w[0] == "flushed" and int(w[1]) >= 300)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
+    with Child(WRITER_CHILD, tmp_path) as proc:
+        proc.wait_for(lambda w: w[0] == "closed")
+        fields = proc.wait_for(lambda w: w[0] == "flushed" and int(w[1]) >= 300)
+        os.kill(proc.proc.pid, signal.SIGKILL)
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, proc.output()
     flushed = int(fields[1])
     ep0, ep1 = tmp_path / "ep_000", tmp_path / "ep_001"
     assert not bagread.needs_recovery(ep0)
@@ -231,9 +304,9 @@ def test_kill_before_first_chunk_recovers_an_empty_valid_bag(tmp_path):
         w.write("/cmd", {"data": [1.0]}, 1)
         os.kill(os.getpid(), signal.SIGKILL)
     """
-    proc = _child(script, tmp_path)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    with Child(script, tmp_path) as proc:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.output()
     rep = recover_bag(tmp_path / "ep")
     assert rep["status"] == "recovered" and rep["counts"] == {"/cmd": 0}
     from rosbags.rosbag2 import Reader
@@ -241,30 +314,53 @@ def test_kill_before_first_chunk_recovers_an_empty_valid_bag(tmp_path):
         assert [c.topic for c in r.connections] == ["/cmd"] and r.message_count == 0
 
 
-def test_sigint_finalizes_a_valid_bag_marked_incomplete(tmp_path):
-    script = """
-        import sys, time
-        from bc_policy_node.core.data.bagio import EpisodeBagWriter
-        with EpisodeBagWriter(sys.argv[1] + "/ep", {"/cmd": "std_msgs/msg/Float64MultiArray"}) as w:
-            k = 0
-            while True:
-                w.write("/cmd", {"data": [float(k)]}, 10**9 + k)
-                k += 1
-                if k == 200:
-                    print("ready", flush=True)
-                time.sleep(0.0005)
-    """
-    proc = _child(script, tmp_path)
-    _wait_for(proc, lambda w: w[0] == "ready")
-    proc.send_signal(signal.SIGINT)
-    proc.wait()
+# The child to be SIGINT-ed restores Python's handler first: a process that starts with SIGINT
+# ignored (inherited from nohup / a background job) keeps it ignored, Python installs its
+# KeyboardInterrupt handler only over SIG_DFL, and the SIGINT would never arrive.
+SIGINT_CHILD = """
+    import signal
+    inherited = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    import sys, time
+    from bc_policy_node.core.data.bagio import EpisodeBagWriter
+    print("inherited", "SIG_IGN" if inherited is signal.SIG_IGN else "handler", flush=True)
+    with EpisodeBagWriter(sys.argv[1] + "/ep", {"/cmd": "std_msgs/msg/Float64MultiArray"}) as w:
+        k, deadline = 0, time.monotonic() + 300     # waits for SIGINT; never outlives a lost parent
+        while time.monotonic() < deadline:
+            w.write("/cmd", {"data": [float(k)]}, 10**9 + k)
+            k += 1
+            if k == 200:
+                print("ready", flush=True)
+            time.sleep(0.0005)
+"""
+
+
+def _sigint_scenario(tmp_path, preexec_fn=None):
+    with Child(SIGINT_CHILD, tmp_path, preexec_fn=preexec_fn) as proc:
+        inherited = proc.wait_for(lambda w: w[0] == "inherited")[1]
+        proc.wait_for(lambda w: w[0] == "ready")
+        proc.proc.send_signal(signal.SIGINT)
+        code = proc.wait()
+    assert code != 0 and "KeyboardInterrupt" in "".join(proc.err), proc.output()
+    if preexec_fn is ignore_sigint:      # the simulation is real: the child started with SIG_IGN
+        assert inherited == "SIG_IGN", proc.output()
     bag = tmp_path / "ep"
-    assert not bagread.needs_recovery(bag)          # footer + metadata.yaml written
+    assert not bagread.needs_recovery(bag), proc.output()   # footer + metadata.yaml written
     meta = bagread.read_episode_meta(bag)
     assert meta["complete"] is False and meta["outcome"] == "interrupted: KeyboardInterrupt"
     values = [m.data[0] for _t, m in rosbags_read(bag)["/cmd"]]
     assert len(values) >= 200 and values == [float(k) for k in range(len(values))]
     assert meta["counts"]["/cmd"] == len(values)
+
+
+def test_sigint_finalizes_a_valid_bag_marked_incomplete(tmp_path):
+    _sigint_scenario(tmp_path)
+
+
+def test_sigint_finalizes_the_bag_even_if_the_test_run_ignores_sigint(tmp_path):
+    """Same scenario from a parent whose SIGINT is SIG_IGN (nohup, `pytest &`): the child
+    reports that it really started with SIGINT ignored, and the bag is still finalized."""
+    _sigint_scenario(tmp_path, preexec_fn=ignore_sigint)
 
 
 def test_disk_full_raises_bag_write_error_and_keeps_earlier_episodes(tmp_path):
@@ -287,8 +383,9 @@ def test_disk_full_raises_bag_write_error_and_keeps_earlier_episodes(tmp_path):
             print("ERROR", e.path, "|", e)
         w.close()
     """
-    proc = _child(script, tmp_path)
-    out, err = proc.communicate()
+    with Child(script, tmp_path) as proc:
+        proc.wait()
+    out, err = "".join(proc.out), "".join(proc.err)
     assert proc.returncode == 0, err
     assert out.startswith("ERROR " + str(tmp_path / "ep_001")), out
     assert "write failed" in out

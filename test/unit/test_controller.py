@@ -265,7 +265,7 @@ def test_node_ticks_command_what_the_in_process_rollout_commands_across_episodes
     stamp, equal = 0.0, []
     for seed in (3, 4, 5):
         msgs, cmds = env.reset(seed), []
-        while True:
+        for _tick in range(env.horizon + 2):     # bounded: the episode ends at its horizon
             stamp += c.dt
             for topic, msg in msgs.items():
                 asm.update(topic, msg, stamp)
@@ -276,6 +276,8 @@ def test_node_ticks_command_what_the_in_process_rollout_commands_across_episodes
                 break
             cmds.append(cmd)
             msgs = env.step(cmd)
+        else:
+            pytest.fail(f"seed {seed}: episode not done after horizon + 2 ticks")
         ref_ctl.reset(seed=seed)
         ref = rollout(ref_env, c, policy_act_fn(ref_ctl, c.dt), seed)
         assert len(cmds) == ref.steps and np.abs(ref.q[-1] - ref.q[0]).max() > 0.2, "the policy moves the arm"

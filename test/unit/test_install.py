@@ -39,7 +39,7 @@ def test_share_has_manifest_and_data(prefix):
 def test_ament_index_finds_both_packages(prefix):
     code = ("from ament_index_python.packages import get_package_share_directory as g; "
             "print(g('bc_policy_node')); print(g('bc_msgs'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
     assert lines[0].endswith("share/bc_policy_node") and lines[1].endswith("share/bc_msgs")
@@ -52,5 +52,6 @@ def test_one_version_in_both_manifests():
     v = re.search(r"<version>([^<]+)</version>", xml).group(1)
     assert bc_policy_node.__version__ == v
     assert re.search(r"<version>([^<]+)</version>", (ROOT / "bc_msgs" / "package.xml").read_text()).group(1) == v
-    out = subprocess.run([sys.executable, "setup.py", "--version"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "setup.py", "--version"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
     assert out.stdout.strip().splitlines()[-1] == v

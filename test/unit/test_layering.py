@@ -12,7 +12,7 @@ PKG = ROOT / "bc_policy_node"
 def _loaded_after_import(module: str):
     code = (f"import sys, importlib; importlib.import_module({module!r}); "
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'torch'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     return set(out.stdout.split())
 

@@ -238,5 +238,5 @@ def test_core_runtime_modules_import_without_torch_or_rclpy():
     code = ("import sys; import bc_policy_node.core.control.runtime, bc_policy_node.core.control.ensemble, "
             "bc_policy_node.core.control.safety, bc_policy_node.core.eval.metrics; "
             "print(sorted(m for m in ('torch', 'rclpy', 'onnx') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"

@@ -151,11 +151,13 @@ def test_expert_recovers_from_perturbed_states(envs, case):
         msgs = env.reset(seed, horizon=env.horizon + 150)
         for t in range(int(rng.integers(5, 60))):
             msgs = env.step(expert.act_messages(msgs))
-        while True:
+        for _try in range(1000):            # rejection sampling, bounded
             q = np.clip(env.sim.qpos + rng.normal(0.0, 0.3, env.sim.n), *env.robot_contract_limits())
             oc = env.task.obstacle_center()
             if oc is None or np.linalg.norm(env.sim.fk(q)[:2] - oc) > env.task.obstacle[-1] + 0.03:
                 break
+        else:
+            pytest.fail(f"seed {seed}: no perturbed state clear of the obstacle in 1000 draws")
         msgs = env.set_joint_state(q)
         while not env.done:
             msgs = env.step(expert.act_messages(msgs))
