@@ -367,7 +367,7 @@ def main() -> None:
         res["lockstep"].append(bench_lockstep_hold(robot, args.duration))
         res["lockstep"].append(bench_lockstep_expert(robot, args.duration))
 
-    print(f"\nphysics steps/s (timestep 2 ms: 500 steps/s = real time)")
+    print("\nphysics steps/s (timestep 2 ms: 500 steps/s = real time)")
     print(f"{'robot':8s} {'mj_step raw':>12s} {'bridge free max':>16s} {'bridge lockstep':>16s} "
           f"{'in-process ticks/s (SimEnv+expert)':>35s}")
     for ph, ip in zip(res["physics"], res["inprocess"]):
@@ -375,8 +375,8 @@ def main() -> None:
         lh = next(x for x in res["lockstep"] if x["robot"] == ph["robot"] and x["controller"].startswith("hold"))
         print(f"{ph['robot']:8s} {ph['mj_step_per_s']:12.0f} {fmax['physics_steps_per_s']:16.0f} "
               f"{lh['ticks_per_s'] * 10:16.0f} {ip['ticks_per_s']:35.0f}")
-    print(f"\nfree run, /joint_states 500 Hz sim time; period error = |interval - nominal| "
-          f"(bridge: between its publish calls; subscriber: receive times in another process)")
+    print("\nfree run, /joint_states 500 Hz sim time; period error = |interval - nominal| "
+          "(bridge: between its publish calls; subscriber: receive times in another process)")
     sb = res["sleep_baseline"]
     print(f"(baseline: a bare 500 Hz sleep loop in this process, no ROS: |period error| p50/p99 "
           f"{sb['err_p50_us']:.0f}/{sb['err_p99_us']:.0f} us, {sb['stalls']} stalls > 1 ms, load {sb['load_avg']})")
@@ -388,8 +388,8 @@ def main() -> None:
         print(f"{f['robot']:8s} {f['target_rtf']:6g} {f['bridge_rtf']:10.3f} {f['subscriber_rtf']:8.3f} {err} "
               f"{f['bridge_stalls']:6d} {f['joint_states_lost']:5d} {f['bridge_cpu_share']:9.0%} "
               f"{str(f['load_avg']):>12s}")
-    print(f"\nlock-step control ticks/s, controller in another process (per-episode rates from "
-          f"/task_state receive times; CPU = process CPU time per tick)")
+    print("\nlock-step control ticks/s, controller in another process (per-episode rates from "
+          "/task_state receive times; CPU = process CPU time per tick)")
     print(f"{'robot':8s} {'controller':30s} {'ticks/s':>8s} {'ep p10/p50/p90':>15s} {'best':>6s} "
           f"{'CPU us/tick bridge+ctrl':>24s} {'episodes':>8s} {'outcomes':20s} {'load':>12s}")
     for x in res["lockstep"]:

@@ -4,7 +4,7 @@
     python bench/bench_dagger.py [--task curved_reach] [--rounds 2] [--episodes 10] [--demos 20]
                                  [--eval 50] [--steps 800] [--variants classic,robot_gated,human_gated]
 
-Runs `pipeline.dagger_inprocess.run_dagger` for each variant in a fresh temporary directory
+Runs `pipeline.dagger.inprocess.run_dagger` for each variant in a fresh temporary directory
 (round 0 shared) and reports, per round: rollout seconds (policy + sim, expert queries
 excluded), label seconds (expert queries), ensemble training (robot-gated: the extra members
 of the previous round's ensemble), training, ONNX export, evaluation; plus frames, labels and
@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bc_policy_node.pipeline.dagger_inprocess import run_dagger  # noqa: E402
+from bc_policy_node.pipeline.dagger.config import DaggerConfig  # noqa: E402
+from bc_policy_node.pipeline.dagger.inprocess import run_dagger  # noqa: E402
 
 PHASES = ("rollout", "label", "ensemble_train", "train", "export", "eval")
 
@@ -47,11 +48,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-dagger-") as tmp:
         for v in args.variants.split(","):
             t0 = time.perf_counter()
-            recs = run_dagger("planar3", args.task, v, rounds=args.rounds, episodes_per_round=args.episodes,
-                              initial_demos=args.demos, train_cfg={"max_steps": args.steps},
-                              out_dir=Path(tmp) / v, round0_dir=Path(tmp) / "r0",
-                              eval_seeds=range(10_000, 10_000 + args.eval), progress=False,
-                              query_budget=60 if args.task == "curved_reach" else 150)
+            recs = run_dagger(DaggerConfig("planar3", args.task, v, rounds=args.rounds, episodes_per_round=args.episodes,
+                                           initial_demos=args.demos, train_cfg={"max_steps": args.steps},
+                                           out_dir=str(Path(tmp) / v), round0_dir=str(Path(tmp) / "r0"),
+                                           eval_seeds=range(10_000, 10_000 + args.eval), progress=False,
+                                           query_budget=60 if args.task == "curved_reach" else 150))
             for r in recs:
                 if r.round == 0 and rows and rows[0]["round"] == 0:
                     continue  # round 0 is shared: timed once

@@ -170,7 +170,7 @@ def main() -> None:
         name = f"{s['robot']}/{s['task']}" + (f"[{s['variant']}]" if s["variant"] else "")
         print(f"{name:32s} {s['n']:4d} {s['rate']:8.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]  "
               f"{s['mean_ticks']:7.1f}/{s['max_ticks']:<4d} {s['horizon']:7d}  {s['failures'] or '-'}")
-    print(f"\nrecovery from perturbed states (sigma 0.3 rad/joint, +150 ticks):")
+    print("\nrecovery from perturbed states (sigma 0.3 rad/joint, +150 ticks):")
     for s in recovery:
         print(f"{s['robot'] + '/' + s['task']:32s} {s['n']:4d} {s['rate']:8.3f} "
               f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]  {s['failures'] or '-'}")

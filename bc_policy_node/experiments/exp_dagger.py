@@ -2,7 +2,7 @@
 from the expert grows with the horizon.
 
 For each task: round 0 = BC on expert demonstrations (shared by all variants); then `rounds`
-DAgger rounds per variant (classic / robot-gated / human-gated, `pipeline.dagger_inprocess`);
+DAgger rounds per variant (classic / robot-gated / human-gated, `pipeline.dagger`);
 plain BC on the SAME number of expert labels as each variant's last round (collected as
 demonstrations only). Everything is evaluated on the same fixed evaluation seeds with the
 package's default executor (temporal ensembling, m = 0.01).
@@ -24,7 +24,10 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..pipeline.dagger_eval import deviation_growth, deviations_of, expert_references
-from ..pipeline.dagger_inprocess import bc_same_budget, format_table, round_configs, run_dagger
+from ..pipeline.dagger.config import DaggerConfig
+from ..pipeline.dagger.inprocess import bc_same_budget, run_dagger
+from ..pipeline.dagger.store import format_table
+from ..pipeline.dagger.training import round_configs
 
 TITLE = "DAgger vs behavioral cloning: compounding error and expert labels"
 COLORS = {"bc": "#444444", "classic": "#1f77b4", "classic_chunk": "#9467bd", "robot_gated": "#d62728",
@@ -107,14 +110,15 @@ def run_task(cfg: Dict[str, Any], out: Path, cache: Path, progress: bool = True)
     refs = expert_references("planar3", task, cfg["eval_seeds"], c / "expert_eval.npz", disturbance=dist)
     common = dict(robot="planar3", task=task, rounds=cfg["rounds"], episodes_per_round=cfg["episodes_per_round"],
                   initial_demos=cfg["initial_demos"], model_cfg=MODEL, train_cfg=cfg["train"],
-                  eval_seeds=cfg["eval_seeds"], progress=progress, round0_dir=c / "round_00",
-                  references_cache=c / "expert_eval.npz", disturbance=dist, **cfg.get("dagger", {}))
+                  eval_seeds=cfg["eval_seeds"], progress=progress, round0_dir=str(c / "round_00"),
+                  references_cache=str(c / "expert_eval.npz"), disturbance=dist, **cfg.get("dagger", {}))
     runs: Dict[str, list] = {}
     for v in cfg["variants"]:
         variant, chunk_labels, folder = VARIANT_RUNS[v]
         own = ROBOT_GATED if variant == "robot_gated" else {}
         runs[v] = [dataclasses.replace(r, variant=v) for r in   # the table names the experiment variant
-                   run_dagger(variant=variant, out_dir=c / folder, chunk_labels=chunk_labels, **common, **own)]
+                   run_dagger(DaggerConfig(variant=variant, out_dir=str(c / folder), chunk_labels=chunk_labels,
+                                           **common, **own))]
     bc: Dict[str, Any] = {}
     if cfg.get("bc_budgets"):
         for b in _bc_budgets(runs):

@@ -132,7 +132,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
                            C.fmt_mean(n["on_policy_act_mean_rad"], 1, 4)])
         parts.append((r["task"], n, ticks[0], t_last, cl_first, cl_last))
     table = C.md_table(["task", "policy success", "expert success", "teacher-forced one-step ee err",
-                        f"closed-loop ee dev, early tick", "closed-loop ee dev, late tick",
+                        "closed-loop ee dev, early tick", "closed-loop ee dev, late tick",
                         "action err on expert states (rad)", "action err on own states (rad)"], table_rows)
     table += ("\n\nEarly/late ticks: " + "; ".join(f"{t}: tick {a} / {b}" for t, _, a, b, _, _ in parts)
               + ". Intervals: 95% (Wilson for rates, Student t over evaluation seeds for means).")

@@ -3,7 +3,7 @@ evaluation against them (success, deviation from the expert over time, its growt
 horizon). Cached per policy, seed list and disturbance in the round folders
 (``eval.json`` + ``dev.npz``), so an interrupted experiment resumes without re-evaluating.
 
-Used by the in-process loop (`dagger_inprocess`), the ROS loop (`dagger_loop`) and the
+Used by the DAgger round loop (`pipeline.dagger`) and the
 DAgger experiment. numpy + mujoco + onnxruntime only (no torch).
 """
 from __future__ import annotations

@@ -153,13 +153,14 @@ def main(args) -> int:
         return {"lockstep": eps, "free_run_status": rt}
 
     def dagger():
-        from .dagger_loop import run_dagger_ros
+        from .dagger.ros import RosOptions, ros_config, run_dagger_ros
         model_cfg, train_cfg = configs()
-        return run_dagger_ros(robot=cfg.robot, task=cfg.task, dataset=out / "dataset",
-                              model=st.results["export"]["model"], rounds=cfg.dagger_rounds,
-                              variant=cfg.dagger_variant, model_cfg=model_cfg, train_cfg=train_cfg,
-                              episodes_per_round=cfg.dagger_episodes, out=out / "dagger",
-                              log_dir=logs / "dagger", eval_seeds=eval_seeds, progress=True)
+        return run_dagger_ros(ros_config(robot=cfg.robot, task=cfg.task, initial_dataset=str(out / "dataset"),
+                                         initial_model=str(st.results["export"]["model"]), rounds=cfg.dagger_rounds,
+                                         variant=cfg.dagger_variant, model_cfg=model_cfg, train_cfg=train_cfg,
+                                         episodes_per_round=cfg.dagger_episodes, out_dir=str(out / "dagger"),
+                                         eval_seeds=eval_seeds),
+                              RosOptions(log_dir=str(logs / "dagger")))
 
     def report():
         from .demo_report import write_demo_report

@@ -31,8 +31,9 @@ from bc_policy_node.core.eval.rollout import make_controller, policy_act_fn, rol
 from bc_policy_node.core.control.runtime import OnnxPolicy  # noqa: E402
 from bc_policy_node.core.types import ACTOR_EXPERT, ACTOR_INTERVENTION, ACTOR_POLICY  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
-from bc_policy_node.pipeline.dagger_inprocess import round_configs  # noqa: E402
-from bc_policy_node.pipeline.dagger_loop import DaggerGraph, run_dagger_ros  # noqa: E402
+from bc_policy_node.pipeline.dagger.graph import DaggerGraph  # noqa: E402
+from bc_policy_node.pipeline.dagger.ros import RosOptions, ros_config, run_dagger_ros  # noqa: E402
+from bc_policy_node.pipeline.dagger.training import round_configs  # noqa: E402
 
 pytestmark = pytest.mark.ros
 ROBOT, TASK = "planar3", "curved_reach"
@@ -105,10 +106,10 @@ def test_one_round_through_the_graph_labels_aggregates_and_hot_swaps(tmp_path):
         seen["swaps"] = dg.policy_status.model_swaps
 
     out = tmp_path / "dagger"
-    summary = run_dagger_ros(ROBOT, TASK, model=hold, rounds=1, episodes_per_round=2, out=out,
-                             eval_seeds=range(10_000, 10_003), initial_demos=2, progress=False,
-                             model_cfg={"width": 32, "depth": 1}, train_cfg={"max_steps": 30},
-                             dagger_params=GENEROUS, on_round=on_round, disturbance=PUSHES)
+    cfg = ros_config(robot=ROBOT, task=TASK, initial_model=str(hold), rounds=1, episodes_per_round=2,
+                     out_dir=str(out), eval_seeds=range(10_000, 10_003), initial_demos=2, progress=False,
+                     model_cfg={"width": 32, "depth": 1}, train_cfg={"max_steps": 30}, disturbance=PUSHES)
+    summary = run_dagger_ros(cfg, RosOptions(dagger_params=GENEROUS), on_round=on_round)
     r0, r1 = summary["rounds"]
     assert r1["beta"] == 0.5
     k_label = round_configs(None, None)[0].chunk_length   # the default config's K (config/train/chunk_mlp.yaml)

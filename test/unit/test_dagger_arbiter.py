@@ -140,7 +140,7 @@ def test_in_process_handovers_go_through_the_step_clamp(tmp_path):
     from bc_policy_node.core.control.runtime import OnnxPolicy
     from bc_policy_node.core.eval.rollout import make_controller, rollout
     from bc_policy_node.core.sim.env import SimEnv
-    from bc_policy_node.pipeline.dagger_inprocess import DaggerController
+    from bc_policy_node.pipeline.dagger.inprocess import DaggerController
 
     env = SimEnv("planar3", "curved_reach")
     expert = env.make_expert()

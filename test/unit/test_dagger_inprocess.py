@@ -10,7 +10,8 @@ from onnx_policies import hold_policy
 
 from bc_policy_node.core.sim.env import SimEnv, load_contract
 from bc_policy_node.pipeline.dagger_eval import deviation_growth, expert_references
-from bc_policy_node.pipeline.dagger_inprocess import aggregate, collect_round, expert_demos, labels_of
+from bc_policy_node.pipeline.dagger.inprocess import collect_round, expert_demos
+from bc_policy_node.pipeline.dagger.store import aggregate, labels_of
 
 ROBOT, TASK = "planar3", "curved_reach"
 SEEDS = [4242, 4243]
@@ -120,7 +121,7 @@ def test_classic_chunk_labels_are_the_experts_plan_at_each_visited_state(setup, 
     np.testing.assert_array_equal(plain[0].obs, e.obs)
     assert plain[0].chunk_labels is None
     # saved with the round's data and loaded back
-    from bc_policy_node.pipeline.dagger_inprocess import load_round_data, save_round_data
+    from bc_policy_node.pipeline.dagger.store import load_round_data, save_round_data
     save_round_data(eps, c, tmp_path / "data")
     np.testing.assert_array_equal(load_round_data(tmp_path / "data")[0].chunk_labels, e.chunk_labels)
 

@@ -14,7 +14,7 @@ from bc_policy_node.core.data.dataset_tools import (bag_info, dataset_info, dele
 from bc_policy_node.core.data.episodes import Dataset, DatasetError, Episode
 from bc_policy_node.core.data.lerobot_export import export_lerobot, read_lerobot_episode
 
-from test_dataset_builder import CMD, TOPICS, T0, contract, lockstep_bag  # noqa: E402
+from test_dataset_builder import CMD, TOPICS, contract, lockstep_bag  # noqa: E402
 
 
 def small_dataset(n_eps=3):

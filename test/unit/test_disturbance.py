@@ -121,11 +121,12 @@ def test_command_line_pushes_reach_the_evaluation(capsys, monkeypatch):
 def test_a_ros_dagger_folder_resumes_only_with_its_own_pushes(tmp_path):
     """Rounds made calm and rounds made pushed never mix: the loop refuses the folder before
     it starts anything."""
-    from bc_policy_node.pipeline.dagger_inprocess import check_round_config
-    from bc_policy_node.pipeline.dagger_loop import run_dagger_ros
+    from bc_policy_node.pipeline.dagger.loop import run_identity
+    from bc_policy_node.pipeline.dagger.ros import RosCollector, ros_config, run_dagger_ros
+    from bc_policy_node.pipeline.dagger.store import check_round_config
 
-    check_round_config(tmp_path, {"robot": "planar3", "task": "curved_reach", "variant": "classic",
-                                  "disturbance": None})
+    calm = ros_config(robot="planar3", task="curved_reach", out_dir=str(tmp_path), progress=False)
+    check_round_config(tmp_path, run_identity(calm, RosCollector(calm)))     # as a calm run leaves it
     with pytest.raises(ValueError, match=r"other settings \(\['disturbance'\]\)"):
-        run_dagger_ros("planar3", "curved_reach", out=tmp_path, disturbance=PUSHES, progress=False)
+        run_dagger_ros(calm.replace(disturbance=PUSHES))
     assert not (tmp_path / "round_00").exists()

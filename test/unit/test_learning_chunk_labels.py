@@ -6,7 +6,7 @@ import pytest
 from bc_policy_node.core.data.episodes import Dataset, DatasetError, Episode
 from bc_policy_node.learning import ModelConfig, TrainConfig, train
 from bc_policy_node.learning.data import build_chunks, check_dataset
-from bc_policy_node.learning.synthetic import synthetic_contract, synthetic_dataset
+from bc_policy_node.learning.synthetic import synthetic_dataset
 
 K = 4
 

@@ -1,7 +1,7 @@
 """The DAgger arbiter: who acts at one frame, and the safe command to send (no rclpy, no torch).
 
 One engine for both paths: the dagger node (`nodes/dagger_node.py`, over ROS) and the in-process
-round loop (`pipeline/dagger_inprocess.DaggerController`, stepping `SimEnv`) build a
+round loop (`pipeline/dagger/inprocess.DaggerController`, stepping `SimEnv`) build a
 `DaggerArbiter` from the same `DaggerParams` and feed it one frame at a time:
 
     arbiter.begin_episode(episode_id, task_seed)
@@ -149,7 +149,7 @@ class DaggerArbiter:
         self.chunks.append((int(step), np.asarray(chunk, dtype=float)))
 
     def uncertainty(self, obs: np.ndarray, step: int) -> float:
-        if self.source == "ensemble":
+        if self.source == "ensemble" and self.ensemble is not None:
             return float(self.ensemble(obs))
         if self.source == "chunk":
             return chunk_disagreement(self.chunks, step, self.params.uncertainty_horizon, self.scale)

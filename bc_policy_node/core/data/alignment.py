@@ -58,7 +58,7 @@ Alignment rules (the report says which one each episode used):
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -284,17 +284,17 @@ def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[st
         odd_labels = 0
         prev = None
         for i, m in enumerate(frames):
-            e = np.asarray(m.expert_action, float)
+            lab = np.asarray(m.expert_action, float)
             x = np.asarray(m.executed_action, float)
-            if chunks is not None and bool(m.labelled) and e.size:
-                if e.size == k_chunk * a_dim and np.all(np.isfinite(e)):
-                    chunks[i] = e.reshape(k_chunk, a_dim)
-                    e = chunks[i, 0]
+            if chunks is not None and bool(m.labelled) and lab.size:
+                if lab.size == k_chunk * a_dim and np.all(np.isfinite(lab)):
+                    chunks[i] = lab.reshape(k_chunk, a_dim)
+                    lab = chunks[i, 0]
                 else:
                     odd_labels += 1
-                    e = np.zeros(0)
-            if bool(m.labelled) and e.shape == (a_dim,) and np.all(np.isfinite(e)):
-                act[i], labelled[i] = e, True
+                    lab = np.zeros(0)
+            if bool(m.labelled) and lab.shape == (a_dim,) and np.all(np.isfinite(lab)):
+                act[i], labelled[i] = lab, True
             elif x.shape == (contract.act_dim,) and np.all(np.isfinite(x)):
                 act[i] = x
             elif prev is not None:

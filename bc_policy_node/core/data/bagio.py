@@ -372,13 +372,12 @@ class EpisodeBagWriter:
     def __enter__(self) -> "EpisodeBagWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close(complete=True)
         elif not isinstance(exc, BagWriteError):
             outcome = self.meta.get("outcome") or f"interrupted: {exc_type.__name__}"
             self.close(complete=False, outcome=outcome)
-        return False
 
 
 def recover_bag(path, **kwargs) -> Dict[str, Any]:

@@ -166,15 +166,15 @@ def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
             entries.append(entry)
             continue
         for ep, rep in results:
-            e = dict(entry, **rep)
+            row = dict(entry, **rep)
             if ep is None:
-                e["status"] = "excluded"
+                row["status"] = "excluded"
             elif rep["flags"] and not keep_flagged:
-                e.update(status="excluded", reasons=list(rep["flags"]))
+                row.update(status="excluded", reasons=list(rep["flags"]))
             else:
-                e["status"] = "included"
+                row["status"] = "included"
                 episodes.append(ep)
-            entries.append(e)
+            entries.append(row)
     ds = Dataset(contract, episodes)
     report = {"contract": contract.name, "contract_fingerprint": contract.fingerprint(),
               "gap_tolerance_s": contract.stale_after_s if gap_tolerance_s is None else gap_tolerance_s,

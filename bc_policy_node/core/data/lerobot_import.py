@@ -268,8 +268,8 @@ def _episodes_v3(root: Path, info, c: Contract) -> List[Dict[str, Any]]:
         missing = [k for k in V3_EPISODE_COLUMNS if k not in names]
         if missing:
             raise LeRobotImportError(f"{f}: episode metadata lacks columns {missing}")
-        cols = list(V3_EPISODE_COLUMNS) + [k for k in ("tasks", "length") if k in names]
-        rows += pq.read_table(f, columns=cols).to_pylist()
+        wanted = list(V3_EPISODE_COLUMNS) + [k for k in ("tasks", "length") if k in names]
+        rows += pq.read_table(f, columns=wanted).to_pylist()
     rows.sort(key=lambda r: r["episode_index"])
     dup = sorted(k for k, v in Counter(r["episode_index"] for r in rows).items() if v > 1)
     if dup:

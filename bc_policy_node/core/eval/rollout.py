@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,18 +55,18 @@ class RolloutResult:
                         **self.meta})
 
 
-ActFn = Callable[[np.ndarray, int, Dict[str, object]], np.ndarray]
+ActFn = Callable[[np.ndarray, int, Dict[str, Any]], np.ndarray]
 
 
-DecideFn = Callable[[np.ndarray, int, Dict[str, object], Optional[np.ndarray]], Tuple[np.ndarray, int]]
+DecideFn = Callable[[np.ndarray, int, Dict[str, Any], Optional[np.ndarray]], Tuple[np.ndarray, int]]
 
 
 def rollout(env: SimEnv, contract: Contract, act_fn: Optional[ActFn], seed: int, variant: str = "",
-            label_fn: Optional[Callable[[np.ndarray, Dict[str, object]], np.ndarray]] = None,
+            label_fn: Optional[Callable[[np.ndarray, Dict[str, Any]], np.ndarray]] = None,
             decide_fn: Optional[DecideFn] = None, max_steps: Optional[int] = None) -> RolloutResult:
     """One episode. `act_fn(obs, t, msgs)` is the policy; optional `label_fn(obs, msgs)` labels
     every visited state (DAgger); `decide_fn(obs, t, msgs, label) -> (command, ACTOR_*)`, when
-    given, replaces `act_fn` with an arbiter that chooses who acts (`pipeline.dagger_inprocess`)."""
+    given, replaces `act_fn` with an arbiter that chooses who acts (`pipeline.dagger.inprocess`)."""
     assembler = ObservationAssembler(contract)
     msgs = env.reset(seed, variant)
     jidx = [list(env.joint_names).index(j) for j in contract.action.joints]
@@ -81,8 +81,10 @@ def rollout(env: SimEnv, contract: Contract, act_fn: Optional[ActFn], seed: int,
         label = label_fn(obs, msgs) if label_fn is not None else None
         if decide_fn is not None:
             a, actor = decide_fn(obs, t, msgs, label)
-        else:
+        elif act_fn is not None:
             a, actor = act_fn(obs, t, msgs), ACTOR_POLICY
+        else:
+            raise ValueError("rollout needs act_fn or decide_fn")
         actors.append(actor)
         obs_l.append(obs)
         act_l.append(a)

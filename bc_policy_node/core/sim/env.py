@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -157,7 +157,7 @@ class SimEnv:
         return JointStateData(stamp=s.time, name=list(s.joint_names), position=s.qpos,
                               velocity=s.qvel, effort=s.effort)
 
-    def messages(self) -> Dict[str, object]:
+    def messages(self) -> Dict[str, Any]:
         return {JOINT_STATES_TOPIC: self.joint_state, TASK_STATE_TOPIC: self.task_state}
 
     def robot_contract_limits(self) -> Tuple[np.ndarray, np.ndarray]:
@@ -192,7 +192,7 @@ class SimEnv:
         self._default_horizon = self._scaled_horizon()
         self._started = False
 
-    def reset(self, seed: int, variant: str = "", horizon: Optional[int] = None) -> Dict[str, object]:
+    def reset(self, seed: int, variant: str = "", horizon: Optional[int] = None) -> Dict[str, Any]:
         """Start episode `seed` (deterministic) and return its first messages.
 
         horizon: override the task's horizon (control ticks) for this episode.
@@ -218,14 +218,14 @@ class SimEnv:
                         self.disturbance.schedule(seed, self.task.horizon, self.sim.n))
         return self.messages()
 
-    def set_joint_state(self, qpos, qvel=None) -> Dict[str, object]:
+    def set_joint_state(self, qpos, qvel=None) -> Dict[str, Any]:
         """Teleport the robot mid-episode (perturbation tests, DAgger-style probing)."""
         if not self._started:
             raise RuntimeError("SimEnv.set_joint_state() called before reset()")
         self.sim.set_state(qpos, qvel)
         return self.messages()
 
-    def step(self, action) -> Dict[str, object]:
+    def step(self, action) -> Dict[str, Any]:
         """Apply joint position targets (joint_names order), run one control tick."""
         if not self._started:
             raise RuntimeError("SimEnv.step() called before reset()")
@@ -340,7 +340,8 @@ class SimEnv:
                 traj["ee"].append(ts.ee_position)
                 traj["act"].append(a)
             msgs = self.step(a)
-        if traj is not None:
-            traj = {k: np.array(v) for k, v in traj.items()}
-            traj["ee"] = np.vstack([traj["ee"], msgs[TASK_STATE_TOPIC].ee_position[None]])
-        return msgs[TASK_STATE_TOPIC], traj
+        if traj is None:
+            return msgs[TASK_STATE_TOPIC], None
+        arrays = {k: np.array(v) for k, v in traj.items()}
+        arrays["ee"] = np.vstack([arrays["ee"], msgs[TASK_STATE_TOPIC].ee_position[None]])
+        return msgs[TASK_STATE_TOPIC], arrays

@@ -112,11 +112,13 @@ class ArmSim:
         lo, hi = [], []
         for j, a in zip(joints, self.act_ids):
             if m.jnt_limited[j]:
-                lo.append(m.jnt_range[j, 0]); hi.append(m.jnt_range[j, 1])
+                bounds = m.jnt_range[j]
             elif m.actuator_ctrllimited[a]:
-                lo.append(m.actuator_ctrlrange[a, 0]); hi.append(m.actuator_ctrlrange[a, 1])
+                bounds = m.actuator_ctrlrange[a]
             else:
-                lo.append(-np.inf); hi.append(np.inf)
+                bounds = (-np.inf, np.inf)
+            lo.append(bounds[0])
+            hi.append(bounds[1])
         self.lower, self.upper = np.array(lo), np.array(hi)
         self.ctrl_lower = np.array([m.actuator_ctrlrange[a, 0] if m.actuator_ctrllimited[a] else -np.inf
                                     for a in self.act_ids])
