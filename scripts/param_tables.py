@@ -6,7 +6,7 @@ import dataclasses
 import importlib
 
 NODES = [  # (node name, module, dataclass)
-    ("mujoco_bridge", "bc_policy_node.nodes.mujoco_bridge", "BridgeParams"),
+    ("mujoco_bridge", "bc_policy_node.core.sim.bridge_params", "BridgeParams"),
     ("expert", "bc_policy_node.nodes.expert_node", "ExpertParams"),
     ("recorder", "bc_policy_node.nodes.recorder_node", "RecorderParams"),
     ("policy", "bc_policy_node.core.control.params", "PolicyParams"),

@@ -82,8 +82,7 @@ def test_expert_references_are_cached_per_disturbance(tmp_path):
 
 
 def test_bridge_parameters_build_the_pushes():
-    pytest.importorskip("rclpy")
-    from bc_policy_node.nodes.mujoco_bridge import BridgeParams
+    from bc_policy_node.core.sim.bridge_params import BridgeParams
 
     assert BridgeParams().pushes() is None                                   # off by default
     assert BridgeParams(push_magnitude=0.4, push_interval_ticks=30.0, push_count=3).pushes() == PUSHES
