@@ -4,6 +4,8 @@ Starts `mujoco_bridge` (mode lockstep, no start-up episode), `expert` (drive tru
 `recorder` as processes from the same `graph` specs the launch files use, then per episode:
 start_episode -> reset(seed) -> wait until /task_state is done -> stop_episode(task_success).
 One rosbag2 per episode in `out` (episode ids continue after the bags already there).
+An episode the recorder did not get whole is discarded and recorded again (same seed, same
+episode id; at most RECORD_RETRIES times, then kept and reported as `recorder_short`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ EPISODE_TIMEOUT_S = 300.0     # wall-clock limit of one episode
 READY_TIMEOUT_S = 60.0        # graph start-up (processes, discovery)
 KICK_AFTER_S = 2.0            # lock-step loop without progress: ask the bridge to re-publish
 SETTLE_TIMEOUT_S = 10.0       # wait for the recorder to hold the whole episode before stopping
+# Re-record an episode the recorder holds only part of. The likely cause of a rare CI failure
+# (a dataset one frame short): the recorder's subscriptions report their publishers matched
+# (reader side) before the publishers have matched the recorder (writer side, discovered
+# separately), so the first message of the first episode can reach everyone but the recorder;
+# the episode's first command then has no observation before it and gives no frame. The
+# lock-step loop recovers from such a miss by the re-publish kick; a recording cannot.
+RECORD_RETRIES = 2
 CMD = "/forward_position_controller/commands"
 
 
@@ -88,7 +97,9 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
     """Record `episodes` expert episodes (seeds seed, seed+1, ...) into `out`.
 
     Returns a summary: episodes, successes, success_rate, frames (control ticks = commands),
-    messages, bag_dir, bags, wall_s, per-episode rows, log_dir. Raises CollectError (with the
+    messages, bag_dir, bags, wall_s, per-episode rows (recorder_short: what the recorder still
+    missed at stop after RECORD_RETRIES re-recordings, '' if nothing; re_recorded: what it
+    missed in the discarded attempts), log_dir. Raises CollectError (with the
     nodes' log tails) if the graph does not come up, a node dies or an episode stalls.
     """
     from .graph_client import GraphClient, GraphError
@@ -111,22 +122,29 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
                     bar = tqdm(total=episodes, desc=f"collect {robot}/{task}", unit="ep", dynamic_ncols=True)
                 for i in range(episodes):
                     s, eid = seed + i, first_id + i
-                    bag = c.start_episode(task=task, seed=s, episode_id=eid, source="expert",
-                                          notes=f"bc-policy collect {robot}/{task}")
-                    try:
-                        r = c.reset(seed=s, task=task, variant=variant)
-                        final = c.wait_task_done(r.episode_id, timeout=episode_timeout_s,
-                                                 kick_after_s=KICK_AFTER_S, stall_timeout=4 * KICK_AFTER_S)
-                    except BaseException:
-                        c.stop_episode(task_success=False, outcome="collect error", discard=True)
-                        raise
-                    short = _wait_recorded(c, int(final.step))
+                    retried: List[str] = []
+                    for attempt in range(RECORD_RETRIES + 1):
+                        bag = c.start_episode(task=task, seed=s, episode_id=eid, source="expert",
+                                              notes=f"bc-policy collect {robot}/{task}")
+                        try:
+                            r = c.reset(seed=s, task=task, variant=variant)
+                            final = c.wait_task_done(r.episode_id, timeout=episode_timeout_s,
+                                                     kick_after_s=KICK_AFTER_S,
+                                                     stall_timeout=4 * KICK_AFTER_S)
+                        except BaseException:
+                            c.stop_episode(task_success=False, outcome="collect error", discard=True)
+                            raise
+                        short = _wait_recorded(c, int(final.step))
+                        if not short or attempt == RECORD_RETRIES:
+                            break
+                        retried.append(short)
+                        c.stop_episode(task_success=False, outcome=f"recorder short: {short}", discard=True)
                     resp = c.stop_episode(task_success=bool(final.success), outcome=final.status,
                                           notes=final.reason)
                     rows.append({"episode_id": eid, "seed": s, "success": bool(final.success),
                                  "status": final.status, "frames": int(final.step),
                                  "messages": int(resp.messages_written), "bag": resp.bag_path or bag,
-                                 "recorder_short": short})
+                                 "recorder_short": short, "re_recorded": retried})
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(success=f"{sum(r_['success'] for r_ in rows)}/{len(rows)}")
@@ -150,6 +168,9 @@ def format_summary(s: Dict[str, Any], max_rows: int = 12) -> str:
              f"  frames    {s['frames']} control ticks, {s['messages']} messages recorded",
              f"  bags      {s['bag_dir']}",
              f"  logs      {s['log_dir']}"]
+    for r in [r for r in s["rows"] if r.get("re_recorded")][:max_rows]:
+        lines.append(f"  episode {r['episode_id']} recorded {len(r['re_recorded']) + 1} times (recorder "
+                     f"had only {'; '.join(r['re_recorded'])})")
     for r in [r for r in s["rows"] if r.get("recorder_short")][:max_rows]:
         lines.append(f"  WARNING episode {r['episode_id']}: recorder had only {r['recorder_short']} at stop")
     failed = [r for r in s["rows"] if not r["success"]]
