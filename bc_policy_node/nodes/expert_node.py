@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -19,6 +18,7 @@ from ..core.contract import Contract, ContractError
 from ..core.sim.env import contract_max_step, contract_path, robot_mjcf
 from ..core.sim.experts import ScriptedExpert, make_expert
 from ..core.sim.sim import ArmSim, SimError
+from ..core.sync import StampSync
 from . import qos
 from .conversions import command_msg
 from .fastlane import FastLane
@@ -114,8 +114,7 @@ class ExpertNode(Node):
         if p.drive:
             self._drive_kin = ArmSim(self.mjcf)
             self._lock = threading.Lock()
-            self._pending: Dict[str, OrderedDict] = {"js": OrderedDict(), "ts": OrderedDict()}
-            self._last_tick = -1                  # stamp (ns) of the last observation handled
+            self._sync = StampSync(("js", "ts"), PENDING)    # lock-step: (positions, TaskState) per stamp
             self._latest: Tuple[Optional[np.ndarray], Optional[TaskState]] = (None, None)
             self._latest_js: Optional[JointState] = None     # free mode
             self._idx_cache: Dict[Tuple[str, ...], Optional[np.ndarray]] = {}
@@ -198,22 +197,12 @@ class ExpertNode(Node):
                 self._latest = (value, self._latest[1])
             else:
                 self._latest = (self._latest[0], value)
-            if self.params.mode != "lockstep" or key <= self._last_tick:
+            if self.params.mode != "lockstep":
                 return
-            pending = self._pending[kind]
-            pending[key] = value
-            if len(pending) > PENDING:
-                pending.popitem(last=False)
-            other = self._pending["ts" if kind == "js" else "js"]
-            if key not in other:
-                return
-            q = self._pending["js"].pop(key)
-            ts = self._pending["ts"].pop(key)
-            for p in self._pending.values():
-                for k in [k for k in p if k < key]:
-                    del p[k]
-            self._last_tick = key
-            self._command(q, ts)
+            pair = self._sync.add(kind, key, value)
+            if pair is not None:
+                (_, q), (_, ts) = pair
+                self._command(q, ts)
 
     def _on_timer(self) -> None:
         js, ts = self._latest_js, self._latest[1]
