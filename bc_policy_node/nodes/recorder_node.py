@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
 from bc_msgs.srv import StartEpisode, StopEpisode
@@ -33,6 +33,7 @@ LOG_EVERY_S = 5.0          # throttle of warnings raised in message callbacks
 BATCH = 256                # messages per topic taken directly after each executor dispatch
 TIMESTAMPS = {"log_time": "dds_reception", "publish_time": "dds_source"}
 TIMESTAMPS_SIM = {"log_time": "node_clock_sim_time", "publish_time": "dds_source"}
+QOS_CHECK_PERIOD_S = 0.5   # how often the offered QoS of every topic's publishers is looked at
 
 
 class RecorderError(RuntimeError):
@@ -176,6 +177,35 @@ def check_output_dir(path: Path) -> None:
                             f"{e.strerror or e}") from None
 
 
+def wanted_reliability(offered: List[object], current: object, episode_open: bool) -> object:
+    """Reliability of a topic's subscription given its publishers' offered reliabilities (the
+    rule of `ros2 bag record`): best effort if any publisher is best effort - a reliable
+    subscription never matches a best-effort publisher, so it would record nothing of it -,
+    else reliable, which a best-effort subscription would not be (it may drop under load).
+    No publishers: keep `current`. Back to reliable only between episodes: a switch loses what
+    is in flight while the new subscription matches, and a best-effort one loses nothing of a
+    reliable publisher on an idle machine."""
+    if not offered:
+        return current
+    want = (ReliabilityPolicy.BEST_EFFORT if any(r == ReliabilityPolicy.BEST_EFFORT for r in offered)
+            else ReliabilityPolicy.RELIABLE)
+    if want == ReliabilityPolicy.RELIABLE and episode_open:
+        return current
+    return want
+
+
+def _reliability_name(r) -> str:
+    return "best_effort" if r == ReliabilityPolicy.BEST_EFFORT else "reliable"
+
+
+class _Subscription:
+    """One recorded topic: its rclpy subscription (recreated when the QoS must change)."""
+    __slots__ = ("topic", "cls", "profile", "record", "sub")
+
+    def __init__(self, topic: str, cls, profile: QoSProfile, record: Callable):
+        self.topic, self.cls, self.profile, self.record, self.sub = topic, cls, profile, record, None
+
+
 class _TopicStats:
     __slots__ = ("received", "written", "idle", "rejected", "lost", "ep_rejected")
 
@@ -187,16 +217,22 @@ class _TopicStats:
 class RecorderNode(Node):
     """Records the contract's topics (+ extra topics) into one rosbag2/MCAP bag per episode.
 
-    Subscribes (raw CDR, reliable keep-last `queue_depth`; QoS `qos.STATE` for states,
-    `qos.COMMAND` for commands): every observation topic and the action topic of `contract`,
-    plus `extra_topics` (default `/task_state`, `/dagger/frame_tag`). Types are resolved at
-    run time from the type strings.
+    Subscribes (raw CDR, keep-last `queue_depth`, volatile; reliable like `qos.STATE` /
+    `qos.COMMAND` unless a publisher offers best effort): every observation topic and the
+    action topic of `contract`, plus `extra_topics` (default `/task_state`,
+    `/dagger/frame_tag`). Types are resolved at run time from the type strings. Every
+    QOS_CHECK_PERIOD_S the offered QoS of each topic's discovered publishers is looked at
+    (`wanted_reliability`, the rule of `ros2 bag record`): a best-effort publisher (camera
+    drivers, sensor data) switches that topic's subscription to best effort at once - a
+    reliable one would never match it -; only reliable publishers switch it back to reliable
+    between episodes. Status `qos` says which one each topic has.
 
     Publishes:
       `~/status` (std_msgs/String, JSON, transient local, every `status_period_s` and on every
       start/stop): state (idle | recording | error), pid, open episode (path, id, written/rejected
       per topic), per-topic totals (received, written, idle = received with no episode open,
       rejected, lost = received but not written because the bag failed), matched publishers,
+      qos (reliable | best_effort per topic),
       episodes finished/discarded/failed, last_error.
       `/diagnostics` (diagnostic_msgs/DiagnosticArray): the same counters; WARN on rejected
       commands, ERROR after a write failure.
@@ -244,7 +280,7 @@ class RecorderNode(Node):
         self.episodes = {"finished": 0, "discarded": 0, "failed": 0}
         self._warn = ThrottledLog(self.get_logger(), LOG_EVERY_S)   # one key: rejected commands
         self._draining = False
-        self._subs: List[Tuple[object, Callable]] = []
+        self._subs: Dict[str, _Subscription] = {}
         cmd_topics = {self.contract.action.topic} if self.contract else set()
         for topic, typ in self.topics.items():
             cls = message_class(typ)
@@ -254,15 +290,16 @@ class RecorderNode(Node):
                                  reliability=(qos.COMMAND if is_cmd else qos.STATE).reliability,
                                  durability=(qos.COMMAND if is_cmd else qos.STATE).durability)
             check = self._command_check(cls) if topic in cmd_topics else None
-            record = self._make_recorder(topic, check)
-            sub = self.create_subscription(cls, topic, self._batched(record), profile, raw=True)
-            self._subs.append((sub, record))
+            entry = _Subscription(topic, cls, profile, self._make_recorder(topic, check))
+            entry.sub = self.create_subscription(cls, topic, self._batched(entry.record), profile, raw=True)
+            self._subs[topic] = entry
         self.status_pub = JsonStatus(self)
         self.diagnostics = Diagnostics(self, "episode recorder")
         self.create_service(StartEpisode, "~/start_episode", self._on_start)
         self.create_service(StopEpisode, "~/stop_episode", self._on_stop)
         self.create_timer(max(0.02, self.params.flush_interval_s / 2), self._on_flush_timer)
         self.create_timer(self.params.status_period_s, self.publish_status)
+        self.create_timer(QOS_CHECK_PERIOD_S, self.adapt_qos)
         self.get_logger().info(
             f"recording {len(self.topics)} topics into {self.output_dir}: "
             + ", ".join(f"{t} ({ty})" for t, ty in self.topics.items()))
@@ -290,6 +327,37 @@ class RecorderNode(Node):
             except (ContractError, ValueError, TypeError, IndexError) as e:
                 return str(e)
         return check
+
+    # ------------------------------------------------------------------ QoS
+    def adapt_qos(self) -> List[str]:
+        """Re-subscribe every topic whose publishers' offered reliability asks for another
+        subscription (`wanted_reliability`). Returns the topics switched."""
+        switched = []
+        for entry in self._subs.values():
+            try:
+                offered = [i.qos_profile.reliability
+                           for i in self.get_publishers_info_by_topic(entry.sub.topic_name)]
+            except Exception:  # noqa: BLE001 - graph query failed (shutting down): next time
+                continue
+            want = wanted_reliability(offered, entry.profile.reliability, self._writer is not None)
+            if want != entry.profile.reliability:
+                self._resubscribe(entry, want)
+                switched.append(entry.topic)
+        return switched
+
+    def _resubscribe(self, entry: _Subscription, reliability) -> None:
+        """Replace a topic's subscription by one with `reliability` (same depth, volatile).
+        What the old one still holds is recorded first; it is destroyed before the new one is
+        created, so no message is recorded twice."""
+        old = entry.profile
+        entry.profile = QoSProfile(history=old.history, depth=old.depth, reliability=reliability,
+                                   durability=old.durability)
+        self._take_all(entry.sub, entry.record, 2 * self.params.queue_depth)
+        self.destroy_subscription(entry.sub)
+        entry.sub = self.create_subscription(entry.cls, entry.topic, self._batched(entry.record),
+                                             entry.profile, raw=True)
+        self.get_logger().info(f"{entry.topic}: subscription now {_reliability_name(reliability)} "
+                               f"(the QoS its publishers offer)")
 
     # ------------------------------------------------------------------ hot path
     def _batched(self, record: Callable):
@@ -372,18 +440,21 @@ class RecorderNode(Node):
         """Take and record every message already queued in the subscriptions (so a stop
         request that overtakes data in the executor does not cut the episode short)."""
         limit = max_per_topic or 2 * self.params.queue_depth
+        return sum(self._take_all(e.sub, e.record, limit) for e in list(self._subs.values()))
+
+    @staticmethod
+    def _take_all(sub, record: Callable, limit: int) -> int:
         n = 0
-        for sub, record in self._subs:
-            for _ in range(limit):
-                try:
-                    with sub.handle:
-                        got = sub.handle.take_message(sub.msg_type, True)
-                except Exception:  # noqa: BLE001 - internal API missing / destroyed: skip
-                    break
-                if got is None:
-                    break
-                record(got[0], got[1] if len(got) > 1 else {})
-                n += 1
+        for _ in range(limit):
+            try:
+                with sub.handle:
+                    got = sub.handle.take_message(sub.msg_type, True)
+            except Exception:  # noqa: BLE001 - internal API missing / destroyed: skip
+                break
+            if got is None:
+                break
+            record(got[0], got[1] if len(got) > 1 else {})
+            n += 1
         return n
 
     # ------------------------------------------------------------------ services
@@ -521,11 +592,11 @@ class RecorderNode(Node):
     def status(self) -> Dict[str, object]:
         w = self._writer
         pubs = {}
-        for sub, _cb in self._subs:
+        for e in self._subs.values():
             try:
-                pubs[sub.topic_name] = sub.get_publisher_count()
+                pubs[e.sub.topic_name] = e.sub.get_publisher_count()
             except Exception:  # noqa: BLE001
-                pubs[sub.topic_name] = -1
+                pubs[e.sub.topic_name] = -1
         state = "error" if self._write_error else ("recording" if w is not None else "idle")
         return {
             "state": state, "pid": os.getpid(),
@@ -540,6 +611,7 @@ class RecorderNode(Node):
             "rejected": {t: s.rejected for t, s in self.stats.items()},
             "lost": {t: s.lost for t, s in self.stats.items()},
             "publishers": pubs,
+            "qos": {t: _reliability_name(e.profile.reliability) for t, e in self._subs.items()},
             "episodes": dict(self.episodes),
             "output_dir": str(self.output_dir),
             "last_error": self.last_error,

@@ -21,6 +21,8 @@ history is full, which happens at kHz rates when the machine is starved of CPU (
 the batching recorder, 3 busy loops on 2 cores, 500 Hz: 70-300 of 2000 commands lost at depth
 100, none of the joint states at depth 1000). The tests check the recorder, so by default
 this publisher keeps enough history for DDS to repair; the bench uses the graph's profiles.
+--best-effort TOPIC (repeatable): that topic's writer offers best effort (qos.SENSOR's
+reliability, as camera drivers and other sensor publishers do), same depth as qos.STATE.
 """
 import argparse
 import json
@@ -63,6 +65,7 @@ def pace(until: float) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cmd-depth", type=int, default=1000)
+    ap.add_argument("--best-effort", action="append", default=[], metavar="TOPIC")
     opts = ap.parse_args()
     import rclpy
     from rclpy.qos import QoSProfile
@@ -74,10 +77,17 @@ def main():
 
     rclpy.init()
     node = rclpy.create_node("stream_publisher")
-    js_pub = node.create_publisher(JointState, "/joint_states", qos.STATE)
-    ts_pub = node.create_publisher(TaskState, "/task_state", qos.STATE)
-    cmd_qos = QoSProfile(history=qos.COMMAND.history, depth=opts.cmd_depth,
-                         reliability=qos.COMMAND.reliability, durability=qos.COMMAND.durability)
+
+    def offered(topic, profile):
+        if topic not in opts.best_effort:
+            return profile
+        return QoSProfile(history=profile.history, depth=profile.depth,
+                          reliability=qos.SENSOR.reliability, durability=profile.durability)
+    js_pub = node.create_publisher(JointState, "/joint_states", offered("/joint_states", qos.STATE))
+    ts_pub = node.create_publisher(TaskState, "/task_state", offered("/task_state", qos.STATE))
+    cmd_qos = offered(CMD_TOPIC, QoSProfile(history=qos.COMMAND.history, depth=opts.cmd_depth,
+                                            reliability=qos.COMMAND.reliability,
+                                            durability=qos.COMMAND.durability))
     cmd_pub = node.create_publisher(Float64MultiArray, CMD_TOPIC, cmd_qos)
     pubs = (js_pub, ts_pub, cmd_pub)
     deadline = time.monotonic() + 60

@@ -28,7 +28,8 @@ from bc_policy_node.core.contract import Contract  # noqa: E402
 from bc_policy_node.core.data.dataset_builder import build_dataset  # noqa: E402
 from bc_policy_node.pipeline.graph_client import START_EPISODE, STOP_EPISODE, GraphClient  # noqa: E402
 from bc_msgs.srv import StartEpisode, StopEpisode  # noqa: E402
-from stream_publisher import CMD_TOPIC, command, goal, joint_pos, joint_vel  # noqa: E402
+from child_io import kill, read_line, wait_or_kill  # noqa: E402
+from stream_publisher import CMD_TOPIC, DT, command, goal, joint_pos, joint_vel  # noqa: E402
 
 pytestmark = pytest.mark.ros
 HERE = Path(__file__).resolve().parent
@@ -48,14 +49,14 @@ def recorder_spec(out: Path, **params):
 class Publisher:
     """stream_publisher.py in its own process, driven line by line."""
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "stream_publisher.py")] + PUB_ARGS,
+    def __init__(self, args=()):
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "stream_publisher.py")] + PUB_ARGS + list(args),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = False
 
     def wait_ready(self):
         if not self.ready:
-            line = self.proc.stdout.readline().strip()
+            line = read_line(self.proc, WAIT, "stream_publisher.py start-up").strip()
             assert line == "ready", f"publisher said {line!r}"
             self.ready = True
 
@@ -65,7 +66,8 @@ class Publisher:
         self.proc.stdin.flush()
 
     def result(self) -> dict:
-        return json.loads(self.proc.stdout.readline())["counts"]
+        # a run of 2000 frames at 500 Hz takes 4 s of wall time; WAIT covers a starved machine
+        return json.loads(read_line(self.proc, WAIT, "stream_publisher.py result"))["counts"]
 
     def run(self, episode: int, frames: int, rate: float, bad_every: int = 0) -> dict:
         self.send(f"run {episode} {frames} {rate} {bad_every}")
@@ -77,8 +79,7 @@ class Publisher:
             self.proc.stdin.close()
             self.proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+            kill(self.proc)
 
 
 @pytest.fixture
@@ -294,6 +295,7 @@ def test_disk_full_fails_the_episode_clearly_and_keeps_earlier_ones(tmp_path, pu
     log = open(tmp_path / "recorder.log", "wb")
 
     def limit():
+        procs.default_stop_signals()         # as NodeProcess: SIGINT works under `pytest &` too
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
     rec = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit)
     try:
@@ -314,11 +316,55 @@ def test_disk_full_fails_the_episode_clearly_and_keeps_earlier_ones(tmp_path, pu
         assert client.stop_episode(task_success=True).messages_written == sum(sent.values())
         assert episode_yaml(nxt)["complete"] is True
     finally:
-        rec.send_signal(2)
-        rec.wait(timeout=WAIT)
-        log.close()
+        rec.send_signal(signal.SIGINT)
+        try:
+            wait_or_kill(rec, WAIT, "recorder after SIGINT")
+        finally:
+            log.close()
     assert episode_yaml(first)["complete"] is True and not bagread.needs_recovery(first)
     check_values(read_independent(first), 0, 50)
+
+
+def test_records_a_best_effort_publisher(tmp_path, client):
+    """A publisher offering best effort (camera drivers, sensor data) never matches a reliable
+    subscription: the recorder sees the offered QoS and subscribes that topic best effort (the
+    reliable topics stay reliable), and its messages end up in the bag."""
+    out = tmp_path / "bags"
+    rec = procs.NodeProcess(recorder_spec(out), tmp_path / "logs")
+    pub = Publisher(["--best-effort", "/joint_states"])
+    reliable = ("/task_state", CMD_TOPIC)
+    try:
+        wait_up(client, rec)
+        pub.wait_ready()                 # each of its writers matched a reader: the recorder's
+        st = client.wait_recorder(lambda s: s["qos"]["/joint_states"] == "best_effort"
+                                  and s["publishers"]["/joint_states"] == 1, WAIT,
+                                  "/joint_states subscribed best effort and matched")
+        assert [st["qos"][t] for t in reliable] == ["reliable", "reliable"], st["qos"]
+        bag = Path(client.start_episode("curved_reach", seed=4, episode_id=4))
+        sent = pub.run(4, 100, 100)
+        # the reliable topics arrive whole; best effort may drop under load, so the test waits
+        # for what the reliable ones carry (sent after each joint state) and then checks that
+        # what did arrive of /joint_states is exact
+        client.wait_recorder(lambda s: all((s["episode"] or {}).get("written", {}).get(t) == sent[t]
+                                           for t in reliable), WAIT, f"episode written: {sent}")
+        assert client.stop_episode(task_success=True).success
+        log = rec.log()
+    finally:
+        pub.close()
+        code = rec.stop()
+    assert code == 0 and "/joint_states: subscription now best_effort" in log, log[-2000:]
+    msgs = read_independent(bag)
+    assert [len(msgs.get(t, [])) for t in reliable] == [sent[t] for t in reliable]
+    js = msgs.get("/joint_states", [])
+    assert js, "nothing of the best-effort publisher in the bag"
+    ks = [round((m.header.stamp.sec + m.header.stamp.nanosec * 1e-9) / DT) for m in js]
+    assert ks == sorted(set(ks)) and 0 <= ks[0] and ks[-1] < sent["/joint_states"], ks
+    for k, m in zip(ks, js):
+        assert np.array_equal(m.position, joint_pos(4, k)) and np.array_equal(m.velocity, joint_vel(4, k)), k
+    offered = {t["topic_metadata"]["name"]: t["topic_metadata"]["offered_qos_profiles"]
+               for t in yaml.safe_load((bag / "metadata.yaml").read_text())
+               ["rosbag2_bagfile_information"]["topics_with_message_count"]}
+    assert "best_effort" in str(offered["/joint_states"]).lower(), offered["/joint_states"]
 
 
 def test_startup_errors_are_clear(tmp_path):
