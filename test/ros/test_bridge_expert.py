@@ -9,6 +9,7 @@ timeouts only turn a hang into a failure with the nodes' logs.
 """
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -467,9 +468,15 @@ def test_missing_or_invalid_mjcf_fails_at_start_with_a_clear_message(tmp_path):
     procs = [(NodeProcess(sim_nodes()[0], tmp_path / name, {"mjcf": str(path)}), path, text)
              for name, path, text in (("missing", missing, "MJCF file not found"),
                                       ("broken", broken, "cannot load MJCF"))]
-    for proc, path, text in procs:
-        rc = proc.proc.wait(timeout=TIMEOUT)
-        log = proc.log()
-        proc.stop()
-        assert rc != 0, log
-        assert text in log and str(path) in log, log
+    try:
+        for proc, path, text in procs:
+            try:
+                rc = proc.proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the bridge with {path} did not exit within {TIMEOUT} s:\n{proc.log()[-3000:]}")
+            log = proc.log()
+            assert rc != 0, log
+            assert text in log and str(path) in log, log
+    finally:
+        for proc, _path, _text in procs:
+            proc.stop()

@@ -61,8 +61,12 @@ def test_the_displaced_pose_becomes_the_held_target():
     env = SimEnv("planar3", "curved_reach", disturbance=Pushes(magnitude=0.4, count=1))
     env.reset(5)
     target = env.sim.qpos
-    while not env.pushes_applied:
+    for _ in range(env.horizon):                                      # bounded: the push is scheduled in it
+        if env.pushes_applied:
+            break
         env.step(target)
+    else:
+        pytest.fail("no push applied within the episode's horizon")
     np.testing.assert_allclose(env.last_command, env.sim.qpos)       # the servo does not snap back by itself
     assert np.linalg.norm(env.sim.qpos - target) > 0.3
     for _ in range(30):                                               # a controller brings it back
