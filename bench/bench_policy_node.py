@@ -507,6 +507,8 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=0,
                     help="niceness for this process and its children, e.g. -10 to stand in for the "
                          "priority a control process gets on a robot (recorded in the results)")
+    ap.add_argument("--repeats", type=int, default=1, help="--baseline: sweeps (interleaved); rows keep the "
+                                                            "repeat with the fewest missed ticks")
     ap.add_argument("--baseline", action="store_true",
                     help="our node vs the tutorial rclpy + torch eager node (bench/baseline_torch_node.py) "
                          "on the same trained weights, same sweep, same robot; -> policy_node_baseline.json")
@@ -577,9 +579,16 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def max_rate(sweep: dict) -> float:
-    ok = [r for r in sweep.values() if r["missed_pct"] < 0.5 and r["achieved_rate_hz"] > 0.98 * r["rate_hz"]]
-    return max((r["rate_hz"] for r in ok), default=0.0)
+def max_rate(sweep: dict, monotone: bool = False) -> float:
+    """Highest rate with < 0.5% missed ticks and > 98% of the rate achieved (monotone: and
+    every lower rate of the sweep passing too)."""
+    best = 0.0
+    for r in sorted(sweep.values(), key=lambda r: r["rate_hz"]):
+        if r["missed_pct"] < 0.5 and r["achieved_rate_hz"] > 0.98 * r["rate_hz"]:
+            best = r["rate_hz"]
+        elif monotone:
+            break
+    return best
 
 
 def baseline_main(args) -> None:
@@ -611,20 +620,29 @@ def baseline_main(args) -> None:
         res["raw_onnxruntime"] = raw_onnxruntime_us(build(work / "raw.onnx", c, 0), c.obs_dim)
         res["raw_torch_eager"] = torch_eager_us(run_dir, c.obs_dim)
         res["in_process_step"] = in_process_step_us(work / "raw.onnx", c)
-        ours, base = {}, {}
-        for rate in args.rates:
-            print(f"[bench] {rate:g} Hz: policy node ...", flush=True)
-            ours[f"{rate:g}"] = run_case(watch, work, build, rate, args.duration, args.warmup, label=f"ours{rate:g}")
-            print(f"[bench] {rate:g} Hz: torch baseline ...", flush=True)
-            base[f"{rate:g}"] = run_case(watch, work, build, rate, args.duration, args.warmup,
-                                         label=f"base{rate:g}", baseline_run=run_dir)
-            res["meta"][f"loadavg_after_{rate:g}"] = os.getloadavg()
+        runs = {"policy_node": {f"{r:g}": [] for r in args.rates}, "torch_baseline": {f"{r:g}": [] for r in args.rates}}
+        for rep in range(args.repeats):   # interleaved: both see the same (shared-machine) load
+            for rate in args.rates:
+                key = f"{rate:g}"
+                print(f"[bench] repeat {rep + 1}/{args.repeats}, {rate:g} Hz: policy node ...", flush=True)
+                r = run_case(watch, work, build, rate, args.duration, args.warmup, label=f"ours{key}_{rep}")
+                runs["policy_node"][key].append(dict(r, loadavg=os.getloadavg()))
+                print(f"[bench] repeat {rep + 1}/{args.repeats}, {rate:g} Hz: torch baseline ...", flush=True)
+                r = run_case(watch, work, build, rate, args.duration, args.warmup, label=f"base{key}_{rep}",
+                             baseline_run=run_dir)
+                runs["torch_baseline"][key].append(dict(r, loadavg=os.getloadavg()))
     watch.close()
     rclpy.try_shutdown()
     res["meta"]["loadavg_end"] = os.getloadavg()
-    res["policy_node"], res["torch_baseline"] = ours, base
+    res["meta"]["repeats"] = args.repeats
+    res["meta"]["row"] = "per rate and node, the repeat with the fewest missed ticks (every repeat under *_runs)"
+    best = {n: {k: min(v, key=lambda r: r["missed_pct"]) for k, v in by_rate.items()} for n, by_rate in runs.items()}
+    ours, base = res["policy_node"], res["torch_baseline"] = best["policy_node"], best["torch_baseline"]
+    res["policy_node_runs"], res["torch_baseline_runs"] = runs["policy_node"], runs["torch_baseline"]
     mo, mb = max_rate(ours), max_rate(base)
-    res["max_sustained_rate_hz"] = {"policy_node": mo, "torch_baseline": mb}
+    res["max_sustained_rate_hz"] = {"policy_node": mo, "torch_baseline": mb,
+                                    "policy_node_all_lower_pass": max_rate(ours, monotone=True),
+                                    "torch_baseline_all_lower_pass": max_rate(base, monotone=True)}
     ratios = {"max_rate_ours_over_baseline": mo / mb if mb else float("inf")}
     for key in ("tick_time_p99_us", "obs_to_cmd_latency_p99_us", "node_cpu_us_per_tick"):
         ratios[f"{key}_baseline_over_ours"] = {k: base[k][key] / ours[k][key] if ours[k][key] else float("nan")
@@ -651,7 +669,9 @@ def print_baseline_table(res: dict) -> None:
                   f"{r['obs_to_cmd_latency_p99_us']:.0f} | {r['node_cpu_us_per_tick']:.0f} |")
     mx, ra = res["max_sustained_rate_hz"], res["ratios"]
     print(f"highest rate with < 0.5% missed: ours {mx['policy_node']:g} Hz, torch baseline {mx['torch_baseline']:g} Hz "
-          f"-> ours/baseline {ra['max_rate_ours_over_baseline']:.2f}x (issue goal >= 3x; capped by the sweep's top rate)")
+          f"-> ours/baseline {ra['max_rate_ours_over_baseline']:.2f}x (issue goal >= 3x; capped by the sweep's top rate); "
+          f"with every lower rate passing too: ours {mx['policy_node_all_lower_pass']:g} Hz, "
+          f"baseline {mx['torch_baseline_all_lower_pass']:g} Hz")
     print("baseline/ours tick p99: " + ", ".join(f"{k} Hz {v:.2f}x" for k, v in ra["tick_time_p99_us_baseline_over_ours"].items()))
     print("baseline/ours obs->cmd p99: " + ", ".join(f"{k} Hz {v:.2f}x" for k, v in ra["obs_to_cmd_latency_p99_us_baseline_over_ours"].items()))
 
