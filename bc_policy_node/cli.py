@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=float, default=0.01, help="temporal ensembling weight exp(-m i)")
     p.add_argument("--plot", default=None, help="PNG of rollouts (planar robots)")
     p.add_argument("--json", default=None, help="write the metrics as JSON")
+    p.add_argument("--workers", type=int, default=1,
+                   help="evaluate the seeds in N Ray worker processes (1: in process, no Ray); same results")
+    p.add_argument("--address", default=None,
+                   help="with --workers: join this Ray cluster (HOST:PORT) instead of a local loopback-only one")
     _push_args(p, "during every episode (policy and expert alike)")
 
     p = add("dagger", "bc_policy_node.pipeline.dagger.ros:main",

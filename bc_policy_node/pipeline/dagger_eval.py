@@ -93,12 +93,13 @@ def deviation_matrix(results: Sequence[RolloutResult], references: Mapping[int, 
 def evaluate_policy(policy_path, robot: str, task: str, seeds: Sequence[int],
                     references: Mapping[int, Reference], execution_mode: str = "temporal_ensembling",
                     progress: Optional[Callable] = None,
-                    disturbance=None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+                    disturbance=None, workers: int = 1) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """core.eval.rollout.evaluate over `seeds` (no expert re-rollouts: `references` are cached,
-    made with the same `disturbance`). Returns (JSON-ready summary, {"time": (n, L),
+    made with the same `disturbance`; ``workers > 1``: over that many local Ray processes, same
+    results). Returns (JSON-ready summary, {"time": (n, L),
     "path": (n, L)} deviation matrices, L = longest episode + 1, see `deviation_matrix`)."""
     ev = evaluate(str(policy_path), robot, task, list(seeds), execution_mode=execution_mode,
-                  with_expert=False, progress=progress, disturbance=disturbance)
+                  with_expert=False, progress=progress, disturbance=disturbance, workers=workers)
     results = ev.pop("results")
     ev.pop("experts", None)
     env_len = max(max(len(r.ee) for r in results), max(len(references[s].ee) for s in seeds))

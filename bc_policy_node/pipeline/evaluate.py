@@ -1,4 +1,6 @@
-"""`bc-policy eval`: evaluate an ONNX policy in-process over many seeds (no ROS, no torch)."""
+"""`bc-policy eval`: evaluate an ONNX policy in-process over many seeds (no ROS, no torch);
+``--workers N`` fans the seeds out over N Ray worker processes (core/eval/parallel.py: a local,
+loopback-only instance unless ``--address`` names a cluster), with the serial results."""
 from __future__ import annotations
 
 import json
@@ -56,7 +58,7 @@ def summary_dict(res: Dict) -> Dict:
     return {k: v for k, v in res.items() if k not in ("results", "experts")}
 
 
-def format_summary(name: str, res: Dict, seconds: float) -> str:
+def format_summary(name: str, res: Dict, seconds: float, workers: int = 1) -> str:
     s = res["success"]
     lines = [f"{'policy':<22}{name}",
              f"{'success':<22}{s['successes']}/{s['n']} = {s['rate']:.1%}  (95% CI {s['ci_low']:.1%} - {s['ci_high']:.1%})",
@@ -65,7 +67,7 @@ def format_summary(name: str, res: Dict, seconds: float) -> str:
              f"{'final error':<22}{res['final_error']['mean'] * 100:.1f} cm (mean)"]
     if "deviation" in res:
         lines.append(f"{'deviation from expert':<22}{res['deviation']['mean'] * 100:.1f} cm (mean over time)")
-    lines.append(f"{'wall time':<22}{seconds:.1f} s")
+    lines.append(f"{'wall time':<22}{seconds:.1f} s" + (f" ({workers} workers)" if workers > 1 else ""))
     return "\n".join(lines)
 
 
@@ -76,14 +78,19 @@ def main(args) -> int:
     c = policy.contract
     seeds = range(args.seed, args.seed + args.episodes)
     exec_params = {"m": args.m} if args.execution_mode in ("temporal_ensembling", "mode_consistent") else {}
+    workers, address = int(getattr(args, "workers", 1) or 1), getattr(args, "address", None)
+    if address and workers <= 1:
+        raise SystemExit("bc-policy eval: --address needs --workers N (N > 1 tasks in flight on that cluster)")
     t0 = time.time()
     pushes = Pushes.from_cli(args)
+    unit = "ep" if workers <= 1 else "chunk"
     res = evaluate(policy, c.robot, c.task, seeds, execution_mode=args.execution_mode,
-                   progress=lambda it: tqdm(it, desc=f"eval {c.task}", unit="ep"), disturbance=pushes, **exec_params)
+                   progress=lambda it: tqdm(it, desc=f"eval {c.task}", unit=unit), disturbance=pushes,
+                   workers=workers, address=address, **exec_params)
     secs = time.time() - t0
     print(format_summary(f"{Path(args.model).name} ({policy.model_id}, {policy.kind} K={policy.chunk_length}, "
                          f"{args.execution_mode}{'' if pushes is None else f', pushes {pushes.magnitude:g} rad'})",
-                         res, secs))
+                         res, secs, workers))
     if args.plot:
         p = plot_rollouts(res["results"], res["experts"], args.plot,
                           f"{c.task}: policy vs expert, success {res['success']['rate']:.0%}")

@@ -130,14 +130,45 @@ def policy_act_fn(controller: PolicyController, dt: float) -> ActFn:
 
 def evaluate(policy, robot: str, task: str, seeds: Sequence[int], execution_mode: str = "temporal_ensembling",
              mode_select: str = "argmax", with_expert: bool = True, progress=None, disturbance=None,
+             workers: int = 1, address: Optional[str] = None, timeout: Optional[float] = None,
              **exec_params) -> Dict:
     """Success rate (Wilson interval), final error, path deviation from the expert over time,
     collisions and per-episode results for an ONNX policy over `seeds`; `disturbance`
-    (`core.sim.disturbance.Pushes`) pushes policy and expert alike."""
+    (`core.sim.disturbance.Pushes`) pushes policy and expert alike.
+
+    ``workers > 1`` splits `seeds` into contiguous chunks evaluated as Ray tasks over that many
+    processes (`core.eval.parallel`; a local loopback-only instance, or the cluster at
+    `address`), each with its own env and ONNX session (1 thread); the episodes are merged in
+    seed order, so the result equals the serial one (every episode is reset from its seed).
+    `progress` then wraps the finished chunks instead of the seeds; `timeout` (s) bounds each
+    wait for the next chunk (`TimeoutError`)."""
     policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
-    env = SimEnv(robot, task, control_rate_hz=policy.contract.control_rate_hz, disturbance=disturbance)
+    policy.check_contract(policy.contract)  # self-consistency; robot contract checked by the node
+    job = dict(robot=robot, task=task, execution_mode=execution_mode, mode_select=mode_select,
+               with_expert=with_expert, disturbance=disturbance, exec_params=exec_params)
+    if int(workers) <= 1:
+        results, experts = _rollouts(policy, seeds=list(seeds), progress=progress, **job)
+    else:
+        from .parallel import chunks, parallel_map
+
+        jobs = [dict(job, policy=str(policy.path), seeds=c)
+                for c in chunks(list(seeds), int(workers) * CHUNKS_PER_WORKER)]
+        parts = parallel_map(_rollouts_job, jobs, workers=int(workers), address=address, progress=progress,
+                             timeout=timeout)
+        results = [r for rs, _ in parts for r in rs]
+        experts = [e for _, es in parts for e in es]
+    return summarize(results, experts)
+
+
+CHUNKS_PER_WORKER = 4   # chunks of seeds per worker process: balances episodes of unequal length
+
+
+def _rollouts(policy: OnnxPolicy, robot: str, task: str, seeds: Sequence[int], execution_mode: str,
+              mode_select: str, with_expert: bool, disturbance, exec_params: Dict[str, Any],
+              progress=None) -> Tuple[List[RolloutResult], List[RolloutResult]]:
+    """The policy's (and the expert's) rollouts at `seeds`, one env each, in seed order."""
     contract = policy.contract
-    policy.check_contract(contract)  # self-consistency; robot contract checked by the node
+    env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
     controller = make_controller(policy, contract, execution_mode, mode_select=mode_select, **exec_params)
     act = policy_act_fn(controller, contract.dt)
     expert_env = (SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
@@ -151,7 +182,14 @@ def evaluate(policy, robot: str, task: str, seeds: Sequence[int], execution_mode
         results.append(rollout(env, contract, act, s))
         if with_expert:
             experts.append(rollout(expert_env, contract, expert_fn, s))
-    return summarize(results, experts)
+    return results, experts
+
+
+def _rollouts_job(job: Dict[str, Any]) -> Tuple[List[RolloutResult], List[RolloutResult]]:
+    """A worker's chunk of `evaluate` (module level: Ray pickles it by reference): its own
+    ONNX session (one intra-op thread) and envs."""
+    job = dict(job)
+    return _rollouts(OnnxPolicy(job.pop("policy"), threads=1), **job)
 
 
 def deviation_curve(results: Sequence[RolloutResult], experts: Sequence[RolloutResult]) -> np.ndarray:
