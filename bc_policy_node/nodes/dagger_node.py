@@ -36,7 +36,7 @@ from bc_msgs.msg import ActionChunk, FrameTag, TaskState
 from bc_msgs.srv import QueryExpert
 
 from ..core.contract import Contract, ContractError, ObservationAssembler
-from ..core.control.controller import position_indices
+from ..core.control.controller import ActionReference
 from ..core.dagger.arbiter import REASON_EXPERT_UNAVAILABLE, DaggerArbiter, Outcome, load_ensemble
 from ..core.dagger.frames import ANSWER_ERROR, Frame, FramePairing
 from ..core.dagger.params import DaggerParams
@@ -109,7 +109,7 @@ class DaggerNode(Node):
             ensemble = load_ensemble(p.ensemble_models, self.contract, p.uncertainty_horizon)
         self.arbiter = DaggerArbiter(self.contract, p, ensemble)
         self.dt = self.contract.dt
-        self._pos_idx = position_indices(self.contract)
+        self._reference = ActionReference(self.contract)
         self._assembler = ObservationAssembler(self.contract)
         self._pairing = FramePairing(p.absent_after, log=self._log)
         self._late: collections.deque = collections.deque()
@@ -239,7 +239,7 @@ class DaggerNode(Node):
             return
         obs = self._assembler.vector()
         frame = Frame(key, key[0] + key[1] * 1e-9, episode, int(ts.step), int(ts.seed), int(ts.mode),
-                      bool(ts.done), obs, obs[self._pos_idx])
+                      bool(ts.done), obs, self._reference(obs))
         self._start_frame(frame)
 
     def _repeat(self, key) -> None:

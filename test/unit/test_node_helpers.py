@@ -1,5 +1,5 @@
 """nodes.common helpers without a ROS graph: message_class, ThrottledLog, diagnostics,
-JSON status, the run-time parameter guard (run_node itself: test/ros/test_node_common.py)."""
+JSON status, the run-time parameter guard (run_node itself, in real processes: test/ros/test_node_common.py)."""
 from dataclasses import dataclass
 
 import pytest

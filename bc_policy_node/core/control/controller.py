@@ -10,8 +10,9 @@ results are returned as a `TickResult`, never left on attributes. One tick::
     executor.needs_query(t) -> policy.predict_chunk(obs) -> NaN/inf? reject, hold
                                                          -> executor.add(chunk, t)
     executor.action(t)  -> SafetyFilter.filter (limits, per-tick step) -> command
-    no chunk to execute (stale before the first one) -> propose to stay: the measured
-                           position before any command, else the last command (no event)
+    no chunk to execute (stale before the first one) -> propose to stay (`ActionReference`):
+                           the measured position before any command, else the last command,
+                           velocities zero (no event)
 
 Ticks are counted, not derived from the clock: tick t is the t-th call since construction, and
 a chunk computed at tick t has its first action at tick t (synchronous inference; the chunk
@@ -38,7 +39,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..contract import Contract, ContractError
+from ..contract import EE_VELOCITY, JOINT_POSITION, Contract, ContractError
 from .ensemble import ChunkExecutor, NoChunkError, make_executor
 from .params import PolicyParams
 from .runtime import OnnxPolicy
@@ -72,12 +73,15 @@ class TickResult:
 
 
 def position_indices(contract: Contract) -> np.ndarray:
-    """Indices in the observation vector of the measured positions of the commanded joints.
+    """Indices in the observation vector of the measured positions of the commanded joints
+    (joint_position parts; empty when the action commands no joints).
 
     The safety filter needs them as its first step reference (before any command).
     """
     slices = contract.slices()
-    need = contract.action.joints
+    need = contract.action.joint_names
+    if not need:
+        return np.zeros(0, dtype=np.intp)
     for t in contract.observation:
         if t.field == "position" and t.joints and set(need) <= set(t.joints):
             start = slices[t.name].start
@@ -85,6 +89,46 @@ def position_indices(contract: Contract) -> np.ndarray:
     raise ContractError(f"contract {contract.name!r} observes no 'position' field covering the commanded "
                         f"joints {list(need)}; the safety filter needs the measured position as its "
                         f"first step reference")
+
+
+class ActionReference:
+    """The command that keeps the robot where it is, read from an observation vector: the
+    measured joint positions for joint_position elements, the rest value of the others (zero
+    velocity, the gripper's rest). The safety filter's first step reference, and what is
+    proposed when there is no plan. `ee(obs)`: the end-effector position of the workspace box."""
+
+    def __init__(self, contract: Contract):
+        a = contract.action
+        self.rest = np.concatenate([p.rest_value() for p in a.parts])
+        self.joint_idx = a.indices(JOINT_POSITION)
+        self.obs_idx = position_indices(contract)
+        self.all_joints = len(self.joint_idx) == a.dim
+        self.stop = np.array([p.kind == EE_VELOCITY for p, sl in a.part_slices()
+                              for _ in range(sl.start, sl.stop)], dtype=bool)
+        box = next((p.workspace for p in a.parts if p.workspace is not None), None)
+        self._ee = contract.obs_slice(box.ee_term) if box is not None else None
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self.all_joints:
+            return obs[self.obs_idx]
+        out = self.rest.copy()
+        out[self.joint_idx] = obs[self.obs_idx]
+        return out
+
+    def joints(self, obs: np.ndarray) -> np.ndarray:
+        """The measured positions of the commanded joints (action order)."""
+        return obs[self.obs_idx]
+
+    def stay(self, last: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """`last` command with its velocity elements stopped."""
+        if last is None or not self.stop.any():
+            return last
+        out = last.copy()
+        out[self.stop] = 0.0
+        return out
+
+    def ee(self, obs: np.ndarray) -> Optional[np.ndarray]:
+        return None if self._ee is None else obs[self._ee]
 
 
 def check_fits(policy: OnnxPolicy, params: PolicyParams) -> None:
@@ -129,18 +173,17 @@ class PolicyController:
         check_fits(policy, params)
         self.contract = contract
         self.params = params
-        a = contract.action
         stale = float(params.stale_after_s or contract.stale_after_s)
-        self.safety = SafetyFilter(SafetyLimits(a.lower, a.upper, a.max_step, stale))
+        self.safety = SafetyFilter(SafetyLimits.from_contract(contract, stale))
         self.stale_after_s = stale
-        self._pos_idx = position_indices(contract)
+        self.reference = ActionReference(contract)
         self.policy = policy
         self.executor = build_executor(params)
         self._mode_select = params.mode_select
         self.rng = np.random.default_rng(params.seed)
         self._nan = np.full(contract.act_dim, np.nan)
-        self._diff = np.zeros(contract.act_dim)
-        self._jump_limit = float(params.reset_jump_rad)
+        self._diff = np.zeros(len(self.reference.joint_idx))
+        self._jump_limit = float(params.reset_jump_rad) if len(self._diff) else 0.0   # no joints: no jumps
         self._last_cmd: Optional[np.ndarray] = None
         self._marker: object = _UNSEEN
         self._pending = ""
@@ -202,10 +245,11 @@ class PolicyController:
         self.tick = t + 1
         now = stamp if now is None else now
         fresh = now - stamp <= self.stale_after_s
-        pos = obs[self._pos_idx]
+        ref = self.reference
         restart, jump = self._pending, float("nan")
         if not restart and fresh and self._jump_limit > 0 and self._last_cmd is not None:
-            d = np.abs(np.subtract(pos, self._last_cmd, out=self._diff), out=self._diff).max()
+            last = self._last_cmd if ref.all_joints else self._last_cmd[ref.joint_idx]
+            d = np.abs(np.subtract(ref.joints(obs), last, out=self._diff), out=self._diff).max()
             if d > self._jump_limit:
                 restart, jump = RESTART_JUMP, float(d)
         if restart:
@@ -229,10 +273,10 @@ class PolicyController:
                 proposed = ex.action(t)
             except NoChunkError:               # e.g. stale before the first chunk
                 pass
-        current = pos if self._need_ref else None
+        current = ref(obs) if self._need_ref else None
         if proposed is None:                   # nothing planned: propose to stay where we are
-            proposed = current if current is not None else self.safety.last_command
-        cmd, events = self.safety.filter(proposed, now, stamp, current)
+            proposed = current if current is not None else ref.stay(self.safety.last_command)
+        cmd, events = self.safety.filter(proposed, now, stamp, current, ref.ee(obs))
         if cmd is not None:
             self._need_ref = False
             self._last_cmd = cmd

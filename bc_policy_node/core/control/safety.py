@@ -1,10 +1,17 @@
-"""Last line of defence between a policy and the joint-position controller (numpy only).
+"""Last line of defence between a policy and the robot's controllers (numpy only).
 
-`SafetyFilter` turns a proposed joint-position target into a command that is guaranteed to be
-inside the joint limits and within ``max_step`` (rad/tick) of the previous command — checked
-exactly in floating point, not up to rounding. It holds the last safe command when the
-observation is stale or the policy output is malformed (wrong length, NaN/inf), and counts
-every event. `validate_command` / `CommandValidator` check commands arriving from outside
+`SafetyFilter` turns a proposed action into a command that is guaranteed to be inside the
+contract's bounds and within ``max_step`` per tick of the previous command — checked exactly in
+floating point, not up to rounding. It holds the last safe command when the observation is
+stale or the policy output is malformed (wrong length, NaN/inf), and counts every event.
+
+Per action kind (`core.contract`): joint_position elements are bounded by the joint limits and
+step from the measured position; gripper elements by their range, stepping from their rest
+value; ee_velocity elements by the speed limits, their step is the acceleration bound, and a
+hold *stops* them (zero velocity, not the last velocity: holding a velocity keeps the arm
+moving). With a workspace box, a velocity that would carry the end effector out of the box
+within one tick is cut so it ends on the boundary (outside the box only motion back toward it
+is allowed). Stopping and the box take priority over the acceleration bound. `validate_command` / `CommandValidator` check commands arriving from outside
 (the sim bridge's command subscriber): wrong length or NaN/inf is rejected with a reason,
 out-of-limit values are clamped and counted.
 """
@@ -15,7 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..contract import Contract
+from ..contract import EE_VELOCITY, Contract
 
 EVENT_STALE = "stale_observation"      # observation older than stale_after_s (or no stamp)
 EVENT_NONFINITE = "nonfinite_action"   # NaN/inf in the proposed action -> rejected, hold
@@ -23,18 +30,33 @@ EVENT_SHAPE = "bad_shape"              # proposed action has the wrong length ->
 EVENT_JOINT_LIMIT = "joint_limit"      # at least one joint clamped to [lower, upper]
 EVENT_STEP_LIMIT = "step_limit"        # at least one joint clamped to +-max_step from last command
 EVENT_NO_REFERENCE = "no_reference"    # no previous command and no valid current position
+EVENT_WORKSPACE = "workspace"          # an end-effector velocity cut at the workspace box
 EVENTS = (EVENT_STALE, EVENT_NONFINITE, EVENT_SHAPE, EVENT_JOINT_LIMIT, EVENT_STEP_LIMIT,
-          EVENT_NO_REFERENCE)
+          EVENT_NO_REFERENCE, EVENT_WORKSPACE)
+
+
+@dataclass(frozen=True)
+class BoxLimit:
+    """Workspace box (m) for the velocity elements `axes` (vx, vy, vz in the action vector);
+    the end-effector position comes with each `SafetyFilter.filter` call."""
+    axes: Tuple[int, int, int]
+    lower: Tuple[float, float, float]
+    upper: Tuple[float, float, float]
+    dt: float
 
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """Per-joint bounds (rad), per-tick step bound (rad/tick) and observation staleness (s)."""
+    """Per-element bounds, per-tick step bound and observation staleness (s).
+
+    `stop`: elements that rest at zero on a hold (velocities); `workspace`: optional box."""
 
     lower: Tuple[float, ...]
     upper: Tuple[float, ...]
     max_step: Tuple[float, ...]
     stale_after_s: float = float("inf")
+    stop: Optional[Tuple[bool, ...]] = None
+    workspace: Optional[BoxLimit] = None
 
     def __post_init__(self):
         lo, hi, st = (np.asarray(v, dtype=float) for v in (self.lower, self.upper, self.max_step))
@@ -46,15 +68,26 @@ class SafetyLimits:
             raise ValueError("max_step must be > 0 for every joint")
         if not self.stale_after_s > 0:
             raise ValueError(f"stale_after_s must be > 0, got {self.stale_after_s}")
+        if self.stop is not None and len(self.stop) != lo.size:
+            raise ValueError(f"stop mask has {len(self.stop)} elements for {lo.size} limits")
 
     @property
     def dim(self) -> int:
         return len(self.lower)
 
     @classmethod
-    def from_contract(cls, contract: Contract) -> "SafetyLimits":
+    def from_contract(cls, contract: Contract, stale_after_s: Optional[float] = None) -> "SafetyLimits":
         a = contract.action
-        return cls(tuple(a.lower), tuple(a.upper), tuple(a.max_step), float(contract.stale_after_s))
+        stop = [False] * a.dim
+        box = None
+        for part, sl in a.part_slices():
+            if part.kind == EE_VELOCITY:
+                stop[sl] = [True] * part.dim
+                if part.workspace is not None:
+                    w = part.workspace
+                    box = BoxLimit((sl.start, sl.start + 1, sl.start + 2), w.lower, w.upper, contract.dt)
+        return cls(tuple(a.lower), tuple(a.upper), tuple(a.max_step),
+                   float(stale_after_s or contract.stale_after_s), tuple(stop) if any(stop) else None, box)
 
 
 def _toward_inside(cmd, ref, lower, upper, max_step):
@@ -90,6 +123,8 @@ class SafetyFilter:
         self._upper = np.asarray(limits.upper, dtype=float)
         self._max_step = np.asarray(limits.max_step, dtype=float)
         self._neg_step = -self._max_step
+        self._stop = None if limits.stop is None else np.asarray(limits.stop, dtype=bool)
+        self._box = limits.workspace
         self.counts: Dict[str, int] = {e: 0 for e in EVENTS}
         self.ticks = 0
         self.holds = 0
@@ -122,7 +157,7 @@ class SafetyFilter:
         return np.clip(cur, self._lower, self._upper)
 
     def filter(self, proposed, now: float, obs_stamp: Optional[float],
-               current_position: Optional[Sequence[float]] = None
+               current_position: Optional[Sequence[float]] = None, ee_position: Optional[np.ndarray] = None
                ) -> Tuple[Optional[np.ndarray], Tuple[str, ...]]:
         """Make `proposed` safe.
 
@@ -131,7 +166,10 @@ class SafetyFilter:
             now: current time (s), same clock as `obs_stamp`.
             obs_stamp: stamp (s) of the oldest observation term the action was computed from;
                 None or older than ``stale_after_s`` -> hold.
-            current_position: measured joint positions; only used before the first command.
+            current_position: the (A,) reference before the first command: measured joint
+                positions, rest values of the other elements (`controller.ActionReference`).
+            ee_position: the measured end-effector position, for the workspace box (if any; a
+                box without a position is not applied and counted as nothing).
         Returns:
             ``(command, events)``: a fresh (A,) float64 array (or None, see class doc) and the
             event names of this tick (empty tuple when the proposal passed untouched).
@@ -159,6 +197,8 @@ class SafetyFilter:
         if hold:
             self.holds += 1
             cmd = ref.copy()
+            if self._stop is not None:
+                cmd[self._stop] = 0.0
         else:  # np.minimum/maximum: same result as np.clip, several times faster on 7 floats
             cmd = np.minimum(np.maximum(p, self._lower), self._upper)
             if (cmd != p).any():
@@ -169,13 +209,33 @@ class SafetyFilter:
                 # ref + clipped can land one ulp outside a bound: nudge back exactly.
                 self._count(events, EVENT_STEP_LIMIT)
                 cmd = _toward_inside(ref + clipped, ref, self._lower, self._upper, self._max_step)
+            if self._box is not None and ee_position is not None:
+                self._apply_box(cmd, ee_position, events)
         self._last = cmd
         return cmd.copy(), tuple(events)
 
+    def _apply_box(self, cmd: np.ndarray, ee, events) -> None:
+        b = self._box
+        ax = list(b.axes)
+        ee = np.asarray(ee, dtype=float)
+        if ee.shape != (3,) or not np.all(np.isfinite(ee)):
+            return
+        v = cmd[ax]
+        hi = np.maximum((np.asarray(b.upper) - ee) / b.dt, 0.0)   # outside: only back toward the box
+        lo = np.minimum((np.asarray(b.lower) - ee) / b.dt, 0.0)
+        cut = np.minimum(np.maximum(v, lo), hi)
+        if (cut != v).any():
+            self._count(events, EVENT_WORKSPACE)
+            cmd[ax] = cut
+
     def hold(self) -> Optional[np.ndarray]:
-        """The last safe command (None before the first one); counted as a hold."""
+        """The last safe command (None before the first one), velocities stopped; counted as a hold."""
         self.holds += 1
-        return self.last_command
+        cmd = self.last_command
+        if cmd is not None and self._stop is not None:
+            cmd[self._stop] = 0.0
+            self._last = cmd.copy()
+        return cmd
 
     def _count(self, events, kind: str) -> None:
         events.append(kind)

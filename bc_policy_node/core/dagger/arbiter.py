@@ -109,8 +109,7 @@ class DaggerArbiter:
 
     def __init__(self, contract: Contract, params: DaggerParams, ensemble: Optional[EnsembleDisagreement] = None):
         self.contract, self.params = contract, params
-        a = contract.action
-        self.safety = SafetyFilter(SafetyLimits(a.lower, a.upper, a.max_step, math.inf))
+        self.safety = SafetyFilter(SafetyLimits.from_contract(contract, math.inf))
         self.ensemble = ensemble
         self.source = params.resolved_uncertainty_source(ensemble is not None)
         if self.source == "ensemble" and ensemble is None:
@@ -171,7 +170,8 @@ class DaggerArbiter:
         `label_failure` says why, or when it was not asked because the policy acts).
         policy_action: the policy's command for it (None if it did not answer). teleop:
         human_gated only, a fresh teleoperator command (acts instead of the label). q: the
-        measured positions (the hold command when nobody answered and nothing was sent yet).
+        command that stays put (`controller.ActionReference`: measured joint positions, zero
+        velocity), the hold when nobody answered and nothing was sent yet.
         """
         p, d = self.params, turn.decision
         reasons = [d.reason] if d.reason else []

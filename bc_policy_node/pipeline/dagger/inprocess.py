@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ...core.contract import Contract
-from ...core.control.controller import PolicyController, position_indices
+from ...core.control.controller import ActionReference, PolicyController
 from ...core.control.runtime import OnnxPolicy
 from ...core.dagger.arbiter import DaggerArbiter
 from ...core.dagger.gates import GATE_BUDGET, EnsembleDisagreement, SimulatedHuman
@@ -108,7 +108,7 @@ class DaggerController:
         self.arbiter = DaggerArbiter(contract, params, ensemble)
         self.human, self.label_fn = human, label_fn
         self._policy_fn = policy_act_fn(runner, contract.dt)
-        self._pos_idx = position_indices(contract)
+        self._reference = ActionReference(contract)
         self.reasons: List[str] = []
         self.uncertainty: List[float] = []
         self.labels: List[Optional[np.ndarray]] = []
@@ -129,7 +129,7 @@ class DaggerController:
         turn = self.arbiter.gate(obs, t, intervention)
         if label is None and turn.expert_acts:
             label = self.label_fn(obs, msgs, t)
-        out = self.arbiter.resolve(turn, obs[self._pos_idx], label, "", policy_action)
+        out = self.arbiter.resolve(turn, self._reference(obs), label, "", policy_action)
         reason = out.reason
         if self.human is not None and turn.expert_acts:
             reason = self.human.reason       # deviation / stall: why the human took over
