@@ -117,16 +117,16 @@ def main() -> None:
         row["expert_success"] = bench_success(env, args.seeds)
         rows.append(row)
         s = row["expert_success"]
-        print(f"{task:26s} {s['successes']:2d}/{s['n']:<2d} steps/s {row['steps_per_s_with_expert']:6.0f}",
+        print(f"{task:30s} {s['successes']:2d}/{s['n']:<2d} steps/s {row['steps_per_s_with_expert']:6.0f}",
               flush=True)
     load_after = os.getloadavg()
 
-    print(f"\n{'task':26s} {'success':>8s} {'95% Wilson':>14s} {'to success':>10s} {'steps/s':>8s} "
+    print(f"\n{'task':30s} {'success':>8s} {'95% Wilson':>14s} {'to success':>10s} {'steps/s':>8s} "
           f"{'env us':>7s} {'expert us':>9s} {'get us':>7s} {'set us':>7s} {'reset ms':>8s}  failed seeds")
     for r in rows:
         s = r["expert_success"]
         mean = f"{s['mean_steps_to_success']:.0f}" if s["mean_steps_to_success"] is not None else "-"
-        print(f"{r['task']:26s} {s['successes']:4d}/{s['n']:<3d} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] "
+        print(f"{r['task']:30s} {s['successes']:4d}/{s['n']:<3d} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] "
               f"{mean:>10s} {r['steps_per_s_with_expert']:8.0f} {r['env_step_us']:7.0f} {r['expert_us']:9.1f} "
               f"{r['get_state_us']:7.1f} {r['set_state_us']:7.1f} {r['reset_ms']:8.1f}  {s['failed_seeds'] or '-'}")
     total = sum(r["expert_success"]["successes"] for r in rows)
