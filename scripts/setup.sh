@@ -50,6 +50,15 @@ if ! stamp_ok requirements "$REQ_HASH"; then
     pip_install -r "$ROOT/requirements/ros-jazzy.txt"
   fi
   log "installing Python dependencies"
+  # A mujoco of another version leaves its bundled plugins behind (pip removes only what its
+  # RECORD lists) and the new one then fails to load them: remove it whole first.
+  want_mujoco="$(sed -n 's/^mujoco==//p' "$ROOT/requirements/python.txt")"
+  have_mujoco="$("$VPY" -c 'import importlib.metadata as m; print(m.version("mujoco"))' 2>/dev/null || true)"
+  if [ -n "$have_mujoco" ] && [ "$have_mujoco" != "$want_mujoco" ]; then
+    log "replacing mujoco $have_mujoco with $want_mujoco"
+    "$VPY" -m pip uninstall --disable-pip-version-check --quiet -y mujoco
+    rm -rf "$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mujoco"
+  fi
   pip_install -r "$ROOT/requirements/python.txt"
   stamp_set requirements "$REQ_HASH"
 fi

@@ -1,6 +1,7 @@
 """Train and export the policies shipped in models/policies/ (the launch files' defaults).
 
     ./run python scripts/train_shipped_policies.py [--only planar3_curved_reach] [--demos 50]
+    ./run python scripts/train_shipped_policies.py --remeasure    # evaluate the files as shipped (e.g. after a mujoco pin change)
 
 Each: in-process expert demonstrations (seeds 0..N-1) -> config/train/<kind>.yaml -> ONNX with the
 contract inside -> evaluation on 100 held-out seeds. Writes models/policies/<robot>_<task>.onnx and
@@ -12,6 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import mujoco
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,29 +49,48 @@ def build(name: str, demos: int, out_dir: Path) -> dict:
             "size_kb": round(path.stat().st_size / 1024), "success": ev["success"]}
 
 
+def remeasure(name: str, entry: dict, out_dir: Path) -> dict:
+    """The shipped file evaluated again on the same 100 seeds; the earlier figure is kept."""
+    robot, task, _, mode = SHIPPED[name]
+    ev = evaluate(str(out_dir / entry["file"]), robot, task, range(10_000, 10_100), execution_mode=mode)
+    prev = {"success": entry["success"], "mujoco": entry.get("mujoco", "4.0.0")}
+    return {**entry, "success": ev["success"], "mujoco": mujoco.__version__, "previous": prev}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="comma-separated names")
     ap.add_argument("--demos", type=int, default=50)
+    ap.add_argument("--remeasure", action="store_true", help="evaluate the shipped files again, do not retrain")
     args = ap.parse_args()
     out_dir = ROOT / "models" / "policies"
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.json"
     done = json.loads(index.read_text()) if index.is_file() else {}
     for name in (args.only.split(",") if args.only else SHIPPED):
-        done[name] = build(name, args.demos, out_dir)
+        if args.remeasure:
+            done[name] = remeasure(name, done[name], out_dir)
+        else:
+            done[name] = {**build(name, args.demos, out_dir), "mujoco": mujoco.__version__}
         s = done[name]["success"]
-        print(f"{name}: success {s['rate']:.0%} [{s['ci_low']:.0%}, {s['ci_high']:.0%}] on 100 held-out seeds")
+        was = done[name].get("previous") if args.remeasure else None
+        print(f"{name}: success {s['rate']:.0%} [{s['ci_low']:.0%}, {s['ci_high']:.0%}] on 100 held-out seeds"
+              f" (mujoco {done[name]['mujoco']})"
+              + (f"; before: {was['success']['rate']:.0%} with mujoco {was['mujoco']}" if was else ""))
     index.write_text(json.dumps(done, indent=1, default=float))
     lines = ["# Shipped policies", "",
              "Made by `scripts/train_shipped_policies.py` from in-process expert demonstrations; each ONNX",
              "file carries its contract, normalization and provenance (`bc_policy.meta`). Success is on",
-             "100 held-out seeds, in-process, with a 95% Wilson interval.", "",
-             "| file | task | policy | execution | demos | success | size |", "|---|---|---|---|---|---|---|"]
+             "100 held-out seeds, in-process, with a 95% Wilson interval, measured with the mujoco version",
+             "given (`--remeasure` evaluates the files as shipped again, e.g. after a pin change).", "",
+             "| file | task | policy | execution | demos | success | mujoco | earlier | size |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for d in done.values():
-        s = d["success"]
+        s, p = d["success"], d.get("previous")
+        earlier = f"{p['success']['rate']:.0%} (mujoco {p['mujoco']})" if p else ""
         lines.append(f"| `{d['file']}` | {d['robot']} / {d['task']} | {d['kind']} | {d['execution_mode']} | "
-                     f"{d['demos']} | {s['rate']:.0%} [{s['ci_low']:.0%}, {s['ci_high']:.0%}] | {d['size_kb']} KB |")
+                     f"{d['demos']} | {s['rate']:.0%} [{s['ci_low']:.0%}, {s['ci_high']:.0%}] | "
+                     f"{d.get('mujoco', '4.0.0')} | {earlier} | {d['size_kb']} KB |")
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -52,6 +52,7 @@ Kinds (`ACTION_KINDS`; the safety filter's rules per kind are in `core.control.s
 """
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import math
@@ -485,6 +486,21 @@ def _parse_action(a: Mapping[str, Any]) -> ActionSpec:
 
 
 # ---------------------------------------------------------------------------- extraction
+_SEQUENCES = (np.ndarray, list, tuple, array.array)
+
+
+def _numbers(raw: Any) -> np.ndarray:
+    """A field's value as a float vector; geometry messages by their fields: Point / Vector3
+    (x, y, z), Quaternion (x, y, z, w), Pose (position + orientation: 7)."""
+    if isinstance(raw, _SEQUENCES) or np.isscalar(raw):
+        return np.atleast_1d(np.asarray(raw, dtype=float))
+    if hasattr(raw, "position") and hasattr(raw, "orientation"):
+        return np.concatenate([_numbers(raw.position), _numbers(raw.orientation)])
+    if hasattr(raw, "x") and hasattr(raw, "y") and hasattr(raw, "z"):
+        return np.array([raw.x, raw.y, raw.z] + ([raw.w] if hasattr(raw, "w") else []), dtype=float)
+    return np.atleast_1d(np.asarray(raw, dtype=float))
+
+
 def _get_field(msg: Any, path: str) -> Any:
     obj = msg
     for part in path.split("."):
@@ -525,7 +541,11 @@ class ObservationAssembler:
         except (AttributeError, KeyError):
             raise ContractError(f"{term.topic}: message has no field {term.field!r} "
                                 f"(observation term {term.name!r})") from None
-        arr = np.atleast_1d(np.asarray(raw, dtype=float))
+        try:
+            arr = _numbers(raw)
+        except (TypeError, ValueError):
+            raise ContractError(f"{term.topic}: field {term.field!r} is not numeric ({type(raw).__name__}; "
+                                f"observation term {term.name!r})") from None
         if term.joints is not None:
             names = tuple(_get_field(msg, "name"))
             key = (names, term.joints)

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.sim.env import SimEnv, load_contract
+from ..core.sim.env import SimEnv, load_contract, make_env
 from ..core.data.episodes import Dataset
 from ..core.eval.metrics import mean_ci, success_summary, t_quantile, time_deviation_matrix
 from ..core.eval.rollout import RolloutResult, expert_act_fn, make_controller, policy_act_fn, rollout
@@ -92,7 +92,7 @@ def collect_demos(task: str, n_episodes: int, cache: Optional[Path] = None, robo
     d = Path(cache) / "demos" / f"{task}{'_' + variant if variant else ''}_{n_episodes}_{key}" if cache else None
     if d is not None and (d / "meta.json").is_file():
         return Dataset.load(d)
-    env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz)
+    env = make_env(robot, task, control_rate_hz=contract.control_rate_hz)
     fn = expert_act_fn(env, contract)
     eps = []
     for s in range(seed0, seed0 + n_episodes):
@@ -113,7 +113,7 @@ def expert_rollouts(task: str, seeds: Sequence[int], contract: Optional[Contract
     contract = contract or load_contract(robot, task)
     key = (robot, task, variant, contract.fingerprint(), tuple(int(s) for s in seeds))
     if key not in _EXPERT_MEMO:
-        env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz)
+        env = make_env(robot, task, control_rate_hz=contract.control_rate_hz)
         fn = expert_act_fn(env, contract)
         _EXPERT_MEMO[key] = [rollout(env, contract, fn, int(s), variant=variant) for s in seeds]
     return _EXPERT_MEMO[key]

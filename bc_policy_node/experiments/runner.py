@@ -17,6 +17,7 @@ EXPERIMENTS = {
     "deep_bimodal": "bc_policy_node.experiments.exp_deep_bimodal",
     "observation": "bc_policy_node.experiments.exp_observation",
     "dagger": "bc_policy_node.experiments.exp_dagger",
+    "metaworld": "bc_policy_node.experiments.exp_metaworld",
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.contract import Contract
 from ..core.sim.disturbance import Pushes
-from ..core.sim.env import SimEnv, load_contract
+from ..core.sim.env import SimEnv, load_contract, make_env
 from ..core.eval.metrics import growth_exponent, mean_ci, path_distance_matrix, time_deviation_matrix
 from ..core.eval.rollout import RolloutResult, evaluate, expert_act_fn, rollout
 
@@ -26,7 +26,7 @@ EVAL_FILE, DEV_FILE = "eval.json", "dev.npz"
 
 
 def _env(robot: str, task: str, contract: Contract, disturbance=None) -> SimEnv:
-    return SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
+    return make_env(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
 
 
 def disturbance_key(disturbance) -> Optional[Dict[str, Any]]:

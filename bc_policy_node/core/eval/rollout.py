@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..contract import Contract, ObservationAssembler
-from ..sim.env import SimEnv
+from ..sim.env import SimEnv, make_env
 from ..data.episodes import Episode
 from .metrics import path_deviation, success_summary, mean_ci
 from ..control.controller import PolicyController
@@ -168,10 +168,10 @@ def _rollouts(policy: OnnxPolicy, robot: str, task: str, seeds: Sequence[int], e
               progress=None) -> Tuple[List[RolloutResult], List[RolloutResult]]:
     """The policy's (and the expert's) rollouts at `seeds`, one env each, in seed order."""
     contract = policy.contract
-    env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
+    env = make_env(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
     controller = make_controller(policy, contract, execution_mode, mode_select=mode_select, **exec_params)
     act = policy_act_fn(controller, contract.dt)
-    expert_env = (SimEnv(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
+    expert_env = (make_env(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
                   if with_expert else None)
     expert_fn = expert_act_fn(expert_env, contract) if with_expert else None
     results: List[RolloutResult] = []

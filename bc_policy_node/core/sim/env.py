@@ -59,8 +59,29 @@ def contract_path(robot: str, task: str) -> Path:
 
 
 def load_contract(robot: str, task: str) -> Contract:
-    """The shipped contract `config/contracts/<robot>_<task>.yaml`."""
+    """The shipped contract `config/contracts/<robot>_<task>.yaml`; for a Meta-World task
+    (``metaworld/<name>``) the contract generated for it (`metaworld_task.metaworld_contract`)."""
+    from .metaworld_task import ROBOT, is_metaworld, metaworld_contract
+
+    if is_metaworld(task):
+        if robot != ROBOT:
+            raise ValueError(f"Meta-World tasks run on robot {ROBOT!r}, not {robot!r}")
+        return metaworld_contract(task)
     return Contract.load(contract_path(robot, task))
+
+
+def make_env(robot: str, task: str, control_rate_hz: Optional[float] = None, disturbance=None,
+             mjcf: Optional[str] = None):
+    """The environment of robot/task: `SimEnv` for the package's own tasks, a
+    `metaworld_task.MetaWorldSimEnv` (same interface) for ``metaworld/<name>``."""
+    from .metaworld_task import MetaWorldSimEnv, is_metaworld
+
+    if is_metaworld(task):
+        if mjcf:
+            raise ValueError("Meta-World tasks bring their own scene; mjcf is not used")
+        return MetaWorldSimEnv(robot, task, control_rate_hz=control_rate_hz, disturbance=disturbance)
+    return SimEnv(robot, task, mjcf=mjcf, control_rate_hz=50.0 if control_rate_hz is None else control_rate_hz,
+                  disturbance=disturbance)
 
 
 def contract_max_step(robot: str, task: str, joint_names, default: float = 0.05):

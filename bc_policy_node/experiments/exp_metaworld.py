@@ -1,0 +1,170 @@
+"""Meta-World MT10: behavioral cloning, action chunking and DAgger on a benchmark the package
+did not write.
+
+Per task of Meta-World's MT10 set (the benchmark's own list of ten tasks; any other task name
+runs the same way, `bc-policy eval --task metaworld/<name>`): the scripted expert's success on
+the held-out seeds; BC trained on `demos` expert demonstrations (seeds 0..n-1) as a single-step
+MLP and as the chunked MLP with temporal ensembling (the package's default policy, absolute
+Cartesian targets: a relative frame needs joint actions); classic and robot-gated DAgger from
+the 10-demo BC policy (`pipeline.dagger`, chunk labels from the expert's plan on a copy of the
+simulation state). Every policy runs through the same control engine as on the robot
+(`core.control.controller.PolicyController`: ensembling, safety filter with the workspace box),
+evaluated on 100 held-out seeds per task with 95% Wilson intervals, fanned out over Ray workers
+(`core.eval.parallel`; results identical to a serial run).
+
+Labels: BC's cost is its demonstration frames; DAgger's the demos plus every labelled frame
+of its rounds (`RoundRecord.labels_total`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..core.eval.metrics import success_summary
+from ..core.eval.rollout import evaluate
+from ..pipeline.dagger.config import DaggerConfig
+from ..pipeline.dagger.inprocess import run_dagger
+from ..pipeline.dagger.training import round_configs
+from . import common as C
+
+ROBOT = "sawyer"
+MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
+K = 10                       # chunk length: 0.125 s at Meta-World's 80 Hz
+EVAL_SEED0 = 10_000
+WORKERS = 2
+FULL = {"tasks": MT10, "demos": (10, 50), "eval": 100, "epochs": 60, "dagger_tasks": MT10, "rounds": 5,
+        "episodes_per_round": 10, "dagger_variants": ("classic", "robot_gated")}
+QUICK = {"tasks": ("reach-v3", "push-v3"), "demos": (5,), "eval": 10, "epochs": 10, "dagger_tasks": ("reach-v3",),
+         "rounds": 1, "episodes_per_round": 3, "dagger_variants": ("classic",)}
+GOAL_CHUNKED, GOAL_DAGGER = 0.90, 0.95
+
+
+def _model(kind: str) -> Dict[str, Any]:
+    """Overrides of the package's default policy config (config/train/chunk_mlp.yaml)."""
+    if kind == "single":
+        return dict(kind="mlp", chunk_length=1, action_frame="absolute")
+    return dict(kind="chunk_mlp", chunk_length=K, action_frame="absolute")
+
+
+def _train_cfg(epochs: int) -> Dict[str, Any]:
+    return dict(max_epochs=epochs)
+
+
+def run(out_dir: Path, quick: bool = False) -> dict:
+    out_dir = Path(out_dir)
+    cache = out_dir / "cache"
+    cfg = QUICK if quick else FULL
+    seeds = list(range(EVAL_SEED0, EVAL_SEED0 + cfg["eval"]))
+    rows: Dict[str, Dict[str, Any]] = {}
+    t0 = time.time()
+    for task in cfg["tasks"]:
+        name = f"metaworld/{task}"
+        row: Dict[str, Any] = {}
+        experts = C.expert_rollouts(name, seeds, robot=ROBOT)
+        row["expert"] = success_summary([e.success for e in experts])
+        for n in cfg["demos"]:
+            ds = C.collect_demos(name, n, cache, robot=ROBOT)
+            row[f"demo_frames_{n}"] = ds.num_frames
+            for kind, mode in (("single", "receding_horizon"), ("chunked", "temporal_ensembling")):
+                pol = C.train_cached(ds, *round_configs(_model(kind), _train_cfg(cfg["epochs"])),
+                                     cache, tag=f"{task}_{kind}_{n}")
+                kw = {"n_execute": 1} if kind == "single" else {}
+                ev = evaluate(str(pol.onnx), ROBOT, name, seeds, execution_mode=mode, with_expert=False,
+                              workers=WORKERS, **kw)
+                row[f"{kind}_{n}"] = ev["success"]
+                C.log(f"metaworld {task}: {kind} BC, {n} demos: {C.fmt_rate(ev['success'])}")
+        if task in cfg["dagger_tasks"]:
+            for variant in cfg["dagger_variants"]:
+                recs = run_dagger(DaggerConfig(
+                    robot=ROBOT, task=name, variant=variant, rounds=cfg["rounds"],
+                    episodes_per_round=cfg["episodes_per_round"], initial_demos=min(cfg["demos"]),
+                    model_cfg=_model("chunked"), train_cfg=_train_cfg(cfg["epochs"]), eval_seeds=seeds,
+                    out_dir=str(cache / "dagger" / task / variant), round0_dir=str(cache / "dagger" / task / "round_00"),
+                    progress=False))
+                row[f"dagger_{variant}"] = [{"round": r.round, "success": r.success, "labels": r.labels_total}
+                                            for r in recs]
+                C.log(f"metaworld {task}: {variant} DAgger round {recs[-1].round}: {C.fmt_rate(recs[-1].success)} "
+                      f"with {recs[-1].labels_total} labels")
+        rows[task] = row
+    return _report(out_dir, cfg, rows, time.time() - t0)
+
+
+def _mean(rows, key) -> float:
+    vals = [r[key]["rate"] for r in rows.values() if key in r]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _last(r, variant):
+    recs = r.get(f"dagger_{variant}")
+    return recs[-1] if recs else None
+
+
+def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float) -> dict:
+    demos = list(cfg["demos"])
+    head = (["task", "expert"] + [f"BC single-step, {n} demos" for n in demos]
+            + [f"chunked (default), {n} demos" for n in demos])
+    order = ["expert"] + [f"single_{n}" for n in demos] + [f"chunked_{n}" for n in demos]
+    variants = list(cfg["dagger_variants"])
+    head += [f"{v} DAgger, round {cfg['rounds']} from {min(demos)} demos (labels)" for v in variants]
+    table = []
+    for task, r in rows.items():
+        cells = [task] + [C.fmt_rate(r[k]) if k in r else "" for k in order]
+        for v in variants:
+            last = _last(r, v)
+            cells.append(f"{C.fmt_rate(last['success'])} ({last['labels']})" if last else "")
+        table.append(cells)
+    avg = ["**MT10 average**" if len(rows) == len(MT10) else f"**average ({len(rows)} tasks)**"]
+    avg += [f"{100 * _mean(rows, k):.0f}%" for k in order]
+    for v in variants:
+        lasts = [_last(r, v) for r in rows.values() if _last(r, v)]
+        avg.append(f"{100 * np.mean([x['success']['rate'] for x in lasts]):.0f}% "
+                   f"({np.mean([x['labels'] for x in lasts]):.0f})" if lasts else "")
+    table.append(avg)
+    md = C.md_table(head, table)
+    n_big = max(demos)
+    chunked_avg = _mean(rows, f"chunked_{n_big}")
+    dagger_avg = {v: float(np.mean([_last(r, v)["success"]["rate"] for r in rows.values() if _last(r, v)]))
+                  for v in variants if any(_last(r, v) for r in rows.values())}
+    bc_labels = float(np.mean([r.get(f"demo_frames_{n_big}", np.nan) for r in rows.values()]))
+    fig = _figure(out_dir, rows, order, variants)
+    head_txt = (f"MT10 ({len(rows)} tasks, {cfg['eval']} held-out seeds each): expert {100 * _mean(rows, 'expert'):.0f}%, "
+                f"chunked BC from {n_big} demos {100 * chunked_avg:.0f}% (goal {100 * GOAL_CHUNKED:.0f}%)"
+                + "".join(f", {v} DAgger {100 * a:.0f}%" for v, a in dagger_avg.items()))
+    numbers = {"rows": rows, "averages": {k: _mean(rows, k) for k in order}, "dagger_averages": dagger_avg,
+               "bc_labels_mean": bc_labels, "goals": {"chunked": GOAL_CHUNKED, "dagger": GOAL_DAGGER},
+               "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+               "chunk_length": K, "workers": WORKERS, "seconds": seconds}
+    return C.experiment_result("metaworld", "Meta-World MT10: BC, chunking and DAgger on a third-party benchmark",
+                               out_dir, [fig], {fig: "Success per MT10 task (95% intervals) for the expert, BC "
+                                                "single-step and chunked, and DAgger's last round."},
+                               md, numbers, head_txt)
+
+
+def _figure(out_dir: Path, rows, order: List[str], variants: List[str]) -> str:
+    plt = C.plt()
+    series = order + [f"dagger_{v}" for v in variants]
+    tasks = list(rows)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(tasks) + 2), 4.2))
+    w = 0.8 / len(series)
+    for j, key in enumerate(series):
+        vals, lo, hi = [], [], []
+        for t in tasks:
+            s = rows[t].get(key)
+            s = s[-1]["success"] if isinstance(s, list) else s
+            vals.append(100 * s["rate"] if s else np.nan)
+            lo.append(100 * (s["rate"] - s["ci_low"]) if s else 0)
+            hi.append(100 * (s["ci_high"] - s["rate"]) if s else 0)
+        x = np.arange(len(tasks)) + (j - (len(series) - 1) / 2) * w
+        ax.bar(x, vals, w, yerr=[lo, hi], capsize=2, label=key.replace("_", " "), color=C.CYCLE[j % len(C.CYCLE)])
+    ax.set_xticks(np.arange(len(tasks)))
+    ax.set_xticklabels([t.replace("-v3", "") for t in tasks], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("success (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=3, loc="lower left")
+    ax.set_title("Meta-World MT10, 100 held-out seeds per task")
+    fig.tight_layout()
+    return C.savefig(fig, Path(out_dir) / "metaworld_mt10.png")

@@ -1,0 +1,97 @@
+"""Meta-World tasks as the package's robot (`core.sim.metaworld_task`): the generated contract
+for any discovered task, the environment behind SimEnv's interface, the scripted expert in
+contract units with chunk plans on a copy of the state, and the whole in-process path
+(demos -> dataset -> training -> ONNX -> the control engine with its safety filter)."""
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+from bc_policy_node.core.contract import ObservationAssembler  # noqa: E402
+from bc_policy_node.core.data.episodes import Dataset  # noqa: E402
+from bc_policy_node.core.eval.rollout import evaluate, expert_act_fn, rollout  # noqa: E402
+from bc_policy_node.core.sim.env import load_contract, make_env  # noqa: E402
+from bc_policy_node.core.sim.metaworld_env import UnknownTaskError, available_tasks  # noqa: E402
+from bc_policy_node.core.sim.metaworld_task import ROBOT, MetaWorldSimEnv  # noqa: E402
+
+# tasks beyond MT10 too: nothing in the package lists them
+TASKS = ("reach-v3", "basketball-v3", "hammer-v3", "shelf-place-v3")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_discovered_task_gets_a_cartesian_gripper_contract(task):
+    assert task in available_tasks()
+    c = load_contract(ROBOT, f"metaworld/{task}")
+    assert (c.robot, c.task, c.action.kind, c.act_dim, c.obs_dim) == (
+        ROBOT, f"metaworld/{task}", "ee_velocity+gripper", 4, 21)
+    assert c.control_rate_hz == pytest.approx(80.0)
+    twist, grip = c.action.parts
+    assert twist.msg_type == "geometry_msgs/msg/TwistStamped" and twist.workspace.ee_term == "ee_position"
+    assert grip.rest == (-1.0,)
+    env = make_env(ROBOT, f"metaworld/{task}", control_rate_hz=c.control_rate_hz)
+    obs = ObservationAssembler(c).assemble(env.reset(0))
+    assert obs.shape == (21,) and np.all(np.isfinite(obs))
+
+
+def test_bad_names_and_settings_are_refused_with_the_reason():
+    with pytest.raises(UnknownTaskError, match="pick-place-v3"):
+        load_contract(ROBOT, "metaworld/pick-plac-v3")
+    with pytest.raises(ValueError, match="run on robot 'sawyer'"):
+        load_contract("planar3", "metaworld/reach-v3")
+    with pytest.raises(ValueError, match="runs at 80 Hz"):
+        make_env(ROBOT, "metaworld/reach-v3", control_rate_hz=50.0)
+    env = MetaWorldSimEnv(ROBOT, "metaworld/reach-v3")
+    env.reset(1)
+    with pytest.raises(ValueError, match="4 finite numbers"):
+        env.step([0.1, 0.0, np.nan, 0.0])
+    with pytest.raises(ValueError, match="no variants"):
+        env.reset(1, variant="left")
+
+
+def test_units_and_the_expert_plan_leave_the_episode_untouched():
+    env = MetaWorldSimEnv(ROBOT, "metaworld/pick-place-v3")
+    c = env.contract
+    a = np.array([0.3, -1.0, 1.0, 0.5])
+    assert np.allclose(env.native_action(env.contract_action(a)), a)
+    assert env.contract_action([2.0, 0, 0, 0])[0] == pytest.approx(c.action.upper[0])    # +1 = the top speed
+    env.reset(3)
+    expert = env.make_expert()
+    before = env.mw.observation().copy()
+    plan = expert.plan_obs(None, c, 6)
+    assert plan.shape == (6, 4) and np.array_equal(env.mw.observation(), before) and env.step_count == 0
+    assert np.allclose(plan[0], expert.act_obs(None, c))
+    msgs = [env.step(plan[0]) for _ in range(1)]
+    assert msgs[0]["/task_state"].step == 1
+
+
+def test_the_expert_solves_tasks_through_the_rollout_engine():
+    for task in ("reach-v3", "push-v3"):
+        c = load_contract(ROBOT, f"metaworld/{task}")
+        env = make_env(ROBOT, f"metaworld/{task}")
+        fn = expert_act_fn(env, c)
+        wins = sum(rollout(env, c, fn, s).success for s in range(4))
+        assert wins >= 3, f"{task}: the scripted expert succeeded {wins}/4"
+
+
+def test_demos_train_export_and_run_through_the_control_engine(tmp_path):
+    """The in-process pipeline on a Meta-World task, end to end (tiny budget: this checks the
+    path, not the success rate - that is `bc-policy experiments --only metaworld`)."""
+    pytest.importorskip("torch")
+    from bc_policy_node.learning import export, train
+    from bc_policy_node.pipeline.dagger.training import round_configs
+
+    task = "metaworld/reach-v3"
+    c = load_contract(ROBOT, task)
+    env = make_env(ROBOT, task)
+    fn = expert_act_fn(env, c)
+    ds = Dataset(c, [rollout(env, c, fn, s).episode(c.dt, "expert") for s in range(3)])
+    m, t = round_configs({"kind": "chunk_mlp", "chunk_length": 5, "action_frame": "absolute", "width": 32,
+                          "depth": 1}, {"max_epochs": 2})
+    run = train(ds, m, t, tmp_path / "run", progress=False)
+    onnx = export(run.run_dir, tmp_path / "p.onnx")
+    ev = evaluate(str(onnx), ROBOT, task, [10_000, 10_001], with_expert=False)
+    assert ev["success"]["n"] == 2
+    for r in ev["results"]:
+        assert np.all(np.isfinite(r.actions)) and r.steps > 0
+        v = r.actions[:, :3]
+        assert np.all(np.abs(v) <= c.action.upper[0] + 1e-12)          # the safety filter's speed bound
