@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parallel_eval.json")
     args = ap.parse_args(argv)
 
+    import mujoco
     import ray
 
     model = ROOT / "models" / "policies" / f"{args.policy}.onnx"
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         "success": serial["success"], "statuses": serial["statuses"],
         "ray_listening_sockets": listening, "ray_sockets_off_loopback": off,
         "loadavg_before": list(load_before), "loadavg_after": list(load_after),
-        "ray_version": ray.__version__, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "ray_version": ray.__version__, "mujoco_version": mujoco.__version__, "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "machine": platform.machine(),
     }
     rows = [("1 worker (in process)", t1, 1.0, max(cpu[1])),
