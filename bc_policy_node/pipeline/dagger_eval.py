@@ -157,15 +157,18 @@ def progress_bar(progress: bool, desc: str):
     return lambda it: tqdm(it, desc=desc, unit="ep", leave=False, dynamic_ncols=True)
 
 
-def cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc, disturbance=None):
-    """Evaluation of `onnx` stored in `d` (eval.json + dev.npz), recomputed if missing or stale."""
+def cached_eval(onnx, robot, task, seeds, refs, execution_mode, d: Path, progress, desc, disturbance=None,
+                workers: int = 1):
+    """Evaluation of `onnx` stored in `d` (eval.json + dev.npz), recomputed if missing or stale
+    (`workers > 1`: fanned out over Ray, identical results)."""
     if (d / EVAL_FILE).is_file() and (d / DEV_FILE).is_file():
         ev = json.loads((d / EVAL_FILE).read_text())
         z = np.load(d / DEV_FILE)
         if (ev.get("seeds") == [int(s) for s in seeds] and ev.get("policy") == str(onnx) and "path" in z
                 and ev.get("disturbance") == disturbance_key(disturbance)):
             return ev, {"time": z["time"], "path": z["path"]}
-    ev, devs = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, progress_bar(progress, desc), disturbance)
+    ev, devs = evaluate_policy(onnx, robot, task, seeds, refs, execution_mode, progress_bar(progress, desc), disturbance,
+                               workers=workers)
     ev["policy"] = str(onnx)
     (d / EVAL_FILE).write_text(json.dumps(ev, default=float))
     np.savez_compressed(d / DEV_FILE, **{k: v.astype(np.float32) for k, v in devs.items()})

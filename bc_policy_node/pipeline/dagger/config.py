@@ -74,6 +74,7 @@ class DaggerConfig:
     out_dir: str = "dagger_runs"
     round0_dir: Optional[str] = None
     references_cache: Optional[str] = None
+    eval_workers: int = 1                 # > 1: evaluations fanned out over local Ray processes
     progress: bool = True
 
     def __post_init__(self):

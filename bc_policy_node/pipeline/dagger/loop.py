@@ -132,7 +132,7 @@ def _round_zero(cfg: DaggerConfig, contract: Contract, refs) -> Tuple[List[Episo
         policy = train_round(aggregate([demos], contract), cfg.model_cfg, cfg.train_cfg, d, cfg.progress, timing)
     t0 = time.perf_counter()
     ev = cached_eval(policy, cfg.robot, cfg.task, cfg.eval_seeds, refs, cfg.execution_mode, d, cfg.progress,
-                     "eval round 0", cfg.disturbance)[0]
+                     "eval round 0", cfg.disturbance, cfg.eval_workers)[0]
     timing["eval"] = time.perf_counter() - t0
     n, frames = labels_of(demos), sum(len(e) for e in demos)
     rec = RoundRecord(0, "bc", None, len(demos), frames, n, frames, n, ev["success"], ev["deviation"],
@@ -211,7 +211,7 @@ def run_rounds(cfg: DaggerConfig, collector: Collector,
             collector.deploy(i, policy, extra, timing)
             t0 = time.perf_counter()
             ev = cached_eval(policy, cfg.robot, cfg.task, cfg.eval_seeds, refs, cfg.execution_mode, d, cfg.progress,
-                             f"eval round {i}", cfg.disturbance)[0]
+                             f"eval round {i}", cfg.disturbance, cfg.eval_workers)[0]
             timing["eval"] = time.perf_counter() - t0
             rec = RoundRecord(i, cfg.variant, beta, len(new), sum(len(e) for e in new), labels_new, ds.num_frames,
                               labels_of(ds.episodes), ev["success"], ev["deviation"], ev["final_distance"],
