@@ -7,12 +7,13 @@ from typing import Dict
 import numpy as np
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bc_msgs.msg import ActionChunk, PolicyStatus
 
-from ..core.contract import Contract
+from ..core.contract import EE_VELOCITY, JOINT_POSITION, Contract
 from ..core.control.safety import EVENT_JOINT_LIMIT, EVENT_NONFINITE, EVENT_STALE, EVENT_STEP_LIMIT
 from ..core.control.params import PolicyParams
 from . import qos
@@ -35,10 +36,7 @@ class CommandOut:
         n = contract.act_dim
         self.topic = params.command_topic()
         if params.command_interface == "forward":
-            self.msg = Float64MultiArray()
-            self.msg.layout.dim = [MultiArrayDimension(label="joints", size=n, stride=n)]
-            self.msg.data = array.array("d", bytes(8 * n))
-            self.view = np.frombuffer(self.msg.data, dtype=np.float64)
+            self.msg, self.view = _forward_msg(n, "joints")
             self.pub = node.create_publisher(Float64MultiArray, self.topic, qos.COMMAND)
         else:  # one point, one control period ahead (JointTrajectoryController semantics)
             self.msg = JointTrajectory()
@@ -54,6 +52,56 @@ class CommandOut:
     def publish(self, cmd: np.ndarray) -> None:
         self.view[:] = cmd
         self.pub.publish(self.msg)
+
+
+def _forward_msg(n: int, label: str):
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=label, size=n, stride=n)]
+    msg.data = array.array("d", bytes(8 * n))
+    return msg, np.frombuffer(msg.data, dtype=np.float64)
+
+
+class PartsOut:
+    """One publisher per part of a multi-part (or non-joint) action, on the contract's topics:
+    geometry_msgs/TwistStamped for ``ee_velocity`` (stamped with the node clock, in the part's
+    frame), std_msgs/Float64MultiArray for ``gripper`` and ``joint_position`` parts."""
+
+    def __init__(self, node, contract: Contract):
+        self._node = node
+        self._out = []
+        for part, sl in contract.action.part_slices():
+            if part.kind == EE_VELOCITY:
+                msg = TwistStamped()
+                msg.header.frame_id = part.frame_id
+                pub = node.create_publisher(TwistStamped, part.topic, qos.COMMAND)
+                self._out.append((sl, msg, None, pub))
+            else:
+                msg, view = _forward_msg(part.dim, "joints" if part.kind == JOINT_POSITION else part.kind)
+                self._out.append((sl, msg, view, node.create_publisher(Float64MultiArray, part.topic, qos.COMMAND)))
+        self.topic = ", ".join(p.topic for p in contract.action.parts)
+
+    def publish(self, cmd: np.ndarray) -> None:
+        stamp = None
+        for sl, msg, view, pub in self._out:
+            v = cmd[sl]
+            if view is not None:
+                view[:] = v
+            else:
+                stamp = stamp or self._node.get_clock().now().to_msg()
+                msg.header.stamp = stamp
+                t = msg.twist
+                t.linear.x, t.linear.y, t.linear.z = float(v[0]), float(v[1]), float(v[2])
+                if len(v) == 6:
+                    t.angular.x, t.angular.y, t.angular.z = float(v[3]), float(v[4]), float(v[5])
+            pub.publish(msg)
+
+
+def command_out(node, params: PolicyParams, contract: Contract):
+    """The command output for `contract`: the controller-named joint command stream for a
+    joint_position action (`CommandOut`), else one publisher per part (`PartsOut`)."""
+    if contract.action.kind == JOINT_POSITION:
+        return CommandOut(node, params, contract)
+    return PartsOut(node, contract)
 
 
 class ChunkOut:

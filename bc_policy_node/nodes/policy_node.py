@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
@@ -39,7 +39,7 @@ from .common import Diagnostics, ThrottledLog, message_class, refuse_static_para
 from .conversions import has_header
 from .fastlane import NeverExecutedGroup
 from .params import declare_and_load
-from .policy_io import ChunkOut, CommandOut, diagnostics_msg, status_msg
+from .policy_io import ChunkOut, CommandOut, PartsOut, command_out, diagnostics_msg, status_msg
 from ..core.control.controller import RESTART_JUMP, PolicyController, TickResult, load_policy
 from ..core.control.loader import PolicyLoader
 from ..core.control.params import PolicyParams
@@ -82,6 +82,8 @@ class PolicyNode(LifecycleNode):
     Publishes:
         ``/<controller>/commands`` std_msgs/Float64MultiArray (``command_interface: forward``)
         or ``/<controller>/joint_trajectory`` trajectory_msgs/JointTrajectory (``trajectory``);
+        for a Cartesian / gripper contract one stream per action part on the contract's topics
+        (geometry_msgs/TwistStamped for ee_velocity, std_msgs/Float64MultiArray for a gripper);
         ``~/action_chunk`` bc_msgs/ActionChunk: every chunk the executor accepted, stamped
         with the newest observation stamp it was computed from (only while subscribed);
         ``~/status`` bc_msgs/PolicyStatus (transient local) and ``/diagnostics``
@@ -119,7 +121,7 @@ class PolicyNode(LifecycleNode):
         self._stats: Optional[LoopStats] = None
         self._subs: List = []
         self._polled: List = []
-        self._out: Optional[CommandOut] = None
+        self._out: Optional[Union[CommandOut, PartsOut]] = None
         self._chunks: Optional[ChunkOut] = None
         self._timer = None
         self._thread: Optional[threading.Thread] = None
@@ -191,7 +193,7 @@ class PolicyNode(LifecycleNode):
                 sub = self.create_subscription(cls, topic, lambda _msg: None, LATEST, callback_group=polled)
                 self._subs.append(sub)
                 self._polled.append((topic, sub, has_header(cls)))
-        self._out = CommandOut(self, p, contract)
+        self._out = command_out(self, p, contract)
         self._chunks = ChunkOut(self, self._chunk_topic, contract)
         self._state = "inactive"
         self._event(f"configured: model {policy.model_id} ({policy.kind}, K={policy.chunk_length}) on "
