@@ -23,7 +23,7 @@ from ..core.data import rostypes
 from ..core.data.bagio import BagWriteError, EpisodeBagWriter
 from ..core.data.bagread import BagReadError, recover_all, recover_bag
 from ..core.contract import COMMAND_TYPES, Contract, ContractError
-from ..core.data.dataset_builder import command_vector
+from ..core.data.alignment import part_command
 from . import qos
 from .common import ERROR, OK, WARN, Diagnostics, JsonStatus, ThrottledLog, message_class, run_node
 from .params import declare_and_load, doc
@@ -281,7 +281,7 @@ class RecorderNode(Node):
         self._warn = ThrottledLog(self.get_logger(), LOG_EVERY_S)   # one key: rejected commands
         self._draining = False
         self._subs: Dict[str, _Subscription] = {}
-        cmd_topics = {self.contract.action.topic} if self.contract else set()
+        cmd_topics = {p.topic for p in self.contract.action.parts} if self.contract else set()
         for topic, typ in self.topics.items():
             cls = message_class(typ)
             is_cmd = topic in cmd_topics or typ in COMMAND_TYPES
@@ -289,7 +289,7 @@ class RecorderNode(Node):
                                  depth=self.params.queue_depth,
                                  reliability=(qos.COMMAND if is_cmd else qos.STATE).reliability,
                                  durability=(qos.COMMAND if is_cmd else qos.STATE).durability)
-            check = self._command_check(cls) if topic in cmd_topics else None
+            check = self._command_check(topic, cls) if topic in cmd_topics else None
             entry = _Subscription(topic, cls, profile, self._make_recorder(topic, check))
             entry.sub = self.create_subscription(cls, topic, self._batched(entry.record), profile, raw=True)
             self._subs[topic] = entry
@@ -317,12 +317,12 @@ class RecorderNode(Node):
                                    f"messages kept, {r['bytes_dropped']} bytes dropped "
                                    f"({r['reason']}); marked incomplete")
 
-    def _command_check(self, cls) -> Callable[[bytes], str]:
+    def _command_check(self, topic: str, cls) -> Callable[[bytes], str]:
         contract = self.contract
 
         def check(raw: bytes) -> str:
             try:
-                command_vector(contract, deserialize_message(raw, cls))
+                part_command(contract, topic, deserialize_message(raw, cls))
                 return ""
             except (ContractError, ValueError, TypeError, IndexError) as e:
                 return str(e)

@@ -114,23 +114,76 @@ class _Stream:
         return len(self._raw)
 
 
-def command_vector(contract: Contract, msg: Any) -> np.ndarray:
-    """The action in a command message of the contract's action type."""
-    spec = contract.action
-    if spec.msg_type == "trajectory_msgs/msg/JointTrajectory":
+class _PartStreams:
+    """A multi-part action's command streams as one: a frame per message of the first part,
+    each other part's message nearest in time within half a control period (in lock-step the
+    parts of one tick are published together), else its newest earlier one (held, counted in
+    `held`). `msg(j)` is the tuple of part messages."""
+
+    def __init__(self, streams: List[_Stream], dt_ns: float):
+        self.primary, self.others = streams[0], streams[1:]
+        self.times, self.has_header = self.primary.times, self.primary.has_header
+        self.header = self.primary.header
+        self.held = 0
+        self._idx: List[np.ndarray] = []
+        for s in self.others:
+            if not len(s):
+                raise BuildError(f"no commands on {s.topic}")
+            near = np.clip(np.searchsorted(s.times, self.times), 1, len(s)) - 1
+            after = np.minimum(near + 1, len(s) - 1)
+            pick = np.where(np.abs(s.times[after] - self.times) < np.abs(s.times[near] - self.times), after, near)
+            ok = np.abs(s.times[pick] - self.times) <= dt_ns / 2
+            held = np.searchsorted(s.times, self.times, side="right") - 1
+            self.held += int((~ok).sum())
+            self._idx.append(np.where(ok, pick, np.maximum(held, 0)))
+
+    def msg(self, j: int) -> Tuple[Any, ...]:
+        return (self.primary.msg(j),) + tuple(s.msg(int(ix[j])) for s, ix in zip(self.others, self._idx))
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+
+def _part_vector(part, msg: Any) -> np.ndarray:
+    if part.msg_type == "geometry_msgs/msg/TwistStamped":
+        t = msg.twist
+        v = [t.linear.x, t.linear.y, t.linear.z] + ([t.angular.x, t.angular.y, t.angular.z] if part.dim == 6 else [])
+        return np.asarray(v, dtype=float)
+    if part.msg_type == "trajectory_msgs/msg/JointTrajectory":
         names = list(msg.joint_names)
         if not msg.points:
-            raise ContractError(f"{spec.topic}: JointTrajectory without points")
+            raise ContractError(f"{part.topic}: JointTrajectory without points")
         pos = np.asarray(msg.points[0].positions, dtype=float)
-        missing = [j for j in spec.joints if j not in names]
+        missing = [j for j in part.names if j not in names]
         if missing or len(pos) != len(names):
-            raise ContractError(f"{spec.topic}: trajectory joints {names} do not cover {missing}")
-        vec = pos[[names.index(j) for j in spec.joints]]
-    else:
-        vec = np.asarray(msg.data, dtype=float).reshape(-1)
-    if vec.shape != (spec.dim,) or not np.all(np.isfinite(vec)):
-        raise ContractError(f"{spec.topic}: command has shape {vec.shape} / non-finite values, "
-                            f"contract expects ({spec.dim},) finite")
+            raise ContractError(f"{part.topic}: trajectory joints {names} do not cover {missing}")
+        return pos[[names.index(j) for j in part.names]]
+    return np.asarray(msg.data, dtype=float).reshape(-1)
+
+
+def command_vector(contract: Contract, msg: Any) -> np.ndarray:
+    """The action in a command message of the contract's action type (a multi-part action: the
+    tuple of its parts' messages, in part order)."""
+    parts = contract.action.parts
+    if len(parts) > 1 and (not isinstance(msg, tuple) or len(msg) != len(parts)):
+        raise ContractError(f"a {contract.action.kind} action needs one message per part ({len(parts)})")
+    msgs = msg if len(parts) > 1 else (msg,)
+    vec = np.concatenate([_part_vector(p, m) for p, m in zip(parts, msgs)])
+    if vec.shape != (contract.act_dim,) or not np.all(np.isfinite(vec)):
+        raise ContractError(f"{'+'.join(p.topic for p in parts)}: command has shape {vec.shape} / non-finite "
+                            f"values, contract expects ({contract.act_dim},) finite")
+    return vec
+
+
+def part_command(contract: Contract, topic: str, msg: Any) -> np.ndarray:
+    """The command of the action part published on `topic` (checked: size, finite)."""
+    part = next((p for p in contract.action.parts if p.topic == topic), None)
+    if part is None:
+        raise ContractError(f"{topic} is not a command topic of contract {contract.name!r}")
+    vec = _part_vector(part, msg)
+    if vec.shape != (part.dim,) or not np.all(np.isfinite(vec)):
+        raise ContractError(f"{topic}: command has shape {vec.shape} / non-finite values, "
+                            f"the {part.kind} part expects ({part.dim},) finite")
     return vec
 
 
@@ -191,7 +244,7 @@ def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[st
     if frame_topic is None and len(frame_topics) > 1:
         raise BuildError(f"several FrameTag topics with messages {frame_topics}; pass frame_topic")
     frame_topic = frame_topic or (frame_topics[0] if frame_topics else None)
-    needed = list(obs_topics.items()) + ([] if frame_topic else [(act_topic, contract.action.msg_type)])
+    needed = list(obs_topics.items()) + ([] if frame_topic else [(p.topic, p.msg_type) for p in contract.action.parts])
     missing = [f"{t} ({ty})" for t, ty in needed if t not in types]
     if missing and not frame_topic:   # with FrameTag (it carries the observation) raw topics are optional
         what = "none of the contract's topics" if len(missing) == len(needed) else "contract topics"
@@ -324,9 +377,12 @@ def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[st
             frame_t = samples
             gap_streams = {frame_topic: (fr.times, None, None)}
     else:
-        cmd = streams[act_topic]
+        parts = [streams[p.topic] for p in contract.action.parts]
+        cmd = parts[0] if len(parts) == 1 else _PartStreams(parts, contract.dt * 1e9)
         if not len(cmd):
             raise BuildError(f"no commands on {act_topic}")
+        if len(parts) > 1:
+            rep["part_commands_held"] = cmd.held
         missing = [t for t in obs_topics if t not in obs_streams]
         if missing:
             raise BuildError(f"no messages on observation topics {missing}")

@@ -46,7 +46,8 @@ def load_bag(bag_dir, contract: Contract, extra_topics: Sequence[str] = ()):
     types = topic_types(bag)
     em = read_episode_meta(bag)
     frame_tags = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
-    wanted = list(contract.observation_topics()) + [contract.action.topic] + frame_tags + list(extra_topics)
+    wanted = (list(contract.observation_topics()) + [p.topic for p in contract.action.parts] + frame_tags
+              + list(extra_topics))
     raw, store = read_raw(bag, [t for t in dict.fromkeys(wanted) if t in types],
                           publish_times=has_source_times(em))
     return types, em, raw, store
@@ -101,8 +102,8 @@ def episodes_from_bag(bag_dir, contract: Contract, split_by: Union[str, SplitRul
     windows = split_windows(rule, contract, types, raw, store)
     if not windows:
         raise SplitError(f"split {rule}: no episode in the bag (the marker never started one)")
-    keep = {t: v for t, v in raw.items() if t not in extra or t in contract.observation_topics()
-            or t == contract.action.topic}
+    commands = {p.topic for p in contract.action.parts}
+    keep = {t: v for t, v in raw.items() if t not in extra or t in contract.observation_topics() or t in commands}
     first_ns = bag_span(raw)[0]
     hold = list(contract.observation_topics())
     out: List[Tuple[Optional[Episode], Dict[str, Any]]] = []
