@@ -59,9 +59,27 @@ def test_units_and_the_expert_plan_leave_the_episode_untouched():
     before = env.mw.observation().copy()
     plan = expert.plan_obs(None, c, 6)
     assert plan.shape == (6, 4) and np.array_equal(env.mw.observation(), before) and env.step_count == 0
-    assert np.allclose(plan[0], expert.act_obs(None, c))
+    assert np.allclose(plan[0], expert.act_obs(ObservationAssembler(c).assemble(env.messages()), c))
     msgs = [env.step(plan[0]) for _ in range(1)]
     assert msgs[0]["/task_state"].step == 1
+
+
+@pytest.mark.parametrize("task", ("pick-place-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3"))
+def test_a_label_needs_only_the_contract_observation(task):
+    """The scripted policy on the observation rebuilt from the contract's terms (no simulator)
+    equals the policy on the simulator's own 39 values, along a whole expert episode."""
+    from bc_policy_node.core.sim.metaworld_task import native_observation
+
+    env = MetaWorldSimEnv(ROBOT, f"metaworld/{task}")
+    c, policy = env.contract, env.mw.expert()
+    asm = ObservationAssembler(c)
+    msgs = env.reset(5)
+    for _ in range(60):
+        obs = asm.assemble(msgs)
+        assert np.array_equal(policy(native_observation(obs, c)), policy(env.mw.observation()))
+        msgs = env.step(env.make_expert().act_obs(obs, c))
+        if env.done:
+            break
 
 
 def test_the_expert_solves_tasks_through_the_rollout_engine():

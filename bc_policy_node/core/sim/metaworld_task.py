@@ -18,9 +18,11 @@ imported lazily by `metaworld_env`):
   names of those ROS messages (`core.types` twins), done at success or at the horizon.
   Contract units <-> Meta-World's action: xyz displacement per step = v * dt = a * action_scale.
 * `MetaWorldExpert`: Meta-World's scripted policy, as `act_obs` / `plan_obs` like the package's
-  own experts. It reads the simulator's own 39-dim observation at the current state (in process
-  the label is always asked at the state the simulator is in); `plan_obs` rolls the expert K
-  steps ahead on a copy of the simulation state and restores it.
+  own experts. `act_obs` labels a contract observation: the scripted policies read only the
+  current frame and the goal of Meta-World's observation (`native_observation` rebuilds it with
+  the previous-frame half zeroed), so a label needs no simulator - the expert node can serve
+  any observation. `plan_obs` rolls the expert K steps ahead on a copy of the simulation state
+  (the observation alone does not say how the objects will move) and restores it.
 """
 from __future__ import annotations
 
@@ -230,6 +232,16 @@ class MetaWorldSimEnv:
         self.mw.close()
 
 
+def native_observation(obs, contract: Contract) -> np.ndarray:
+    """Meta-World's 39-dim observation from a contract observation of `metaworld_contract`:
+    [ee, gripper, object0, object1] + 18 zeros (the previous frame, which no scripted policy
+    reads) + goal."""
+    obs = np.asarray(obs, dtype=float)
+    sl = contract.slices()
+    cur = np.concatenate([obs[sl[n]] for n in ("ee_position", "gripper", "object0", "object1")])
+    return np.concatenate([cur, np.zeros(18), obs[sl["goal"]]])
+
+
 class MetaWorldExpert:
     """Meta-World's scripted policy for the env's task, with the package's expert interface
     (labels in contract units; see the module docstring for what it reads)."""
@@ -239,7 +251,7 @@ class MetaWorldExpert:
         self._policy = env.mw.expert()
 
     def act_obs(self, obs, contract: Contract, mode: int = -1) -> np.ndarray:
-        return self.env.contract_action(self._policy(self.env.mw.observation()))
+        return self.env.contract_action(self._policy(native_observation(obs, contract)))
 
     def plan_obs(self, obs, contract: Contract, K: Optional[int] = None, mode: int = -1) -> np.ndarray:
         """(K, 4): the expert's next K commands from the current state, on a copy of it."""
