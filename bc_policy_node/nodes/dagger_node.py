@@ -35,7 +35,8 @@ from std_msgs.msg import Bool, Float64MultiArray
 from bc_msgs.msg import ActionChunk, FrameTag, TaskState
 from bc_msgs.srv import QueryExpert
 
-from ..core.contract import Contract, ContractError, ObservationAssembler
+from ..core.sim.env import resolve_contract
+from ..core.contract import ContractError, ObservationAssembler
 from ..core.control.controller import ActionReference
 from ..core.dagger.arbiter import REASON_EXPERT_UNAVAILABLE, DaggerArbiter, Outcome, load_ensemble
 from ..core.dagger.frames import ANSWER_ERROR, Frame, FramePairing
@@ -103,7 +104,7 @@ class DaggerNode(Node):
         p = self.params
         if not p.contract:
             raise ValueError("parameter 'contract' is empty: give the robot's contract YAML")
-        self.contract = Contract.load(p.contract)
+        self.contract = resolve_contract(p.contract)
         ensemble = None
         if p.resolved_uncertainty_source() == "ensemble":
             ensemble = load_ensemble(p.ensemble_models, self.contract, p.uncertainty_horizon)

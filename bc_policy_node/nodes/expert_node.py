@@ -17,11 +17,13 @@ from bc_msgs.srv import QueryExpert
 from ..core.contract import Contract, ContractError
 from ..core.sim.env import contract_max_step, contract_path, robot_mjcf
 from ..core.sim.experts import ScriptedExpert, make_expert
+from ..core.sim.metaworld_task import is_metaworld
 from ..core.sim.sim import ArmSim, SimError
 from ..core.sync import StampSync
 from . import qos
 from .conversions import command_msg
 from .fastlane import FastLane
+from .metaworld_expert import MetaWorldDriver
 from .common import ThrottledLog, run_node
 from .params import declare_and_load, doc
 
@@ -90,6 +92,15 @@ class ExpertNode(Node):
     def __init__(self):
         super().__init__(NODE_NAME)
         self.params = p = declare_and_load(self, ExpertParams)
+        self._lane: Optional[FastLane] = None
+        if is_metaworld(p.task):       # Meta-World's scripted policy, on the task's generated contract
+            self._metaworld = MetaWorldDriver(self, p)
+            self.contract, self.query_expert = self._metaworld.contract, self._metaworld.expert
+            self.create_service(QueryExpert, "~/query", self._srv_query)
+            self.queries = 0
+            self.get_logger().info(f"Meta-World expert for {p.task}: ~/query on contract {self.contract.name}"
+                                   + (f"; driving {self._metaworld.command_topic} ({p.mode})" if p.drive else ""))
+            return
         self.mjcf = Path(p.mjcf) if p.mjcf else robot_mjcf(p.robot)
         cpath = Path(p.contract) if p.contract else contract_path(p.robot, p.task)
         self.contract = Contract.load(cpath)
@@ -107,7 +118,6 @@ class ExpertNode(Node):
         self.queries = 0
         self._obs_log = ThrottledLog(self.get_logger(), 5.0)   # per message: rclpy's throttle costs ~0.4 ms
 
-        self._lane: Optional[FastLane] = None
         self._drive_experts: Dict[str, ScriptedExpert] = {}
         self._drive_kin: Optional[ArmSim] = None
         self.commands_sent = 0

@@ -33,6 +33,7 @@ from rclpy.task import Future
 from bc_msgs.msg import PolicyStatus
 from bc_msgs.srv import LoadPolicy
 
+from ..core.sim.env import resolve_contract
 from ..core.contract import Contract, ContractError, ObservationAssembler
 from . import qos
 from .common import Diagnostics, ThrottledLog, message_class, refuse_static_parameters, run_node
@@ -166,7 +167,7 @@ class PolicyNode(LifecycleNode):
         try:
             if not p.contract:
                 raise ValueError("parameter 'contract' is empty: give the robot's contract YAML")
-            contract = Contract.load(p.contract)
+            contract = resolve_contract(p.contract)
             types = {topic: message_class(t) for topic, t in contract.observation_topics().items()}
             policy = load_policy(self._model_path, contract, p)
             loop = PolicyController(contract, policy, p)

@@ -22,6 +22,7 @@ from bc_msgs.srv import StartEpisode, StopEpisode
 from ..core.data import rostypes
 from ..core.data.bagio import BagWriteError, EpisodeBagWriter
 from ..core.data.bagread import BagReadError, recover_all, recover_bag
+from ..core.sim.env import resolve_contract
 from ..core.contract import COMMAND_TYPES, Contract, ContractError
 from ..core.data.alignment import part_command
 from . import qos
@@ -42,8 +43,8 @@ class RecorderError(RuntimeError):
 
 @dataclass(frozen=True)
 class RecorderParams:
-    contract: str = doc("contract YAML; its observation topics and action topic are recorded "
-                        "('' = only extra_topics)", "")
+    contract: str = doc("contract YAML (or metaworld/<task>); its observation topics and action "
+                        "topics are recorded ('' = only extra_topics)", "")
     extra_topics: Tuple[str, ...] = doc(
         "more topics to record, each 'topic:pkg/msg/Type'",
         ("/task_state:bc_msgs/msg/TaskState", "/dagger/frame_tag:bc_msgs/msg/FrameTag"))
@@ -113,7 +114,7 @@ def resolve_topics(params: RecorderParams) -> Tuple[Dict[str, str], Optional[Con
     contract = None
     if params.contract:
         try:
-            contract = Contract.load(params.contract)
+            contract = resolve_contract(params.contract)
         except ContractError as e:
             raise RecorderError(f"contract: {e}") from None
         topics.update(contract.topics())

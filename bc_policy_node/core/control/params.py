@@ -23,8 +23,9 @@ class PolicyParams:
 
     model_path: str = doc("Exported ONNX policy (bc_policy metadata inside). Setting it at run time "
                           "hot-swaps the model (refused models are reverted)", "", runtime=True)
-    contract: str = doc("The robot's contract YAML (config/contracts/<robot>_<task>.yaml); the "
-                        "model's embedded contract must match it", "")
+    contract: str = doc("The robot's contract YAML (config/contracts/<robot>_<task>.yaml), or "
+                        "metaworld/<task> for a Meta-World task's generated one; the model's "
+                        "embedded contract must match it", "")
     execution_mode: str = doc("Chunk execution: temporal_ensembling | receding_horizon | "
                               "latency_aware | mode_consistent", "temporal_ensembling")
     autostart: bool = doc("Configure and activate at startup", False)

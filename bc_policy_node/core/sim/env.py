@@ -70,6 +70,16 @@ def load_contract(robot: str, task: str) -> Contract:
     return Contract.load(contract_path(robot, task))
 
 
+def resolve_contract(value: str) -> Contract:
+    """A node's `contract` parameter: a contract YAML path, or ``metaworld/<task>`` for the
+    contract generated for a Meta-World task (it has no file)."""
+    from .metaworld_task import is_metaworld, metaworld_contract
+
+    if is_metaworld(value) and not Path(value).exists():
+        return metaworld_contract(value)
+    return Contract.load(value)
+
+
 def make_env(robot: str, task: str, control_rate_hz: Optional[float] = None, disturbance=None,
              mjcf: Optional[str] = None):
     """The environment of robot/task: `SimEnv` for the package's own tasks, a
