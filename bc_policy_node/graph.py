@@ -101,6 +101,12 @@ def sim_nodes(robot="planar3", task="curved_reach", mode="free", real_time_facto
     bridge = NodeSpec("mujoco_bridge", "mujoco_bridge", param_file="mujoco_bridge.yaml", parameters={
         "robot": robot, "task": task, "mode": mode, "real_time_factor": float(real_time_factor),
         "seed": int(seed), "controller": controller, "push_magnitude": float(push_magnitude)})
+    from .core.sim.metaworld_task import is_metaworld   # numpy only; keeps this module's imports light
+    if is_metaworld(task):
+        # Meta-World (robot sawyer): the bridge alone. expert_node does not serve Meta-World
+        # tasks (yet); their scripted expert runs in process (MetaWorldSimEnv.make_expert), so
+        # `drive` has no effect here and something else (policy, dagger, a test) sends commands.
+        return [bridge]
     expert = NodeSpec("expert_node", "expert", param_file="expert.yaml", parameters={
         "robot": robot, "task": task, "drive": _bool(drive), "controller": controller})
     return [bridge, expert]

@@ -5,6 +5,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -40,6 +41,20 @@ def joint_state_data(msg: JointState) -> JointStateData:
                           position=np.asarray(msg.position, dtype=float),
                           velocity=np.asarray(msg.velocity, dtype=float),
                           effort=np.asarray(msg.effort, dtype=float))
+
+
+def pose_stamped_msg(ps) -> PoseStamped:
+    """`core.sim.metaworld_task.PoseStampedData` (stamp in s, frame_id, pose.position xyz,
+    pose.orientation xyzw) -> geometry_msgs/PoseStamped."""
+    msg = PoseStamped()
+    msg.header.stamp = to_time(ps.stamp)
+    msg.header.frame_id = str(ps.frame_id)
+    p = np.asarray(ps.pose.position, dtype=float).reshape(3)
+    q = np.asarray(ps.pose.orientation, dtype=float).reshape(4)
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in p)
+    (msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z,
+     msg.pose.orientation.w) = (float(v) for v in q)
+    return msg
 
 
 _TASK_ARRAYS = ("goal", "obstacle", "waypoints", "ee_position")

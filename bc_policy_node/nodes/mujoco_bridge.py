@@ -25,12 +25,14 @@ from ..core.sim.bridge_params import (ACCEPTED, CLAMPED, COUNTERS, IGNORED, NODE
                                        PeriodStats, RateLimiter)
 from ..core.sim.env import JOINT_STATES_TOPIC, TASK_STATE_TOPIC, SimEnv, robot_mjcf
 from ..core.control.safety import validate_command
+from ..core.sim.metaworld_env import MetaWorldUnavailable
 from ..core.sim.sim import SimError
 from ..core.sim.tasks import TaskError
 from ..core.types import STATUS_DIVERGED
 from . import qos
 from .conversions import joint_state_msg, task_state_msg, trajectory_first_point
 from .fastlane import FastLane
+from .metaworld_backend import MetaWorldBackend, check_robot_task
 from .common import ERROR, OK, WARN, Diagnostics, ThrottledLog, run_node
 from .params import declare_and_load
 
@@ -111,11 +113,19 @@ class MujocoBridge(Node):
 
     In lockstep a rejected (or clamped) command still advances one period, as the protocol
     says; rate-limited and ignored ones do not.
+
+    Meta-World: with ``task:=metaworld/<name>`` (robot ``sawyer``) everything above is done by
+    `metaworld_backend.MetaWorldBackend` (the task's contract topics instead of /joint_states
+    and the controller's; same services, counters, stamps and diagnostics).
     """
 
     def __init__(self):
         super().__init__(NODE_NAME)
         self.params = p = declare_and_load(self, BridgeParams)
+        self.backend: Optional[MetaWorldBackend] = None
+        if check_robot_task(p.robot, p.task):
+            self.backend = MetaWorldBackend(self, p)
+            return
         mjcf = p.mjcf or str(robot_mjcf(p.robot))
         self.env = SimEnv(p.robot, p.task, mjcf=mjcf, control_rate_hz=p.control_rate_hz, disturbance=p.pushes())
         env = self.env
@@ -186,12 +196,16 @@ class MujocoBridge(Node):
     # ------------------------------------------------------------------ lifetime
     def start(self) -> None:
         """Start the command thread and (free mode) the physics thread."""
+        if self.backend is not None:
+            return self.backend.start()
         self._lane.start()
         if not self.lockstep:
             self._free_thread = threading.Thread(target=self._free_loop, name="physics", daemon=True)
             self._free_thread.start()
 
     def shutdown(self, reason: str = "") -> None:
+        if self.backend is not None:
+            return self.backend.shutdown(reason)
         self._stop.set()
         if self._free_thread is not None:
             self._free_thread.join(2.0)
@@ -485,7 +499,7 @@ def main(args=None) -> int:
     # 0.5 ms instead of CPython's default 5 ms, so a busy physics thread cannot delay a
     # command by several control periods of sim time.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    return run_node(MujocoBridge, NODE_NAME, (SimError, TaskError, ValueError), args)
+    return run_node(MujocoBridge, NODE_NAME, (SimError, TaskError, ValueError, MetaWorldUnavailable), args)
 
 
 if __name__ == "__main__":
