@@ -123,6 +123,9 @@ class Dataset:
     def stats(self, eps: float = 1e-6) -> NormStats:
         obs = np.concatenate([e.obs for e in self.episodes])
         act = np.concatenate([e.act[e.labelled] for e in self.episodes])
+        if not len(act):     # no labelled frame (e.g. a gated DAgger round the expert never took over)
+            dim = self.contract.act_dim
+            return NormStats(obs.mean(0), np.maximum(obs.std(0), eps), np.zeros(dim), np.ones(dim))
         return NormStats(obs.mean(0), np.maximum(obs.std(0), eps),
                          act.mean(0), np.maximum(act.std(0), eps))
 
