@@ -40,15 +40,19 @@ RATE_BURST_S = 0.1          # s of max_command_rate_hz the rate limiter lets thr
 
 @dataclass(frozen=True)
 class BridgeParams:
-    robot: str = doc("Shipped robot model (planar3 | arm7); its MJCF is models/<robot>.xml", "planar3")
+    robot: str = doc("Shipped robot model (planar3 | arm7); its MJCF is models/<robot>.xml; sawyer for "
+                     "metaworld/<name> tasks", "planar3")
     mjcf: str = doc("MJCF file of the scene; '' = the shipped model of `robot`", "")
-    task: str = doc("Task of the first episode: curved_reach | bimodal | long_horizon", "curved_reach")
+    task: str = doc("Task of the first episode: curved_reach | bimodal | long_horizon, or metaworld/<name> "
+                    "(robot sawyer; any Meta-World v3 task with a scripted policy; nodes/metaworld_backend.py)",
+                    "curved_reach")
     variant: str = doc("Task variant of the first episode ('' = default)", "")
     seed: int = doc("Seed of the first episode (auto_reset)", 0)
     mode: str = doc("free: physics at real time x real_time_factor; lockstep: one control period "
                     "per received command (docs/design.md, lock-step protocol)", "free")
     real_time_factor: float = doc("free mode: simulated seconds per wall-clock second", 1.0)
-    control_rate_hz: float = doc("Control rate (Hz): task ticks, /task_state rate, lock-step period", 50.0)
+    control_rate_hz: float = doc("Control rate (Hz): task ticks, /task_state rate, lock-step period "
+                                 "(Meta-World tasks: their own 80 Hz, this is not used)", 50.0)
     joint_state_rate_hz: float = doc("free mode: /joint_states rate in simulated time (Hz); "
                                      "capped by the physics rate 1/timestep", 500.0)
     controller: str = doc("Controller name: commands on /<controller>/commands and "
