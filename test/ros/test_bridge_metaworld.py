@@ -162,7 +162,7 @@ class Client:
         return ee, grip, objs, found["ts"]
 
 
-def assert_tick_equals(c, eid, step, env, what=""):
+def assert_tick_equals(c, eid, step, env, what="", task=TASK):
     """The bridge's tick `step` is the in-process env's current state, bit for bit."""
     ee, grip, objs, ts = c.tick(eid, step)
     msgs = env.messages()
@@ -174,7 +174,7 @@ def assert_tick_equals(c, eid, step, env, what=""):
         want = np.concatenate([msgs[t].pose.position, msgs[t].pose.orientation])
         np.testing.assert_array_equal(pose7(m), want, err_msg=f"{t} {what}")
     want_ts = msgs["/task_state"]
-    assert ts.task == TASK and ts.step == env.step_count and ts.status == env.status, (ts.status, env.status)
+    assert ts.task == task and ts.step == env.step_count and ts.status == env.status, (ts.status, env.status)
     assert ts.done == env.done and ts.success == (env.status == "success")
     np.testing.assert_array_equal(ts.goal, want_ts.goal)
     np.testing.assert_array_equal(ts.ee_position, want_ts.ee_position)
@@ -209,18 +209,20 @@ def lockstep(ros, tmp_path_factory):
 class TestLockstep:
     """One lock-step bridge: the expert episode, then bad input."""
 
-    def test_lockstep_expert_episode_is_the_in_process_rollout(self, lockstep):
+    @pytest.mark.parametrize("task", [TASK, "metaworld/pick-place-v3"])   # the 2nd via ~/reset's task
+    def test_lockstep_expert_episode_is_the_in_process_rollout(self, lockstep, task):
         c = lockstep
-        r = c.reset(SEED)
+        r = c.reset(SEED, task)
+        assert r.state.task == task
         eid = r.episode_id
-        env = MetaWorldSimEnv("sawyer", TASK)
+        env = MetaWorldSimEnv("sawyer", task)
         policy = env.mw.expert()                             # Meta-World's scripted policy (native units)
 
         def expert_cmd():                                    # its action at the env's state, in contract units
             return env.contract_action(policy(env.mw.observation()))
 
         env.reset(SEED)
-        assert_tick_equals(c, eid, 0, env, "after reset")
+        assert_tick_equals(c, eid, 0, env, "after reset", task=task)
         stamps = [stamp_ns(r.state)]
         # half a pair does not tick: the bridge waits for the gripper part
         before = c.next_diag()
@@ -234,13 +236,13 @@ class TestLockstep:
         assert c.count("step") == 0 and c.count("ticks") == int(before["ticks"])
         c.grip_pub.publish(command_msg(cmd[3:]))
         env.step(cmd)
-        ee, ts = assert_tick_equals(c, eid, 1, env, "tick 1")
+        ee, ts = assert_tick_equals(c, eid, 1, env, "tick 1", task=task)
         stamps.append(stamp_ns(ts))
         while not env.done:
             cmd = expert_cmd()
             c.send(cmd)
             env.step(cmd)
-            ee, ts = assert_tick_equals(c, eid, env.step_count, env, f"tick {env.step_count}")
+            ee, ts = assert_tick_equals(c, eid, env.step_count, env, f"tick {env.step_count}", task=task)
             stamps.append(stamp_ns(ts))
         assert ts.done and ts.success and ts.status == "success", ts.reason
         assert env.status == "success" and ts.step == env.step_count < env.horizon
@@ -255,12 +257,12 @@ class TestLockstep:
         r2 = c.reset(SEED)
         assert r2.episode_id == eid + 1 and stamp_ns(r2.state) > stamps[-1]
         env.reset(SEED)
-        assert_tick_equals(c, r2.episode_id, 0, env, "second reset")
+        assert_tick_equals(c, r2.episode_id, 0, env, "second reset", task=task)
 
 
     def test_bad_input_is_rejected_clamped_counted_and_harmless(self, lockstep):
         c = lockstep
-        r = c.reset(5)
+        r = c.reset(5, TASK)
         eid = r.episode_id
         env = MetaWorldSimEnv("sawyer", TASK)
         env.reset(5)
