@@ -9,13 +9,22 @@ import argparse
 import importlib
 import sys
 
-ROBOTS = ("planar3", "arm7")
+ROBOTS = ("planar3", "arm7", "sawyer")     # sawyer: Meta-World's arm (metaworld/<name> tasks)
 TASKS = ("curved_reach", "bimodal", "long_horizon")
+
+
+def _task(value: str) -> str:
+    """A package task, or metaworld/<name> (checked against the installed Meta-World when used)."""
+    if value in TASKS or value.startswith("metaworld/"):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid task {value!r}: one of {', '.join(TASKS)} or metaworld/<name> "
+                                     f"(e.g. metaworld/pick-place-v3)")
 
 
 def _robot_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robot", default="planar3", choices=ROBOTS, help="robot model (models/<robot>.xml)")
-    p.add_argument("--task", default="curved_reach", choices=TASKS, help="sim task")
+    p.add_argument("--task", default="curved_reach", type=_task,
+                   help=f"sim task: {' | '.join(TASKS)} | metaworld/<name> (with --robot sawyer)")
 
 
 def _push_args(p, when: str) -> None:

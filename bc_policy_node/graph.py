@@ -57,8 +57,10 @@ def contract_path(robot: str, task: str) -> Path:
 
 # ------------------------------------------------------------------------ launch args
 SIM_ARGS = [
-    LaunchArg("robot", "planar3", "Robot model: planar3 (3-link planar) or arm7 (7-DoF); MJCF from models/<robot>.xml"),
-    LaunchArg("task", "curved_reach", "Sim task: curved_reach | bimodal | long_horizon"),
+    LaunchArg("robot", "planar3", "Robot model: planar3 (3-link planar) or arm7 (7-DoF), MJCF from models/<robot>.xml; "
+                                  "sawyer for metaworld/<name> tasks"),
+    LaunchArg("task", "curved_reach", "Sim task: curved_reach | bimodal | long_horizon | metaworld/<name> "
+                                      "(robot:=sawyer; any Meta-World v3 task with a scripted policy)"),
     LaunchArg("mode", "free", "Bridge stepping: free (real time x rate) or lockstep (advance per command)"),
     LaunchArg("real_time_factor", "1.0", "Free-run speed as a multiple of real time"),
     LaunchArg("seed", "0", "Seed of the first episode"),
@@ -101,20 +103,22 @@ def sim_nodes(robot="planar3", task="curved_reach", mode="free", real_time_facto
     bridge = NodeSpec("mujoco_bridge", "mujoco_bridge", param_file="mujoco_bridge.yaml", parameters={
         "robot": robot, "task": task, "mode": mode, "real_time_factor": float(real_time_factor),
         "seed": int(seed), "controller": controller, "push_magnitude": float(push_magnitude)})
-    from .core.sim.metaworld_task import is_metaworld   # numpy only; keeps this module's imports light
-    if is_metaworld(task):
-        # Meta-World (robot sawyer): the bridge alone. expert_node does not serve Meta-World
-        # tasks (yet); their scripted expert runs in process (MetaWorldSimEnv.make_expert), so
-        # `drive` has no effect here and something else (policy, dagger, a test) sends commands.
-        return [bridge]
     expert = NodeSpec("expert_node", "expert", param_file="expert.yaml", parameters={
         "robot": robot, "task": task, "drive": _bool(drive), "controller": controller})
     return [bridge, expert]
 
 
+def contract_param(robot: str, task: str) -> str:
+    """The `contract` parameter of robot/task: its YAML in config/contracts/, or
+    ``metaworld/<task>`` (the nodes generate a Meta-World task's contract)."""
+    from .core.sim.metaworld_task import is_metaworld   # numpy only; keeps this module's imports light
+
+    return task if is_metaworld(task) else str(contract_path(robot, task))
+
+
 def record_nodes(robot="planar3", task="curved_reach", output_dir="bags", contract="", **_) -> List[NodeSpec]:
     return [NodeSpec("recorder_node", "recorder", param_file="recorder.yaml", parameters={
-        "contract": contract or str(contract_path(robot, task)), "output_dir": output_dir})]
+        "contract": contract or contract_param(robot, task), "output_dir": output_dir})]
 
 
 def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode="temporal_ensembling",
@@ -125,7 +129,7 @@ def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
     required against the sim bridge, which stamps observations in sim time (on the wall clock
     every observation would look stale and the policy would hold)."""
     params = {"model_path": model or str(model_path("policies", f"{robot}_{task}.onnx")),
-              "contract": str(contract_path(robot, task)), "execution_mode": execution_mode,
+              "contract": contract_param(robot, task), "execution_mode": execution_mode,
               "autostart": _bool(autostart), "controller": controller}
     if _bool(lockstep):
         params["lockstep"] = True
@@ -145,7 +149,7 @@ def dagger_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
     on the wall clock every lock-step observation would look stale and the policy would hold)."""
     policy = policy_nodes(robot, task, model, execution_mode, autostart=True, controller=controller,
                           lockstep=True, command_topic=DAGGER_POLICY_COMMAND, use_sim_time=sim_time)[0]
-    params = {"contract": str(contract_path(robot, task)), "variant": variant, "beta": float(beta),
+    params = {"contract": contract_param(robot, task), "variant": variant, "beta": float(beta),
               "controller": controller, "seed": int(seed),
               "policy_command_topic": DAGGER_POLICY_COMMAND}
     members = [m for m in (ensemble_models.split(",") if isinstance(ensemble_models, str)

@@ -1,7 +1,7 @@
 """MuJoCo bridge + scripted expert (demonstrations, or the expert's label service with drive:=false).
 
-Meta-World: robot:=sawyer task:=metaworld/<name> starts the bridge alone (no expert node for
-these tasks yet; `drive` has no effect); commands come from a policy, dagger or a test.
+Meta-World: robot:=sawyer task:=metaworld/<name> (any v3 task with a scripted policy): the bridge's
+Meta-World backend and the expert node serving that task's scripted policy.
 
 Every argument is described: ros2 launch bc_policy_node sim.launch.py --show-args
 """

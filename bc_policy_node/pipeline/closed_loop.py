@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from bc_msgs.msg import PolicyStatus
 
 from .. import graph
+from ..core.sim.env import load_contract
 from ..nodes import qos
 from ..procs import Graph
 from .graph_client import GraphClient, RESET
@@ -65,11 +66,13 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
         client.wait_for_services([RESET], timeout=60.0)
         client.wait_until(lambda: status["last"] is not None and status["last"].lifecycle_state == "active",
                           60.0, "the policy node to become active")
-        cmd_topic = graph.controller_command_topic()
-        client.wait_until(lambda: (client.node.count_subscribers("/joint_states") >= 1
-                                   and client.node.count_subscribers("/task_state") >= 2
-                                   and client.node.count_publishers(cmd_topic) >= 1
-                                   and client.node.count_subscribers(cmd_topic) >= 1), 60.0,
+        contract = load_contract(robot, task)
+        obs, cmds = list(contract.observation_topics()), [p.topic for p in contract.action.parts]
+        node = client.node
+        client.wait_until(lambda: (all(node.count_subscribers(t) >= 1 for t in obs)
+                                   and node.count_subscribers("/task_state") >= 2
+                                   and all(node.count_publishers(t) >= 1 and node.count_subscribers(t) >= 1
+                                           for t in cmds)), 60.0,
                           "the policy node and the bridge to discover each other")
         it = progress(seeds) if progress else seeds
         for i, seed in enumerate(it):

@@ -47,28 +47,30 @@ def next_episode_id(out: Path) -> int:
     return max(ids) + 1 if ids else 0
 
 
-def _wait_ready(client, timeout: float) -> None:
+def _wait_ready(client, contract, timeout: float) -> None:
     """Services up, and the topics of the lock-step loop connected (expert, recorder, bridge)."""
     from .graph_client import RESET, START_EPISODE, STEP, STOP_EPISODE
 
     client.wait_for_services([RESET, STEP, START_EPISODE, STOP_EPISODE], timeout)
     node = client.node
-    client.wait_until(lambda: node.count_subscribers("/joint_states") >= 2       # expert + recorder
+    obs, cmds = list(contract.observation_topics()), [p.topic for p in contract.action.parts]
+    client.wait_until(lambda: all(node.count_subscribers(t) >= 2 for t in obs)   # expert + recorder
                       and node.count_subscribers("/task_state") >= 3            # + this client
-                      and node.count_publishers(CMD) >= 1 and node.count_subscribers(CMD) >= 2,
+                      and all(node.count_publishers(t) >= 1 and node.count_subscribers(t) >= 2 for t in cmds),
                       timeout, "the bridge, expert and recorder topics to connect")
-    client.wait_recorder(lambda s: all(s["publishers"].get(t, 0) >= 1
-                                       for t in ("/joint_states", "/task_state", CMD)),
+    client.wait_recorder(lambda s: all(s["publishers"].get(t, 0) >= 1 for t in obs + cmds),
                          timeout, "the recorder to match the bridge and expert publishers")
 
 
-def _wait_recorded(client, steps: int) -> str:
-    """Until the recorder holds the episode's steps + 1 state pairs and `steps` commands (the
-    lock-step protocol's counts), so stop_episode never cuts data still in flight on a busy
-    machine. Returns '' or what was missing after SETTLE_TIMEOUT_S (then it stops anyway)."""
+def _wait_recorded(client, contract, steps: int) -> str:
+    """Until the recorder holds the episode's steps + 1 observations per topic and `steps`
+    commands per action part (the lock-step protocol's counts), so stop_episode never cuts data
+    still in flight on a busy machine. Returns '' or what was missing after SETTLE_TIMEOUT_S
+    (then it stops anyway)."""
     from .graph_client import GraphError
 
-    need = {"/joint_states": steps + 1, "/task_state": steps + 1, CMD: steps}
+    need = {t: steps + 1 for t in contract.observation_topics()}
+    need.update({p.topic: steps for p in contract.action.parts})
 
     def have(s):
         w = (s.get("episode") or {}).get("written", {})
@@ -107,6 +109,9 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
     out, log_dir = Path(out).resolve(), Path(log_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     first_id = next_episode_id(out)
+    from ..core.sim.env import load_contract
+
+    contract = load_contract(robot, task)
     specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep", seed=seed, drive=True) + \
         graph.record_nodes(robot=robot, task=task, output_dir=str(out))
     extra = {"mujoco_bridge": {"auto_reset": False}, "recorder": {"status_period_s": 0.1}}
@@ -116,7 +121,7 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
     try:
         with procs.Graph(specs, log_dir, extra) as g, GraphClient("collect", check=g.check_alive) as c:
             try:
-                _wait_ready(c, READY_TIMEOUT_S)
+                _wait_ready(c, contract, READY_TIMEOUT_S)
                 if progress:
                     from tqdm.auto import tqdm
                     bar = tqdm(total=episodes, desc=f"collect {robot}/{task}", unit="ep", dynamic_ncols=True)
@@ -134,7 +139,7 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
                         except BaseException:
                             c.stop_episode(task_success=False, outcome="collect error", discard=True)
                             raise
-                        short = _wait_recorded(c, int(final.step))
+                        short = _wait_recorded(c, contract, int(final.step))
                         if not short or attempt == RECORD_RETRIES:
                             break
                         retried.append(short)

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..core.data.bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta, recover_all,
                                  topic_types)
 from ..core.contract import Contract, ContractError
+from ..core.sim.env import resolve_contract
 from ..core.data.dataset_builder import BuildError, build_dataset, save_build
 from ..core.data.segment import SplitError, SplitRule
 from ..core.data.dataset_tools import (bag_info, dataset_info, delete_bags, delete_episodes,
@@ -81,7 +82,7 @@ def _one_dataset(args) -> Path:
 def bag_contract(bags: Sequence[Path], explicit: Optional[str] = None) -> Contract:
     """--contract, else the contract the recorder stored in every bag's episode.yaml."""
     if explicit:
-        return Contract.load(explicit)
+        return resolve_contract(explicit)   # a YAML path, or metaworld/<task>
     specs: Dict[str, Any] = {}
     missing = []
     for bag in bags:

@@ -193,8 +193,7 @@ def ros():
 def lockstep(ros, tmp_path_factory):
     """The lock-step bridge. Class scope: torn down before the other tests start their own
     bridge (one bridge at a time on the test's ROS domain)."""
-    specs = sim_nodes(robot="sawyer", task=TASK, mode="lockstep", drive=False)
-    assert [s.name for s in specs] == ["mujoco_bridge"], "no expert node for Meta-World tasks"
+    specs = [s for s in sim_nodes(robot="sawyer", task=TASK, mode="lockstep", drive=False) if s.name == "mujoco_bridge"]
     with Graph(specs, tmp_path_factory.mktemp("mw_lockstep_logs"), {"mujoco_bridge": BRIDGE_TEST_PARAMS}) as g:
         c = Client("mw_lockstep_client", g)
         try:
