@@ -33,10 +33,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.sim.env import SimEnv, load_contract, make_env
+from ..core.sim.env import SimEnv, load_contract
 from ..core.data.episodes import Dataset
 from ..core.eval.metrics import mean_ci, success_summary, t_quantile, time_deviation_matrix
-from ..core.eval.rollout import RolloutResult, expert_act_fn, make_controller, policy_act_fn, rollout
+from ..core.eval.rollout import RolloutResult, make_controller, policy_act_fn, rollout
+from ..core.eval.rollout import expert_rollouts as core_expert_rollouts
 from ..core.control.runtime import OnnxPolicy
 from ..core.types import STATUS_COLLISION
 
@@ -84,20 +85,18 @@ def to_jsonable(o: Any) -> Any:
 # ----------------------------------------------------------------------------- demonstrations
 def collect_demos(task: str, n_episodes: int, cache: Optional[Path] = None, robot: str = ROBOT,
                   seed0: int = DEMO_SEED0, contract: Optional[Contract] = None,
-                  variant: str = "") -> Dataset:
+                  variant: str = "", workers: int = 1) -> Dataset:
     """Scripted-expert demonstrations of `task` (seeds seed0 .. seed0+n-1) as a `Dataset`,
-    observed through `contract` (default: the shipped one). Cached under cache/demos."""
+    observed through `contract` (default: the shipped one). Cached under cache/demos.
+    ``workers > 1``: rolled out over Ray processes, the same episodes."""
     contract = contract or load_contract(robot, task)
     key = stable_hash([robot, task, n_episodes, seed0, variant, contract.fingerprint()])
     d = Path(cache) / "demos" / f"{task}{'_' + variant if variant else ''}_{n_episodes}_{key}" if cache else None
     if d is not None and (d / "meta.json").is_file():
         return Dataset.load(d)
-    env = make_env(robot, task, control_rate_hz=contract.control_rate_hz)
-    fn = expert_act_fn(env, contract)
-    eps = []
-    for s in range(seed0, seed0 + n_episodes):
-        r = rollout(env, contract, fn, s, variant=variant)
-        eps.append(r.episode(contract.dt, "sim_expert"))
+    results = core_expert_rollouts(robot, task, range(seed0, seed0 + n_episodes), contract, workers=workers,
+                                   variant=variant)
+    eps = [r.episode(contract.dt, "sim_expert") for r in results]
     ds = Dataset(contract, eps)
     if d is not None:
         ds.save(d)
@@ -113,9 +112,7 @@ def expert_rollouts(task: str, seeds: Sequence[int], contract: Optional[Contract
     contract = contract or load_contract(robot, task)
     key = (robot, task, variant, contract.fingerprint(), tuple(int(s) for s in seeds))
     if key not in _EXPERT_MEMO:
-        env = make_env(robot, task, control_rate_hz=contract.control_rate_hz)
-        fn = expert_act_fn(env, contract)
-        _EXPERT_MEMO[key] = [rollout(env, contract, fn, int(s), variant=variant) for s in seeds]
+        _EXPERT_MEMO[key] = core_expert_rollouts(robot, task, seeds, contract, variant=variant)
     return _EXPERT_MEMO[key]
 
 

@@ -68,7 +68,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
         experts = C.expert_rollouts(name, seeds, robot=ROBOT)
         row["expert"] = success_summary([e.success for e in experts])
         for n in cfg["demos"]:
-            ds = C.collect_demos(name, n, cache, robot=ROBOT)
+            ds = C.collect_demos(name, n, cache, robot=ROBOT, workers=WORKERS)
             row[f"demo_frames_{n}"] = ds.num_frames
             for kind, mode in (("single", "receding_horizon"), ("chunked", "temporal_ensembling")):
                 pol = C.train_cached(ds, *round_configs(_model(kind), _train_cfg(cfg["epochs"])),

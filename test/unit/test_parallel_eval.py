@@ -81,6 +81,14 @@ def test_two_workers_give_the_serial_results_exactly(ray_up, name, kw):
     _same_evaluation(serial, par)
 
 
+def test_expert_demonstrations_over_two_workers_are_the_serial_ones(ray_up):
+    from bc_policy_node.core.eval.rollout import expert_rollouts
+
+    serial = expert_rollouts("planar3", "bimodal", range(5))
+    par = expert_rollouts("planar3", "bimodal", range(5), workers=2)
+    _same_episodes(serial, par)
+
+
 def test_parallel_map_keeps_input_order(ray_up):
     done = []
     out = parallel.parallel_map(_slow_square, range(6), workers=2, timeout=WAIT_S,

@@ -163,6 +163,33 @@ def evaluate(policy, robot: str, task: str, seeds: Sequence[int], execution_mode
 CHUNKS_PER_WORKER = 4   # chunks of seeds per worker process: balances episodes of unequal length
 
 
+def expert_rollouts(robot: str, task: str, seeds: Sequence[int], contract: Optional[Contract] = None,
+                    disturbance=None, workers: int = 1, address: Optional[str] = None,
+                    variant: str = "") -> List[RolloutResult]:
+    """The scripted expert's rollouts at `seeds` (demonstrations, references), in seed order;
+    ``workers > 1`` fans contiguous seed chunks out over Ray processes like `evaluate` (every
+    episode is reset from its seed: the same results as a serial run)."""
+    job = dict(robot=robot, task=task, contract=None if contract is None else contract.to_dict(),
+               disturbance=disturbance, variant=variant)
+    seeds = [int(s) for s in seeds]
+    if int(workers) <= 1:
+        return _expert_job(dict(job, seeds=seeds))
+    from .parallel import chunks, parallel_map
+
+    parts = parallel_map(_expert_job, [dict(job, seeds=c) for c in chunks(seeds, int(workers) * CHUNKS_PER_WORKER)],
+                         workers=int(workers), address=address)
+    return [r for part in parts for r in part]
+
+
+def _expert_job(job: Dict[str, Any]) -> List[RolloutResult]:
+    from ..sim.env import load_contract
+
+    c = Contract.from_dict(job["contract"]) if job["contract"] else load_contract(job["robot"], job["task"])
+    env = make_env(job["robot"], job["task"], control_rate_hz=c.control_rate_hz, disturbance=job["disturbance"])
+    fn = expert_act_fn(env, c)
+    return [rollout(env, c, fn, s, variant=job["variant"]) for s in job["seeds"]]
+
+
 def _rollouts(policy: OnnxPolicy, robot: str, task: str, seeds: Sequence[int], execution_mode: str,
               mode_select: str, with_expert: bool, disturbance, exec_params: Dict[str, Any],
               progress=None) -> Tuple[List[RolloutResult], List[RolloutResult]]:
