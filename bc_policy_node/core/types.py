@@ -8,6 +8,7 @@ train/serve skew between the in-process evaluator and the ROS graph.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import List
 
 import numpy as np
@@ -64,3 +65,14 @@ class TaskStateData:
     done: bool
     reason: str
     ee_position: np.ndarray
+
+
+def json_default(o):
+    """`json.dumps(default=...)` for the package's data: numpy scalars and arrays, paths."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, PurePath):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

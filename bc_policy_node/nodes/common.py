@@ -93,18 +93,23 @@ def run_node(make_node: Callable[[], object], name: str,
 
 
 # ------------------------------------------------------------------------------ messages
+def normalize_type(type_name: str) -> str:
+    """'pkg/msg/Name' or 'pkg/Name' -> 'pkg/msg/Name' (ValueError if malformed)."""
+    parts = type_name.strip().strip("/").split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3 or parts[1] != "msg" or not all(parts):
+        raise ValueError(f"message type {type_name!r} is not of the form pkg/msg/Name")
+    return "/".join(parts)
+
+
 def message_class(type_name: str):
     """``pkg/msg/Name`` (or ``pkg/Name``) -> the rclpy message class, imported at run time.
 
     Raises ValueError naming the type when it is malformed or its package / message is not
     available here.
     """
-    parts = type_name.strip().strip("/").split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3 or parts[1] != "msg" or not all(parts):
-        raise ValueError(f"message type {type_name!r} is not of the form pkg/msg/Name")
-    pkg, _, name = parts
+    pkg, _, name = normalize_type(type_name).split("/")
     try:
         module = importlib.import_module(f"{pkg}.msg")
     except ImportError:

@@ -26,7 +26,7 @@ from ..core.sim.env import resolve_contract
 from ..core.contract import COMMAND_TYPES, Contract, ContractError
 from ..core.data.alignment import part_command
 from . import qos
-from .common import ERROR, OK, WARN, Diagnostics, JsonStatus, ThrottledLog, message_class, run_node
+from .common import ERROR, OK, WARN, Diagnostics, JsonStatus, ThrottledLog, message_class, normalize_type, run_node
 from .params import declare_and_load, doc
 
 NODE_NAME = "recorder"
@@ -77,16 +77,6 @@ class RecorderParams:
 
 
 # ------------------------------------------------------------------------------ helpers
-def normalize_type(type_name: str) -> str:
-    """'pkg/msg/Name' or 'pkg/Name' -> 'pkg/msg/Name' (ValueError if malformed)."""
-    parts = type_name.strip().strip("/").split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3 or parts[1] != "msg" or not all(parts):
-        raise ValueError(f"message type {type_name!r} is not of the form pkg/msg/Name")
-    return "/".join(parts)
-
-
 def installed_definition(msgtype: str) -> Optional[str]:
     """.msg text of an installed ROS package's message (share/<pkg>/msg/<Name>.msg), or None."""
     pkg, _, name = msgtype.split("/")

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ..contract import Contract, ContractError
+from ..types import json_default
 
 META_FORMAT = 1
 CONTRACT_KEY = "bc_policy.contract"
@@ -40,13 +41,6 @@ class PolicyContractMismatch(ContractError):
         self.mismatches = list(mismatches)
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
 
 def embed_metadata(model_proto, contract: Contract, meta: Mapping[str, Any]):
     """Write ``bc_policy.contract`` and ``bc_policy.meta`` into an ``onnx.ModelProto`` (in place).
@@ -58,7 +52,7 @@ def embed_metadata(model_proto, contract: Contract, meta: Mapping[str, Any]):
     Existing entries with the same keys are replaced. Returns `model_proto`.
     Works on the protobuf object directly, so the runtime never needs the ``onnx`` package.
     """
-    m: Dict[str, Any] = json.loads(json.dumps(dict(meta), default=_json_default))
+    m: Dict[str, Any] = json.loads(json.dumps(dict(meta), default=json_default))
     if m.setdefault("format", META_FORMAT) != META_FORMAT:
         raise ValueError(f"meta format {m['format']!r}: this package writes format {META_FORMAT}")
     if m.get("kind") not in POLICY_KINDS:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..contract import Contract, ContractError
+from ..types import json_default
 
 DATASET_FORMAT = 1
 
@@ -176,7 +177,7 @@ class Dataset:
                 "num_frames": self.num_frames}
         if self.episodes:
             meta["stats"] = self.stats().to_dict()
-        (d / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        (d / "meta.json").write_text(json.dumps(meta, indent=1, default=json_default))
         return d
 
     @classmethod
@@ -208,11 +209,3 @@ class Dataset:
                 raise DatasetError(f"{d}: chunk_labels has {len(cl)} frames, episodes need {pos}")
             return cls(contract, [Episode(e.obs, e.act, e.t, e.meta, e.labelled, e.chunk_labels) for e in eps])
         return cls(contract, eps)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o)}")

@@ -22,6 +22,7 @@ import numpy as np
 
 from ...core.contract import Contract
 from ...core.data.episodes import Dataset, DatasetError, Episode
+from ...core.types import json_default
 
 RECORD_FILE = "record.json"
 CONFIG_FILE = "dagger_config.json"
@@ -57,21 +58,11 @@ class RoundRecord:
 
 
 # ------------------------------------------------------------------------------ json
-def _default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return float(o)
-
-
 def write_json(path: Path, data) -> None:
     """Atomic (tmp + rename): a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_default))
+    tmp.write_text(json.dumps(data, indent=1, default=json_default))
     tmp.replace(path)
 
 
