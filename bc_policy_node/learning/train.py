@@ -9,6 +9,7 @@ interrupted run resumed from its last checkpoint ends where the uninterrupted on
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..core.contract import Contract
+from ..core.contract import JOINT_POSITION, Contract
 from ..core.data.episodes import Dataset, NormStats
 from . import checkpoint as ckpt
 from .config import ModelConfig, TrainConfig
@@ -80,6 +81,17 @@ class _LoopState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def frame_for(model_cfg: ModelConfig, contract: Contract) -> ModelConfig:
+    """A relative action frame is defined for joint-position actions (targets minus the measured
+    joints); for any other action (Cartesian velocity, gripper) the default config's
+    ``relative`` trains in the absolute frame, and the run's config says so."""
+    if model_cfg.action_frame == "relative" and contract.action.kind != JOINT_POSITION:
+        print(f"[train] action_frame relative needs joint_position actions; the {contract.action.kind} action "
+              f"of contract {contract.name!r} trains in the absolute frame")
+        return dataclasses.replace(model_cfg, action_frame="absolute")
+    return model_cfg
 
 
 # --------------------------------------------------------------------------- data
@@ -278,6 +290,7 @@ def train(data, model_cfg: Optional[ModelConfig], train_cfg: Optional[TrainConfi
     model_cfg = model_cfg or ModelConfig()
     train_cfg = train_cfg or TrainConfig()
     ds = load_dataset(data)
+    model_cfg = frame_for(model_cfg, ds.contract)
     check_dataset(ds, model_cfg.chunk_length, contract)
     run_dir = Path(run_dir)
     has_run = (run_dir / ckpt.LAST_CHECKPOINT).is_file()

@@ -103,10 +103,12 @@ def test_demos_train_export_and_run_through_the_control_engine(tmp_path):
     env = make_env(ROBOT, task)
     fn = expert_act_fn(env, c)
     ds = Dataset(c, [rollout(env, c, fn, s).episode(c.dt, "expert") for s in range(3)])
-    m, t = round_configs({"kind": "chunk_mlp", "chunk_length": 5, "action_frame": "absolute", "width": 32,
-                          "depth": 1}, {"max_epochs": 2})
+    m, t = round_configs({"kind": "chunk_mlp", "chunk_length": 5, "width": 32, "depth": 1}, {"max_epochs": 2})
+    assert m.action_frame == "relative"           # the default config's; Cartesian actions train absolute
     run = train(ds, m, t, tmp_path / "run", progress=False)
     onnx = export(run.run_dir, tmp_path / "p.onnx")
+    from bc_policy_node.core.control.runtime import OnnxPolicy
+    assert OnnxPolicy(onnx).meta["action_frame"] == "absolute"
     ev = evaluate(str(onnx), ROBOT, task, [10_000, 10_001], with_expert=False)
     assert ev["success"]["n"] == 2
     for r in ev["results"]:
