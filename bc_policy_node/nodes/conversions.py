@@ -1,12 +1,13 @@
 """Messages <-> numpy / core types, in one place (the only module that knows both sides)."""
 from __future__ import annotations
 
+import array
 from typing import Sequence, Tuple
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -134,3 +135,44 @@ def action_chunk_msg(chunk: np.ndarray, joint_names: Sequence[str], dt: float, m
 def has_header(msg_class) -> bool:
     """True if messages of this class carry ``header.stamp``."""
     return "header" in getattr(msg_class, "_fields_and_field_types", {})
+
+
+# ---------------------------------------------------------------------------- camera images
+def image_msg(rgb: np.ndarray, stamp: Time, frame_id: str = "") -> Image:
+    """uint8 RGB (H, W, 3) -> sensor_msgs/Image rgb8 (one memcpy into the message)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    msg = Image(height=int(h), width=int(w), encoding="rgb8", is_bigendian=0, step=int(w) * 3)
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.data = array.array("B", rgb.tobytes())
+    return msg
+
+
+def image_array(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image rgb8 -> uint8 (H, W, 3)."""
+    if msg.encoding != "rgb8":
+        raise ValueError(f"expected an rgb8 image, got {msg.encoding!r}")
+    flat = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    return flat.reshape(msg.height, msg.step)[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
+
+
+def compressed_image_msg(jpeg: bytes, stamp: Time, frame_id: str = "") -> CompressedImage:
+    """JPEG bytes of an rgb8 image -> sensor_msgs/CompressedImage (image_transport's format string)."""
+    msg = CompressedImage(format="rgb8; jpeg compressed bgr8")
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.data = array.array("B", jpeg)
+    return msg
+
+
+def camera_info_msg(width: int, height: int, fx: float, fy: float, cx: float, cy: float,
+                    frame_id: str = "") -> CameraInfo:
+    """Pinhole sensor_msgs/CameraInfo without distortion (a rendered camera)."""
+    msg = CameraInfo(width=int(width), height=int(height), distortion_model="plumb_bob")
+    msg.header.frame_id = frame_id
+    msg.d = [0.0] * 5
+    msg.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg

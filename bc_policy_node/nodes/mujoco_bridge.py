@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
 from collections import deque
-from typing import Dict, Optional
+from concurrent.futures import Future
+from typing import Dict, List, Optional
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
@@ -23,6 +26,7 @@ from ..core.sim.bridge_params import (ACCEPTED, CLAMPED, COUNTERS, IGNORED, NODE
                                        RATE_LIMITED, REJ_JOINT_SET, REJ_LENGTH, REJ_MALFORMED, REJ_NO_POINTS,
                                        REJ_NONFINITE, REJ_UNKNOWN_JOINT, SWITCH_INTERVAL_S, BridgeParams,
                                        PeriodStats, RateLimiter)
+from ..core.sim.camera import CameraRenderer, CameraSpec, FrameSchedule, encode_jpeg, gl_submit, goal_world
 from ..core.sim.env import JOINT_STATES_TOPIC, TASK_STATE_TOPIC, SimEnv, robot_mjcf
 from ..core.control.safety import validate_command
 from ..core.sim.metaworld_env import MetaWorldUnavailable
@@ -30,14 +34,48 @@ from ..core.sim.sim import SimError
 from ..core.sim.tasks import TaskError
 from ..core.types import STATUS_DIVERGED
 from . import qos
-from .conversions import joint_state_msg, task_state_msg, trajectory_first_point
+from .conversions import (camera_info_msg, compressed_image_msg, image_msg, joint_state_msg, task_state_msg,
+                          trajectory_first_point)
 from .fastlane import FastLane
 from .metaworld_backend import MetaWorldBackend, check_robot_task
 from .common import ERROR, OK, WARN, Diagnostics, ThrottledLog, run_node
 from .params import declare_and_load
 
+# Camera topics: reliable, a short history (a 224x224 frame is 150 kB; lock-step sends one per command).
+CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+
+
 def _stamp(ns: int) -> Time:
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+class _Camera:
+    """One published camera: renderer, sim-time schedule, the three publishers."""
+
+    def __init__(self, node: Node, spec: CameraSpec, renderer: CameraRenderer, quality: int):
+        self.spec, self.renderer, self.quality = spec, renderer, quality
+        base = f"/camera/{spec.name}"
+        self.frame_id = f"{spec.name}_camera"
+        self.raw = node.create_publisher(Image, f"{base}/image_raw", CAMERA_QOS)
+        self.jpeg = node.create_publisher(CompressedImage, f"{base}/image_raw/compressed", CAMERA_QOS)
+        self.info = node.create_publisher(CameraInfo, f"{base}/camera_info", CAMERA_QOS)
+        r = renderer
+        self.info_msg = camera_info_msg(r.width, r.height, r.fx, r.fy, r.cx, r.cy, self.frame_id)
+        self.schedule = FrameSchedule(spec.period_ns)
+        self.pending: Optional[Future] = None      # free mode: the frame being rendered
+
+    def render_and_publish(self, stamp: Time) -> float:
+        """Render the scene taken by renderer.update(), publish raw, JPEG and camera_info with
+        `stamp`; returns the render time (s)."""
+        t0 = time.perf_counter()
+        rgb = self.renderer.render()
+        dt = time.perf_counter() - t0
+        self.raw.publish(image_msg(rgb, stamp, self.frame_id))
+        self.jpeg.publish(compressed_image_msg(encode_jpeg(rgb, self.quality), stamp, self.frame_id))
+        self.info_msg.header.stamp = stamp
+        self.info.publish(self.info_msg)
+        return dt
 
 
 class MujocoBridge(Node):
@@ -52,6 +90,15 @@ class MujocoBridge(Node):
         ``/clock`` rosgraph_msgs/Clock (qos.CLOCK), if publish_clock: lockstep with every pair,
         free at clock_rate_hz (sim time) and every control boundary; always the stamp of a
         /joint_states, published right after it.
+        ``/camera/<name>/image_raw`` sensor_msgs/Image (rgb8), ``/camera/<name>/image_raw/compressed``
+        sensor_msgs/CompressedImage (JPEG) and ``/camera/<name>/camera_info`` sensor_msgs/CameraInfo
+        (pinhole K from the camera's fovy and the image size) for every entry of the `cameras`
+        parameter (core/sim/camera.py), stamped with the /joint_states stamp of the state they
+        show. Lock-step: the frame of a tick is rendered synchronously and published after that
+        tick's /joint_states and before its /task_state (and /clock). Free mode: at the camera
+        rate in sim time (rate 0: every control boundary), scene taken under the sim lock,
+        rendered and published on the GL thread; a frame due while the previous one of that
+        camera is still rendering is dropped (camera_frames_dropped on /diagnostics).
         ``/diagnostics`` diagnostic_msgs/DiagnosticArray at diagnostics_rate_hz: command
         counters (below), divergences, ticks, achieved real-time factor, /joint_states rate and
         p99 publish-period error (free mode), lock-step ticks/s.
@@ -68,7 +115,8 @@ class MujocoBridge(Node):
         a controller that joined late).
     Parameters: see `BridgeParams` (robot, mjcf, task, variant, seed, mode, real_time_factor,
         control_rate_hz, joint_state_rate_hz, controller, publish_clock, clock_rate_hz, auto_reset,
-        max_command_rate_hz, diagnostics_rate_hz, push_magnitude, push_interval_ticks, push_count);
+        max_command_rate_hz, diagnostics_rate_hz, push_magnitude, push_interval_ticks, push_count,
+        cameras, camera_jpeg_quality);
         defaults in config/mujoco_bridge.yaml.
 
     Stamps: header stamps are the bridge's sim clock (= /clock), in ns: the sim time of the
@@ -123,7 +171,11 @@ class MujocoBridge(Node):
         super().__init__(NODE_NAME)
         self.params = p = declare_and_load(self, BridgeParams)
         self.backend: Optional[MetaWorldBackend] = None
+        self._cams: List[_Camera] = []
         if check_robot_task(p.robot, p.task):
+            if p.cameras:
+                raise ValueError("parameter cameras: not available for metaworld/<name> tasks yet "
+                                 "(cameras of the package's own arms only)")
             self.backend = MetaWorldBackend(self, p)
             return
         mjcf = p.mjcf or str(robot_mjcf(p.robot))
@@ -172,6 +224,7 @@ class MujocoBridge(Node):
         self.create_service(ResetEpisode, "~/reset", self._srv_reset)
         self.create_service(StepSim, "~/step", self._srv_step)
         self.create_timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics)
+        self._setup_cameras()
 
         if p.auto_reset:
             with self._lock:
@@ -188,10 +241,45 @@ class MujocoBridge(Node):
             f"control {p.control_rate_hz:g} Hz ({env.substeps} physics steps of {env.sim.timestep:g} s)"
             + (f", joint states {js_rate:g} Hz sim time at x{p.real_time_factor:g} real time"
                if not self.lockstep else "")
-            + f"; commands on {self.command_topic} / {self.trajectory_topic}")
+            + f"; commands on {self.command_topic} / {self.trajectory_topic}"
+            + (f"; cameras {[str(c.spec) for c in self._cams]} (MUJOCO_GL={os.environ.get('MUJOCO_GL')})"
+               if self._cams else ""))
         if not self.lockstep and abs(js_rate - p.joint_state_rate_hz) > 1e-6 * p.joint_state_rate_hz:
             self.get_logger().warn(f"joint_state_rate_hz {p.joint_state_rate_hz:g} is not a whole number of "
                                    f"physics steps: publishing at {js_rate:g} Hz")
+
+    def declare_parameter(self, name, value=None, descriptor=None, ignore_override=False):
+        # `cameras` defaults to [], which rclpy types as a byte array: declare it dynamically
+        # typed so a string list (the only thing BridgeParams accepts) can override it.
+        if name == "cameras" and descriptor is not None:
+            descriptor.dynamic_typing = True
+        return super().declare_parameter(name, value, descriptor, ignore_override)
+
+    def _setup_cameras(self) -> None:
+        """Renderers + publishers of the `cameras` parameter; CameraError (exit 1) names the
+        model's cameras if one is unknown, or says to set MUJOCO_GL=egl if GL does not work."""
+        p, sim = self.params, self.env.sim
+        try:
+            for spec in p.camera_specs():
+                r = CameraRenderer(sim.model, spec.name, spec.width, spec.height, source=str(sim.path))
+                self._cams.append(_Camera(self, spec, r, p.camera_jpeg_quality))
+        except Exception:
+            self._close_cameras()
+            raise
+        if self._cams:
+            self.counts.update(camera_frames=0, camera_frames_dropped=0)
+            self._render_ms = deque(maxlen=200)
+
+    def _close_cameras(self) -> None:
+        for c in self._cams:
+            if c.pending is not None:
+                c.pending.cancel()
+                try:
+                    c.pending.result(timeout=5.0)
+                except Exception:  # noqa: BLE001 - cancelled or failed: closing anyway
+                    pass
+            c.renderer.close()
+        self._cams = []
 
     # ------------------------------------------------------------------ lifetime
     def start(self) -> None:
@@ -210,6 +298,8 @@ class MujocoBridge(Node):
         if self._free_thread is not None:
             self._free_thread.join(2.0)
         self._lane.stop()
+        with self._lock:
+            self._close_cameras()
 
     def _on_lane_error(self, e: BaseException) -> None:
         self.get_logger().error(f"command handling failed: {type(e).__name__}: {e}",
@@ -241,6 +331,8 @@ class MujocoBridge(Node):
         self._js_pub.publish(js)
         if not self.lockstep:
             self._js_stats.record(time.perf_counter(), self.k_pub * env.sim.timestep / self.params.real_time_factor)
+        if self._cams:                        # frames of this state: after /joint_states, before /task_state
+            self._publish_frames(ns - self._offset_ns, stamp, boundary=with_task)
         ts = None
         if with_task:
             ts = task_state_msg(msgs[TASK_STATE_TOPIC] if msgs else env.task_state)
@@ -254,6 +346,42 @@ class MujocoBridge(Node):
         if with_clock and self._clock_pub is not None:   # after the data: a sim-time timer firing on this
             self._clock_pub.publish(Clock(clock=stamp))   # clock finds the pair already sent
         return ts
+
+    def _publish_frames(self, episode_ns: int, stamp: Time, boundary: bool) -> None:
+        """The camera frames due at this published state (sim time `episode_ns` of the episode).
+        Lock held. Lock-step: rendered and published now; free: rendered on the GL thread."""
+        env = self.env
+        if env.sim.diverged or not self._episode:
+            return
+        goal = goal_world(env.sim, env.task.goal)
+        for cam in self._cams:
+            if cam.spec.period_ns == 0 and not boundary:
+                continue
+            if not cam.schedule.due(episode_ns):
+                continue
+            if self.lockstep:
+                cam.renderer.update(env.sim.data, goal)
+                self._frame_done(cam.render_and_publish(stamp))
+                continue
+            if cam.pending is not None and not cam.pending.done():
+                self.counts["camera_frames_dropped"] += 1
+                continue
+            cam.renderer.update(env.sim.data, goal)
+            cam.pending = gl_submit(cam.render_and_publish, stamp)
+            cam.pending.add_done_callback(self._frame_future_done)
+
+    def _frame_done(self, render_s: float) -> None:
+        self.counts["camera_frames"] += 1
+        self._render_ms.append(render_s * 1e3)
+
+    def _frame_future_done(self, fut: Future) -> None:
+        if fut.cancelled():
+            return
+        e = fut.exception()
+        if e is not None:
+            self.get_logger().error(f"camera frame failed: {type(e).__name__}: {e}", throttle_duration_sec=2.0)
+            return
+        self._frame_done(fut.result())     # no sim lock here: shutdown holds it while waiting for the GL thread
 
     def _publish_first_pair_when_heard(self) -> None:
         if not self._first_pair_pending:
@@ -282,6 +410,8 @@ class MujocoBridge(Node):
         self._pending_cmd = None
         self._since_pub = self._since_clock = 0     # free mode: steps since the last js / clock
         self._diverged_logged = False
+        for cam in self._cams:
+            cam.schedule.reset()
         self.counts["episodes"] += 1
         return self._publish_pair(msgs=msgs) if publish else None
 
@@ -469,6 +599,10 @@ class MujocoBridge(Node):
                    mode=self.params.mode, episode_id=env.episode_id,
                    step=ts.step if ts else 0, status=ts.status if ts else "no episode",
                    rejected=sum(out[k] for k in COUNTERS if k.startswith("rejected")))
+        if self._cams:
+            ms = np.fromiter(self._render_ms, float) if self._render_ms else np.zeros(0)
+            out.update(cameras=",".join(str(c.spec) for c in self._cams),
+                       camera_render_ms_p50=float(np.median(ms)) if ms.size else float("nan"))
         if self.lockstep:
             rate = self._tick_rate()
             out.update(ticks_per_s=rate, achieved_rtf=rate / self.params.control_rate_hz)

@@ -11,7 +11,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -68,8 +68,24 @@ class BridgeParams:
                                 "(rad) at seeded ticks and hold it there (core/sim/disturbance.py); 0 = off", 0.0)
     push_interval_ticks: float = doc("Mean control ticks between pushes", 80.0)
     push_count: int = doc("Pushes per episode at most", 3)
+    cameras: Tuple[str, ...] = doc(
+        "MJCF cameras to render and publish, each '<name>[:<W>x<H>][@<rate_hz>]' (size default 96x96; "
+        "rate in Hz of sim time, 0 or omitted = every control tick): /camera/<name>/image_raw, "
+        "/camera/<name>/image_raw/compressed, /camera/<name>/camera_info; [] = no rendering "
+        "(core/sim/camera.py; sets MUJOCO_GL=egl if unset)", ())
+    camera_jpeg_quality: int = doc("JPEG quality (1-95) of /camera/<name>/image_raw/compressed", 90)
 
     def __post_init__(self):
+        if self.cameras is None:       # an empty list given as a parameter override has no type
+            object.__setattr__(self, "cameras", ())
+        if not all(isinstance(c, str) for c in self.cameras):
+            raise ValueError(f"parameter cameras must be a list of strings, got {list(self.cameras)!r}")
+        try:
+            self.camera_specs()
+        except ValueError as e:
+            raise ValueError(f"parameter cameras: {e}") from None
+        if not 1 <= self.camera_jpeg_quality <= 95:
+            raise ValueError(f"parameter camera_jpeg_quality must be 1..95, got {self.camera_jpeg_quality}")
         if self.mode not in MODES:
             raise ValueError(f"parameter mode must be one of {MODES}, got {self.mode!r}")
         for name in ("real_time_factor", "control_rate_hz", "joint_state_rate_hz", "clock_rate_hz",
@@ -88,6 +104,12 @@ class BridgeParams:
             self.pushes()
         except ValueError as e:
             raise ValueError(f"parameters push_magnitude/push_interval_ticks/push_count: {e}") from None
+
+    def camera_specs(self):
+        """The `cameras` entries as `core.sim.camera.CameraSpec`s (ValueError on a bad one)."""
+        from .camera import parse_camera_specs   # mujoco: only imported by the nodes that render
+
+        return parse_camera_specs(self.cameras)
 
     def pushes(self) -> Optional[Pushes]:
         if not (math.isfinite(self.push_magnitude) and math.isfinite(self.push_interval_ticks)):
