@@ -149,7 +149,7 @@ def _figure(out_dir: Path, rows, order: List[str], variants: List[str]) -> str:
     plt = C.plt()
     series = order + [f"dagger_{v}" for v in variants]
     tasks = list(rows)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(tasks) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(tasks) + 2), 4.6))
     w = 0.8 / len(series)
     for j, key in enumerate(series):
         vals, lo, hi = [], [], []
@@ -165,7 +165,7 @@ def _figure(out_dir: Path, rows, order: List[str], variants: List[str]) -> str:
     ax.set_xticklabels([t.replace("-v3", "") for t in tasks], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("success (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, ncol=3, loc="lower left")
+    ax.legend(fontsize=7, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
     ax.set_title("Meta-World MT10, 100 held-out seeds per task")
     fig.tight_layout()
     return C.savefig(fig, Path(out_dir) / "metaworld_mt10.png")
