@@ -36,7 +36,7 @@ from bc_msgs.msg import ActionChunk, FrameTag, TaskState
 from bc_msgs.srv import QueryExpert
 
 from ..core.sim.env import resolve_contract
-from ..core.contract import ContractError, ObservationAssembler
+from ..core.contract import JOINT_POSITION, ContractError, ObservationAssembler
 from ..core.control.controller import ActionReference
 from ..core.dagger.arbiter import REASON_EXPERT_UNAVAILABLE, DaggerArbiter, Outcome, load_ensemble
 from ..core.dagger.frames import ANSWER_ERROR, Frame, FramePairing
@@ -105,6 +105,10 @@ class DaggerNode(Node):
         if not p.contract:
             raise ValueError("parameter 'contract' is empty: give the robot's contract YAML")
         self.contract = resolve_contract(p.contract)
+        if self.contract.action.kind != JOINT_POSITION:
+            raise ContractError(f"the dagger node relays joint_position commands; contract {self.contract.name!r} has a "
+                                f"{self.contract.action.kind} action (DAgger on it runs in process: "
+                                f"pipeline.dagger.inprocess)")
         ensemble = None
         if p.resolved_uncertainty_source() == "ensemble":
             ensemble = load_ensemble(p.ensemble_models, self.contract, p.uncertainty_horizon)

@@ -1,7 +1,8 @@
 """The expert node serving a Meta-World task (the installed executable, real DDS): ~/query
 labels for contract observations equal the in-process expert's (Meta-World's scripted policy
 on the task's generated contract), at states the expert never visited too; K-step plans are
-refused with the reason; an unknown task stops the node with the close matches."""
+refused with the reason; an unknown task stops the node with the close matches; the dagger node
+refuses a Cartesian contract at start-up."""
 import subprocess
 
 import numpy as np
@@ -67,3 +68,16 @@ def test_an_unknown_task_stops_the_node_with_the_close_matches(tmp_path):
         node.stop()
         pytest.fail(f"the expert node did not exit on an unknown task:\n{node.log()[-3000:]}")
     assert code == 1 and "pick-place-v3" in node.log(), node.log()[-3000:]
+
+
+def test_the_dagger_node_refuses_a_cartesian_contract_with_the_reason(tmp_path):
+    """DAgger through the graph relays joint commands only (Meta-World DAgger runs in process):
+    a defined start-up error, exit 1."""
+    spec = NodeSpec("dagger_node", "dagger", param_file="dagger.yaml", parameters={"contract": TASK})
+    node = NodeProcess(spec, tmp_path / "logs")
+    try:
+        code = node.proc.wait(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        node.stop()
+        pytest.fail(f"the dagger node did not exit on a Cartesian contract:\n{node.log()[-3000:]}")
+    assert code == 1 and "relays joint_position commands" in node.log(), node.log()[-3000:]
