@@ -1,7 +1,7 @@
 """Node plumbing written once, used by every node of the package.
 
 Owns: the process lifetime of a node (`run_node`: rclpy init, SIGINT/SIGTERM, spin, clean
-shutdown, exit code), run-time message type lookup (`message_class`), per-key throttled logging
+shutdown, exit code), run-time message type lookup (`normalize_type`, `message_class`), per-key throttled logging
 (`ThrottledLog`), ``/diagnostics`` (`diagnostic_array`, `Diagnostics`), JSON ``~/status``
 (`JsonStatus`) and the guard of run-time parameter changes (`refuse_static_parameters`, from the
 ``runtime=True`` flag of `core.params.doc`). Parameter declaration is `nodes.params`.
