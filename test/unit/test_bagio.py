@@ -204,7 +204,7 @@ class Child:
             except queue.Empty:
                 break
             if line is None:
-                self.wait()
+                self.wait(timeout=CHILD_TIMEOUT_S)
                 self.fail("ended before printing the expected line")
             if pred(line.split()):
                 return line.split()
@@ -268,7 +268,7 @@ def test_kill_9_mid_episode_leaves_earlier_intact_and_recovers_the_rest(tmp_path
         proc.wait_for(lambda w: w[0] == "closed")
         fields = proc.wait_for(lambda w: w[0] == "flushed" and int(w[1]) >= 300)
         os.kill(proc.proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=CHILD_TIMEOUT_S)
     assert proc.returncode == -signal.SIGKILL, proc.output()
     flushed = int(fields[1])
     ep0, ep1 = tmp_path / "ep_000", tmp_path / "ep_001"
@@ -305,7 +305,7 @@ def test_kill_before_first_chunk_recovers_an_empty_valid_bag(tmp_path):
         os.kill(os.getpid(), signal.SIGKILL)
     """
     with Child(script, tmp_path) as proc:
-        proc.wait()
+        proc.wait(timeout=CHILD_TIMEOUT_S)
     assert proc.returncode == -signal.SIGKILL, proc.output()
     rep = recover_bag(tmp_path / "ep")
     assert rep["status"] == "recovered" and rep["counts"] == {"/cmd": 0}
@@ -340,7 +340,7 @@ def _sigint_scenario(tmp_path, preexec_fn=None):
         inherited = proc.wait_for(lambda w: w[0] == "inherited")[1]
         proc.wait_for(lambda w: w[0] == "ready")
         proc.proc.send_signal(signal.SIGINT)
-        code = proc.wait()
+        code = proc.wait(timeout=CHILD_TIMEOUT_S)
     assert code != 0 and "KeyboardInterrupt" in "".join(proc.err), proc.output()
     if preexec_fn is ignore_sigint:      # the simulation is real: the child started with SIG_IGN
         assert inherited == "SIG_IGN", proc.output()
@@ -384,7 +384,7 @@ def test_disk_full_raises_bag_write_error_and_keeps_earlier_episodes(tmp_path):
         w.close()
     """
     with Child(script, tmp_path) as proc:
-        proc.wait()
+        proc.wait(timeout=CHILD_TIMEOUT_S)
     out, err = "".join(proc.out), "".join(proc.err)
     assert proc.returncode == 0, err
     assert out.startswith("ERROR " + str(tmp_path / "ep_001")), out
