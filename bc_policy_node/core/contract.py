@@ -29,6 +29,16 @@ Example (config/contracts/planar3_curved_reach.yaml)::
       max_step: [0.08, 0.08, 0.08]  # rad per control tick
 
 An action may combine parts (an end-effector velocity and a gripper command, ...): `core.action`.
+
+Cameras are observation entries of ``kind: image`` (`ImageTerm`, decoded by `core.image`)::
+
+      - {name: overhead, kind: image, topic: /camera/overhead/image_raw/compressed,
+         type: sensor_msgs/msg/CompressedImage, encoding: rgb8, height: 96, width: 96,
+         crop: [0, 8, 80, 80], max_age_s: 0.15}
+
+They are not part of the observation vector (`obs_dim`, `slices()`): `Contract.images` lists
+them and the policy gets each as a uint8 (h, w, 3) array (after the optional crop
+``[top, left, height, width]``).
 """
 from __future__ import annotations
 
@@ -65,6 +75,53 @@ class ObsTerm:
         return d
 
 
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+IMAGE_ENCODINGS = ("rgb8",)   # what a term asks for; `core.image` converts bgr8/mono8/JPEG/PNG to it
+
+
+@dataclass(frozen=True)
+class ImageTerm:
+    """A camera observation: the frames on `topic` (raw `sensor_msgs/Image` or
+    `CompressedImage`), height x width x 3 uint8 in `encoding`, cut to `crop` (top, left,
+    height, width; None = whole frame). `max_age_s` (None = the contract's stale_after_s) is
+    how old its newest frame may be before the observation counts as stale (a camera slower
+    than the control rate needs more than the state topics)."""
+
+    name: str
+    topic: str
+    msg_type: str
+    height: int
+    width: int
+    encoding: str = "rgb8"
+    crop: Optional[Tuple[int, int, int, int]] = None
+    max_age_s: Optional[float] = None
+
+    @property
+    def compressed(self) -> bool:
+        return self.msg_type.endswith("CompressedImage")
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """(h, w, 3) of the array the policy gets (after the crop)."""
+        if self.crop is None:
+            return (self.height, self.width, 3)
+        return (self.crop[2], self.crop[3], 3)
+
+    @property
+    def input_name(self) -> str:
+        """The ONNX input that takes this camera's frames."""
+        return f"image_{self.name}"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"name": self.name, "kind": "image", "topic": self.topic, "type": self.msg_type,
+                             "encoding": self.encoding, "height": self.height, "width": self.width}
+        if self.crop is not None:
+            d["crop"] = list(self.crop)
+        if self.max_age_s is not None:
+            d["max_age_s"] = self.max_age_s
+        return d
+
+
 @dataclass(frozen=True)
 class Contract:
     name: str
@@ -76,6 +133,7 @@ class Contract:
     observation: Tuple[ObsTerm, ...]
     action: ActionSpec
     version: int = CONTRACT_VERSION
+    images: Tuple[ImageTerm, ...] = ()
 
     # ------------------------------------------------------------------ derived
     @property
@@ -126,20 +184,33 @@ class Contract:
 
     def topics(self) -> Dict[str, str]:
         """Every topic the contract reads or writes -> its message type."""
-        out = {t.topic: t.msg_type for t in self.observation}
+        out = self.observation_topics()
         for part in self.action.parts:
             out[part.topic] = part.msg_type
         return out
 
     def observation_topics(self) -> Dict[str, str]:
-        return {t.topic: t.msg_type for t in self.observation}
+        """Every observed topic (state terms and cameras) -> its message type."""
+        out = {t.topic: t.msg_type for t in self.observation}
+        out.update({t.topic: t.msg_type for t in self.images})
+        return out
+
+    def image_topics(self) -> Dict[str, str]:
+        return {t.topic: t.msg_type for t in self.images}
+
+    def image_term(self, name: str) -> ImageTerm:
+        for t in self.images:
+            if t.name == name:
+                return t
+        raise ContractError(f"contract {self.name!r} has no image term {name!r}; it has "
+                            f"{[t.name for t in self.images]}")
 
     # ------------------------------------------------------------ serialization
     def to_dict(self) -> Dict[str, Any]:
         return {"contract_version": self.version, "name": self.name, "robot": self.robot,
                 "task": self.task, "control_rate_hz": self.control_rate_hz,
                 "chunk_length": self.chunk_length, "stale_after_s": self.stale_after_s,
-                "observation": [t.to_dict() for t in self.observation],
+                "observation": [t.to_dict() for t in self.observation + self.images],  # type: ignore[operator]
                 "action": self.action.to_dict()}
 
     def to_json(self) -> str:
@@ -188,12 +259,22 @@ class Contract:
         stale = float(d.get("stale_after_s", 5.0 / rate))
         if not stale > 0:
             raise ContractError(f"stale_after_s must be > 0, got {stale}")
-        terms = tuple(_parse_term(t) for t in d["observation"])
+        if not isinstance(d["observation"], (list, tuple)):
+            raise ContractError("observation must be a list of terms")
+        entries = [t for t in d["observation"] if not (isinstance(t, Mapping) and t.get("kind") == "image")]
+        images = tuple(_parse_image_term(t) for t in d["observation"]
+                       if isinstance(t, Mapping) and t.get("kind") == "image")
+        terms = tuple(_parse_term(t) for t in entries)
         if not terms:
-            raise ContractError("observation has no terms")
-        names = [t.name for t in terms]
+            raise ContractError("observation has no state terms (a camera-only policy still needs one, "
+                                "e.g. the joint positions its safety filter starts from)")
+        names = [t.name for t in terms + images]   # type: ignore[operator]
         if len(set(names)) != len(names):
             raise ContractError(f"duplicate observation term names: {names}")
+        topics = [t.topic for t in images]
+        clash = sorted({t for t in topics if topics.count(t) > 1} | (set(topics) & {t.topic for t in terms}))
+        if clash:
+            raise ContractError(f"image topic(s) {clash} used by more than one term")
         action = parse_action(d["action"])
         sizes = {t.name: t.size for t in terms}
         for part in action.parts:
@@ -203,7 +284,7 @@ class Contract:
                                     f"observation term of size 3 (terms: {sizes})")
         return cls(name=str(d["name"]), robot=str(d["robot"]), task=str(d["task"]),
                    control_rate_hz=rate, chunk_length=chunk, stale_after_s=stale,
-                   observation=terms, action=action, version=version)
+                   observation=terms, action=action, version=version, images=images)
 
     # --------------------------------------------------------------- matching
     def mismatches(self, other: "Contract") -> List[str]:
@@ -216,8 +297,8 @@ class Contract:
             out.append(f"robot: model {self.robot!r} vs robot {other.robot!r}")
         if abs(self.control_rate_hz - other.control_rate_hz) > 1e-9:
             out.append(f"control_rate_hz: model {self.control_rate_hz} vs robot {other.control_rate_hz}")
-        mine = [t.to_dict() for t in self.observation]
-        theirs = [t.to_dict() for t in other.observation]
+        mine = [t.to_dict() for t in self.observation + self.images]  # type: ignore[operator]
+        theirs = [t.to_dict() for t in other.observation + other.images]  # type: ignore[operator]
         if mine != theirs:
             for i in range(max(len(mine), len(theirs))):
                 a = mine[i] if i < len(mine) else None
@@ -263,6 +344,39 @@ def _parse_term(t: Mapping[str, Any]) -> ObsTerm:
                    field=str(t["field"]), size=size, joints=joints)
 
 
+def _parse_image_term(t: Mapping[str, Any]) -> ImageTerm:
+    name = t.get("name")
+    where = f"image term {name!r}"
+    for key in ("name", "topic", "type", "height", "width"):
+        if key not in t:
+            raise ContractError(f"{where} is missing {key!r}")
+    if t["type"] not in IMAGE_TYPES:
+        raise ContractError(f"{where}: type {t['type']!r} is not one of {list(IMAGE_TYPES)}")
+    enc = str(t.get("encoding", "rgb8"))
+    if enc not in IMAGE_ENCODINGS:
+        raise ContractError(f"{where}: encoding {enc!r} not supported (a policy takes {list(IMAGE_ENCODINGS)}; "
+                            f"bgr8, mono8, JPEG and PNG frames are converted to it)")
+    h, w = int(t["height"]), int(t["width"])
+    if not (1 <= h <= 4096 and 1 <= w <= 4096):
+        raise ContractError(f"{where}: size {w}x{h} must be 1..4096 px")
+    crop = None
+    if t.get("crop") is not None:
+        c = [int(v) for v in t["crop"]]
+        if len(c) != 4 or c[0] < 0 or c[1] < 0 or c[2] < 1 or c[3] < 1 or c[0] + c[2] > h or c[1] + c[3] > w:
+            raise ContractError(f"{where}: crop {t['crop']!r} must be [top, left, height, width] inside "
+                                f"the {w}x{h} frame")
+        crop = (c[0], c[1], c[2], c[3])
+    age = t.get("max_age_s")
+    if age is not None:
+        age = float(age)
+        if not (math.isfinite(age) and age > 0):
+            raise ContractError(f"{where}: max_age_s must be > 0, got {t['max_age_s']!r}")
+    if not str(t["topic"]).startswith("/"):
+        raise ContractError(f"{where}: topic must be absolute, got {t['topic']!r}")
+    return ImageTerm(name=str(name), topic=str(t["topic"]), msg_type=str(t["type"]), height=h, width=w,
+                     encoding=enc, crop=crop, max_age_s=age)
+
+
 # ---------------------------------------------------------------------------- extraction
 _SEQUENCES = (np.ndarray, list, tuple, array.array)
 
@@ -305,12 +419,21 @@ class ObservationAssembler:
             self._by_topic.setdefault(t.topic, []).append((i, t))
         self._slices = [contract.slices()[t.name] for t in contract.observation]
         self._vec = np.zeros(contract.obs_dim)
-        self._stamps = np.full(len(contract.observation), -np.inf)
+        self._stamps = np.full(len(contract.observation) + len(contract.images), -np.inf)
+        # A camera's frame may be older than the state terms' stale_after_s by its extra allowance.
+        self._allow = np.zeros(len(self._stamps))
+        self._images: Dict[str, np.ndarray] = {}
+        self._image_by_topic: Dict[str, Tuple[int, ImageTerm]] = {}
+        for j, im in enumerate(contract.images):
+            i = len(contract.observation) + j
+            self._image_by_topic[im.topic] = (i, im)
+            if im.max_age_s is not None:
+                self._allow[i] = im.max_age_s - contract.stale_after_s
         self._index_cache: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], np.ndarray] = {}
 
     @property
     def topics(self) -> Tuple[str, ...]:
-        return tuple(self._by_topic)
+        return tuple(self._by_topic) + tuple(self._image_by_topic)
 
     def extract(self, term: ObsTerm, msg: Any) -> np.ndarray:
         """The term's value in `msg`; ContractError if missing, wrong size or non-finite."""
@@ -352,7 +475,15 @@ class ObservationAssembler:
         """
         terms = self._by_topic.get(topic)
         if terms is None:
-            return False
+            cam = self._image_by_topic.get(topic)
+            if cam is None:
+                return False
+            from .image import decode
+
+            i, term = cam
+            self._images[term.name] = decode(term, msg)   # raises before anything is replaced
+            self._stamps[i] = stamp
+            return True
         values = [(i, self.extract(t, msg)) for i, t in terms]  # all-or-nothing
         for i, v in values:
             self._vec[self._slices[i]] = v
@@ -364,11 +495,23 @@ class ObservationAssembler:
         return bool(np.all(np.isfinite(self._stamps)))
 
     def missing_terms(self) -> List[str]:
-        return [t.name for t, s in zip(self.contract.observation, self._stamps) if not np.isfinite(s)]
+        terms = self.contract.observation + self.contract.images   # type: ignore[operator]
+        return [t.name for t, s in zip(terms, self._stamps) if not np.isfinite(s)]
 
     def oldest_stamp(self) -> float:
-        """Stamp of the stalest term (-inf until every term has been seen)."""
-        return float(self._stamps.min())
+        """Stamp of the stalest term (-inf until every term has been seen); the stamp that
+        decides staleness against the contract's ``stale_after_s``. A camera term with
+        ``max_age_s`` counts as ``stamp + max_age_s - stale_after_s``, so its frame is stale
+        once it is older than its own max age."""
+        return float((self._stamps + self._allow).min())
+
+    def images(self) -> Dict[str, np.ndarray]:
+        """The newest frame of every camera term (uint8 (h, w, 3), cropped), by term name.
+        Arrays are replaced, never written into: a returned frame stays valid."""
+        if len(self._images) != len(self.contract.images):
+            raise ContractError(f"observation incomplete: no frame yet for "
+                                f"{[t.name for t in self.contract.images if t.name not in self._images]}")
+        return dict(self._images)
 
     def vector(self) -> np.ndarray:
         if not self.ready:

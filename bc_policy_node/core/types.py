@@ -76,3 +76,25 @@ def json_default(o):
     if isinstance(o, PurePath):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+@dataclass
+class ImageData:
+    """Mirror of sensor_msgs/Image (stamp in seconds instead of a Header); `data` row-major bytes."""
+
+    stamp: float
+    height: int
+    width: int
+    encoding: str
+    step: int
+    data: bytes
+    is_bigendian: int = 0
+
+
+@dataclass
+class CompressedImageData:
+    """Mirror of sensor_msgs/CompressedImage: `format` ("jpeg", "png", "rgb8; jpeg compressed bgr8", ...)."""
+
+    stamp: float
+    format: str
+    data: bytes

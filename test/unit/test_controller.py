@@ -226,7 +226,7 @@ def test_sampling_is_seeded_and_reseeded_by_reset(tmp_path):
     class Sampler:   # a stand-in policy whose chunk is the generator's next draw
         chunk_length, obs_dim = K, A
 
-        def predict_chunk(self, obs, mode_select="argmax", rng=None):
+        def predict_chunk(self, obs, mode_select="argmax", rng=None, images=None):
             return np.full((1, K, A), rng.uniform(-0.05, 0.05))
 
     c = contract()

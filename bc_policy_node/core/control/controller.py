@@ -35,7 +35,7 @@ in-process run with the same seed sample the same modes.
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -152,9 +152,9 @@ def load_policy(path: str, robot: Contract, params: PolicyParams) -> OnnxPolicy:
     policy = OnnxPolicy(path, threads=params.threads)
     policy.check_contract(robot)
     check_fits(policy, params)
-    warm = np.zeros(policy.obs_dim)
+    warm, frames = np.zeros(policy.obs_dim), policy.blank_images()
     for _ in range(3):  # first runs allocate inside onnxruntime: keep that off the control path
-        policy.predict_chunk(warm, mode_select=params.mode_select)
+        policy.predict_chunk(warm, mode_select=params.mode_select, images=frames or None)
     return policy
 
 
@@ -238,9 +238,12 @@ class PolicyController:
         node's answer to an exception; the failed tick keeps its index)."""
         return TickResult(self.safety.hold(), None, (), float("nan"), stamp, self.tick - 1, "", float("nan"))
 
-    def step(self, obs: np.ndarray, stamp: float, now: Optional[float] = None) -> TickResult:
+    def step(self, obs: np.ndarray, stamp: float, now: Optional[float] = None,
+             images: Optional[Mapping[str, np.ndarray]] = None) -> TickResult:
         """One tick on observation vector `obs` (raw units) whose oldest term has `stamp`;
-        `now` (default: `stamp`, i.e. fresh) on the same clock decides staleness."""
+        `now` (default: `stamp`, i.e. fresh) on the same clock decides staleness; `images`
+        the newest frame of each camera of a policy with cameras
+        (`ObservationAssembler.images()`; their age is part of `stamp`)."""
         t = self.tick
         self.tick = t + 1
         now = stamp if now is None else now
@@ -261,7 +264,7 @@ class PolicyController:
         inference = float("nan")
         if fresh and ex.needs_query(t):
             t0 = time.perf_counter()
-            chunk = self.policy.predict_chunk(obs, mode_select=self._mode_select, rng=self.rng)[0]
+            chunk = self.policy.predict_chunk(obs, mode_select=self._mode_select, rng=self.rng, images=images)[0]
             inference = time.perf_counter() - t0
             if np.isfinite(chunk).all():
                 if ex.add(chunk, t):

@@ -1,7 +1,8 @@
 """Exported ONNX policies: metadata, validation on load, inference in numpy (no torch).
 
 File format (docs/design.md, "ONNX policy files"): input ``obs`` float32 ``(B, obs_dim)`` in
-raw units; output ``actions`` float32 ``(B, K, act_dim)`` for deterministic kinds, or
+raw units, plus ``image_<name>`` uint8 ``(B, h, w, 3)`` for each camera term of the contract
+(normalization inside the graph); output ``actions`` float32 ``(B, K, act_dim)`` for deterministic kinds, or
 ``means (B, M, K, act_dim)`` + ``logits (B, M)`` for ``gmm``. ``metadata_props`` carry
 ``bc_policy.contract`` (contract JSON) and ``bc_policy.meta`` (JSON, format `META_FORMAT`).
 `embed_metadata` writes both (the torch exporter and the tests share it); `OnnxPolicy` refuses
@@ -184,11 +185,19 @@ class OnnxPolicy:
 
     def _check_signature(self) -> List[str]:
         inputs = self._session.get_inputs()
-        if [i.name for i in inputs] != ["obs"]:
-            raise self._fail(f"expected one input 'obs', got {[i.name for i in inputs]}")
+        want = ["obs"] + [t.input_name for t in self.contract.images]
+        if [i.name for i in inputs] != want:
+            raise self._fail(f"expected inputs {want} (the contract's state vector and cameras), "
+                             f"got {[i.name for i in inputs]}")
         x = inputs[0]
         if x.type != "tensor(float)" or len(x.shape) != 2 or _static(x.shape[1]) not in (None, self.obs_dim):
             raise self._fail(f"input 'obs' must be float32 (B, {self.obs_dim}), got {x.type} {x.shape}")
+        for term, i in zip(self.contract.images, inputs[1:]):
+            dims = [_static(d) for d in i.shape]
+            if i.type != "tensor(uint8)" or len(dims) != 4 or any(
+                    d is not None and d != s for d, s in zip(dims[1:], term.shape)):
+                raise self._fail(f"input {i.name!r} must be uint8 (B, {', '.join(map(str, term.shape))}) "
+                                 f"(camera {term.name!r}), got {i.type} {i.shape}")
         expected = self._expected_outputs()
         outputs = {o.name: o for o in self._session.get_outputs()}
         if set(outputs) != set(expected):
@@ -206,7 +215,7 @@ class OnnxPolicy:
     def _check_runtime_shapes(self) -> None:
         """One inference on zeros: catches chunk shapes the graph only fixes at run time."""
         try:
-            outs = self._run(np.zeros((2, self.obs_dim), dtype=np.float32))
+            outs = self._run(np.zeros((2, self.obs_dim), dtype=np.float32), self.blank_images(2))
         except Exception as e:
             raise self._fail(f"test inference failed: {e}") from None
         for (name, shape), out in zip(self._expected_outputs().items(), outs):
@@ -216,8 +225,25 @@ class OnnxPolicy:
                                  f"{want} (chunk_length={self.chunk_length}, act_dim={self.act_dim})")
 
     # ---------------------------------------------------------------- inference
-    def _run(self, x: np.ndarray) -> List[np.ndarray]:
-        return self._session.run(self._output_names, {"obs": x})
+    def _run(self, x: np.ndarray, images: Optional[Mapping[str, np.ndarray]] = None) -> List[np.ndarray]:
+        feeds = {"obs": x}
+        if self.contract.images:
+            if images is None:
+                raise ValueError(f"this policy needs camera frames {[t.name for t in self.contract.images]}")
+            from ..image import batch
+
+            for t in self.contract.images:
+                if t.name not in images:
+                    raise ValueError(f"no frame for camera {t.name!r} (given: {sorted(images)})")
+                frames = batch(t, images[t.name])
+                if len(frames) != len(x):
+                    raise ValueError(f"camera {t.name!r}: {len(frames)} frames for {len(x)} observations")
+                feeds[t.input_name] = frames
+        return self._session.run(self._output_names, feeds)
+
+    def blank_images(self, batch: int = 1) -> Dict[str, np.ndarray]:
+        """Zero frames for every camera (warm-up and shape checks); {} without cameras."""
+        return {t.name: np.zeros((batch,) + t.shape, dtype=np.uint8) for t in self.contract.images}
 
     def _batch(self, obs) -> np.ndarray:
         x = np.asarray(obs, dtype=np.float32)
@@ -227,17 +253,19 @@ class OnnxPolicy:
             raise ValueError(f"obs must be ({self.obs_dim},) or (B, {self.obs_dim}), got {np.shape(obs)}")
         return x
 
-    def mixture(self, obs) -> Tuple[np.ndarray, np.ndarray]:
+    def mixture(self, obs, images: Optional[Mapping[str, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
         """gmm only: ``(means (B, M, K, A), probabilities (B, M))`` as float64."""
         if self.kind != "gmm":
             raise ValueError(f"mixture() needs a gmm policy, this one is {self.kind!r}")
-        means, logits = self._run(self._batch(obs))
+        means, logits = self._run(self._batch(obs), images)
         logits = logits.astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         return means.astype(np.float64), p / p.sum(axis=1, keepdims=True)
 
-    def predict(self, obs, mode_select: str = "argmax", rng: Optional[np.random.Generator] = None):
-        """Chunk(s) in raw units for one observation ``(obs_dim,)`` or a batch ``(B, obs_dim)``.
+    def predict(self, obs, mode_select: str = "argmax", rng: Optional[np.random.Generator] = None,
+                images: Optional[Mapping[str, np.ndarray]] = None):
+        """Chunk(s) in raw units for one observation ``(obs_dim,)`` or a batch ``(B, obs_dim)``;
+        `images` {camera: uint8 (h, w, 3) or (B, h, w, 3)} for a policy with cameras.
 
         Deterministic kinds return ``(B, K, A)`` float64. ``gmm`` returns ``(chunk (B, K, A),
         mode_index (B,))``: the component with the largest logit (``"argmax"``) or one drawn
@@ -245,11 +273,11 @@ class OnnxPolicy:
         `predict_chunk` always returns just the array.
         """
         if self.kind != "gmm":
-            (actions,) = self._run(self._batch(obs))
+            (actions,) = self._run(self._batch(obs), images)
             return actions.astype(np.float64)
         if mode_select not in MODE_SELECTIONS:
             raise ValueError(f"mode_select must be one of {MODE_SELECTIONS}, got {mode_select!r}")
-        means, probs = self.mixture(obs)
+        means, probs = self.mixture(obs, images)
         if mode_select == "argmax":
             idx = probs.argmax(axis=1)
         else:
@@ -257,10 +285,10 @@ class OnnxPolicy:
             idx = np.minimum((u[:, None] > np.cumsum(probs, axis=1)).sum(axis=1), self.num_modes - 1)
         return means[np.arange(len(idx)), idx], idx
 
-    def predict_chunk(self, obs, mode_select: str = "argmax",
-                      rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    def predict_chunk(self, obs, mode_select: str = "argmax", rng: Optional[np.random.Generator] = None,
+                      images: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
         """``(B, K, A)`` float64 for every kind (the gmm mode index is dropped)."""
-        out = self.predict(obs, mode_select=mode_select, rng=rng)
+        out = self.predict(obs, mode_select=mode_select, rng=rng, images=images)
         return out[0] if self.kind == "gmm" else out
 
     # ---------------------------------------------------------------- contract
@@ -278,4 +306,5 @@ class OnnxPolicy:
                 "chunk_length": self.chunk_length, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
                 "num_modes": self.num_modes, "contract": self.contract.name,
                 "contract_fingerprint": self.contract.fingerprint(),
+                "cameras": [t.to_dict() for t in self.contract.images],
                 "control_rate_hz": self.contract.control_rate_hz}

@@ -1,7 +1,9 @@
 """Episode arrays and the on-disk training dataset (numpy only).
 
 A dataset directory holds `data.npz` (all frames, concatenated) and `meta.json` (the
-contract, per-episode metadata, normalization stats, content hash). The dataset builder
+contract, per-episode metadata, normalization stats, content hash); a contract with cameras
+adds `images/<camera>.npy`, uint8 (N, h, w, 3) frames in the same order, which `Dataset.load`
+memory-maps (a dataset of images is never read into memory whole, nor converted to float). The dataset builder
 writes it from bags, the in-process collectors write it directly, the trainer reads it.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..contract import Contract, ContractError
 from ..types import json_default
 
 DATASET_FORMAT = 1
+IMAGES_DIR = "images"
 
 
 class DatasetError(ValueError):
@@ -37,6 +40,8 @@ class Episode:
     # (DAgger with chunk labels). When present, training uses chunk_labels[t] as frame t's target
     # instead of act[t:t+K] (see learning.data); act[t] is then chunk_labels[t, 0].
     chunk_labels: Optional[np.ndarray] = None
+    # {camera term name: uint8 (T, h, w, 3)} for contracts with cameras: images[c][t] was seen with obs[t]
+    images: Optional[Dict[str, np.ndarray]] = None
 
     def __post_init__(self):
         self.obs = np.asarray(self.obs, dtype=np.float64)
@@ -55,6 +60,11 @@ class Episode:
             if c.ndim != 3 or c.shape[0] != n or c.shape[1] < 1 or (self.act.ndim == 2 and c.shape[2] != self.act.shape[1]):
                 raise DatasetError(f"chunk_labels shape {c.shape} does not fit (T={n}, K, act_dim="
                                    f"{self.act.shape[1] if self.act.ndim == 2 else '?'})")
+        if self.images is not None:
+            for name, frames in self.images.items():
+                if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != n or frames.shape[3] != 3:
+                    raise DatasetError(f"images[{name!r}] must be uint8 (T={n}, h, w, 3), got "
+                                       f"{frames.dtype} {frames.shape}")
 
     @property
     def chunk_label_length(self) -> Optional[int]:
@@ -95,6 +105,21 @@ class Dataset:
             if ep.act.ndim != 2 or ep.act.shape[1] != contract.act_dim:
                 raise DatasetError(f"episode {i}: act shape {ep.act.shape} does not match contract "
                                    f"{contract.name!r} act_dim {contract.act_dim}")
+        for i, ep in enumerate(self.episodes):
+            if not contract.images:
+                if ep.images:
+                    raise DatasetError(f"episode {i} has images {sorted(ep.images)} but contract "
+                                       f"{contract.name!r} has no cameras")
+                continue
+            got = {} if ep.images is None else ep.images
+            for term in contract.images:
+                frames = got.get(term.name)
+                if frames is None:
+                    raise DatasetError(f"episode {i}: no frames for camera {term.name!r} of contract "
+                                       f"{contract.name!r} (it has {sorted(got)})")
+                if frames.shape[1:] != term.shape:
+                    raise DatasetError(f"episode {i}: camera {term.name!r} frames are {frames.shape[1:]}, "
+                                       f"the contract expects {term.shape}")
         ks = {ep.chunk_label_length for ep in self.episodes if ep.chunk_labels is not None}
         if len(ks) > 1:
             raise DatasetError(f"episodes carry chunk labels of different lengths K {sorted(ks)}")
@@ -148,6 +173,11 @@ class Dataset:
             if e.chunk_labels is not None:   # absent -> same hash as before chunk labels existed
                 h.update(b"chunk_labels")
                 h.update(np.ascontiguousarray(e.chunk_labels).tobytes())
+            for name in sorted(e.images or {}):
+                h.update(name.encode())
+                frames = e.images[name]   # type: ignore[index]
+                for a in range(0, len(frames), 256):   # memory-mapped frames: hash in blocks
+                    h.update(np.ascontiguousarray(frames[a:a + 256]).tobytes())
         return h.hexdigest()[:16]
 
     def merged(self, other: "Dataset") -> "Dataset":
@@ -172,6 +202,8 @@ class Dataset:
         np.savez(tmp, obs=cat("obs", (self.contract.obs_dim,)), act=cat("act", (self.contract.act_dim,)),
                  t=cat("t", ()), labelled=cat("labelled", ()).astype(bool), lengths=lengths, **extra)
         tmp.replace(d / "data.npz")
+        if self.contract.images:
+            self._save_images(d / IMAGES_DIR)
         meta = {"format": DATASET_FORMAT, "contract": self.contract.to_dict(),
                 "episodes": [e.meta for e in self.episodes], "hash": self.content_hash(),
                 "num_frames": self.num_frames}
@@ -179,6 +211,24 @@ class Dataset:
             meta["stats"] = self.stats().to_dict()
         (d / "meta.json").write_text(json.dumps(meta, indent=1, default=json_default))
         return d
+
+    def _save_images(self, folder: Path) -> None:
+        """One uint8 .npy per camera, written episode by episode (memory stays one episode)."""
+        folder.mkdir(exist_ok=True)
+        n = self.num_frames
+        for term in self.contract.images:
+            tmp = folder / f"{term.name}.tmp.npy"
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n,) + term.shape)
+            pos = 0
+            for e in self.episodes:
+                frames = e.images[term.name]   # type: ignore[index]
+                for a in range(0, len(frames), 256):
+                    block = frames[a:a + 256]
+                    out[pos:pos + len(block)] = block
+                    pos += len(block)
+            out.flush()
+            del out
+            tmp.replace(folder / f"{term.name}.npy")
 
     @classmethod
     def load(cls, directory) -> "Dataset":
@@ -194,7 +244,17 @@ class Dataset:
             raise DatasetError(f"{d}: bad contract: {e}") from None
         z = np.load(d / "data.npz")
         bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
-        eps = [Episode(z["obs"][a:b], z["act"][a:b], z["t"][a:b], dict(m), z["labelled"][a:b])
+        images = {}
+        for term in contract.images:
+            f = d / IMAGES_DIR / f"{term.name}.npy"
+            if not f.is_file():
+                raise DatasetError(f"{d}: camera {term.name!r} of the contract has no frames ({f} is missing)")
+            images[term.name] = np.load(f, mmap_mode="r")
+            if images[term.name].shape != (int(bounds[-1]),) + term.shape:
+                raise DatasetError(f"{f}: shape {images[term.name].shape}, expected "
+                                   f"{(int(bounds[-1]),) + term.shape}")
+        eps = [Episode(z["obs"][a:b], z["act"][a:b], z["t"][a:b], dict(m), z["labelled"][a:b],
+                       images={k: v[a:b] for k, v in images.items()} if images else None)
                for a, b, m in zip(bounds[:-1], bounds[1:], meta["episodes"])]
         if "chunk_labels" in z.files:
             has = z["chunk_label_episodes"].astype(bool)
@@ -207,5 +267,6 @@ class Dataset:
                     pos += len(ep)
             if pos != len(cl):
                 raise DatasetError(f"{d}: chunk_labels has {len(cl)} frames, episodes need {pos}")
-            return cls(contract, [Episode(e.obs, e.act, e.t, e.meta, e.labelled, e.chunk_labels) for e in eps])
+            return cls(contract, [Episode(e.obs, e.act, e.t, e.meta, e.labelled, e.chunk_labels, e.images)
+                                  for e in eps])
         return cls(contract, eps)

@@ -42,6 +42,7 @@ class RolloutResult:
     actors: np.ndarray             # (T,) ACTOR_* codes
     labels: Optional[np.ndarray] = None   # (T, act_dim) expert labels when queried
     meta: Dict = field(default_factory=dict)
+    images: Optional[Dict[str, np.ndarray]] = None   # {camera: uint8 (T, h, w, 3)} the actor saw (keep_images)
 
     @property
     def success(self) -> bool:
@@ -52,10 +53,14 @@ class RolloutResult:
         act = self.labels if self.labels is not None else self.actions
         return Episode(self.obs, act, np.arange(len(self.obs)) * dt,
                        {"seed": self.seed, "source": source, "success": self.success, "status": self.status,
-                        **self.meta})
+                        **self.meta}, images=self.images)
 
 
 ActFn = Callable[[np.ndarray, int, Dict[str, Any]], np.ndarray]
+
+# For a contract with cameras, `rollout` hands the act/decide function the decoded frames of the
+# tick as msgs[IMAGES] ({camera term: uint8 (h, w, 3)}, `ObservationAssembler.images()`).
+IMAGES = "__images__"
 
 
 DecideFn = Callable[[np.ndarray, int, Dict[str, Any], Optional[np.ndarray]], Tuple[np.ndarray, int]]
@@ -63,18 +68,28 @@ DecideFn = Callable[[np.ndarray, int, Dict[str, Any], Optional[np.ndarray]], Tup
 
 def rollout(env: SimEnv, contract: Contract, act_fn: Optional[ActFn], seed: int, variant: str = "",
             label_fn: Optional[Callable[[np.ndarray, Dict[str, Any]], np.ndarray]] = None,
-            decide_fn: Optional[DecideFn] = None, max_steps: Optional[int] = None) -> RolloutResult:
+            decide_fn: Optional[DecideFn] = None, max_steps: Optional[int] = None,
+            keep_images: bool = True) -> RolloutResult:
     """One episode. `act_fn(obs, t, msgs)` is the policy; optional `label_fn(obs, msgs)` labels
     every visited state (DAgger); `decide_fn(obs, t, msgs, label) -> (command, ACTOR_*)`, when
-    given, replaces `act_fn` with an arbiter that chooses who acts (`pipeline.dagger.inprocess`)."""
+    given, replaces `act_fn` with an arbiter that chooses who acts (`pipeline.dagger.inprocess`).
+    A contract with cameras needs an env that renders them (`make_env(cameras=...)`); the frames
+    are kept in the result (demonstrations) unless `keep_images` is False (evaluation)."""
     assembler = ObservationAssembler(contract)
     msgs = env.reset(seed, variant)
     jidx = [list(env.joint_names).index(j) for j in contract.action.joints]
     ee, q, obs_l, act_l, actors, labels = [], [], [], [], [], []
+    frames: Dict[str, List[np.ndarray]] = {t.name: [] for t in contract.images}
     t = 0
     limit = max_steps or env.horizon
     while not env.done and t < limit:
         obs = assembler.assemble(msgs, stamp=float(t))
+        if frames:
+            msgs = dict(msgs)
+            msgs[IMAGES] = imgs = assembler.images()
+            if keep_images:
+                for name, img in imgs.items():
+                    frames[name].append(img)
         ts = msgs["/task_state"]
         ee.append(np.asarray(ts.ee_position, dtype=float))
         q.append(env.sim.qpos)
@@ -101,6 +116,8 @@ def rollout(env: SimEnv, contract: Contract, act_fn: Optional[ActFn], seed: int,
                          ee=np.array(ee), q=np.array(q), obs=np.array(obs_l).reshape(t, contract.obs_dim),
                          actions=np.array(act_l).reshape(t, contract.act_dim), actors=np.array(actors, int),
                          labels=np.array(labels) if label_fn is not None else None,
+                         images=({n: np.array(f, dtype=np.uint8).reshape((t,) + contract.image_term(n).shape)
+                                  for n, f in frames.items()} if frames and keep_images else None),
                          meta={"mode": int(ts.mode), "task": env.task_name, "phase": int(ts.phase),
                                "pushes": list(env.pushes_applied),
                                "goal": np.asarray(ts.goal, dtype=float).copy(),
@@ -108,13 +125,31 @@ def rollout(env: SimEnv, contract: Contract, act_fn: Optional[ActFn], seed: int,
                                "final_error": float(np.linalg.norm(np.asarray(ts.ee_position) - np.asarray(ts.goal)))})
 
 
-def expert_act_fn(env: SimEnv, contract: Contract, expert=None) -> ActFn:
-    """The scripted expert as an act_fn (labels at any state, from the observation only + mode)."""
-    expert = expert or env.make_expert()
+def expert_act_fn(env: SimEnv, contract: Contract, expert=None,
+                  expert_contract: Optional[Contract] = None) -> ActFn:
+    """The scripted expert as an act_fn (labels at any state, from the observation only + mode).
 
-    def act(obs, t, msgs):
-        return expert.act_obs(obs, contract, mode=int(msgs["/task_state"].mode))
-    return act
+    The expert reads the observation of `expert_contract` (default `contract`; for a contract
+    with cameras, whose state terms may hide the goal: the robot/task's shipped state contract),
+    built from the same messages: a privileged teacher for a policy that must see the goal."""
+    expert = expert or env.make_expert()
+    own = expert_contract or (_state_contract(env) if contract.images else contract)
+    if own is contract:
+        def act(obs, t, msgs):
+            return expert.act_obs(obs, contract, mode=int(msgs["/task_state"].mode))
+        return act
+    assembler = ObservationAssembler(own)
+
+    def act_privileged(obs, t, msgs):
+        state = assembler.assemble({k: v for k, v in msgs.items() if k in own.observation_topics()})
+        return expert.act_obs(state, own, mode=int(msgs["/task_state"].mode))
+    return act_privileged
+
+
+def _state_contract(env) -> Contract:
+    from ..sim.env import load_contract
+
+    return load_contract(env.robot, env.task_name)
 
 
 def policy_act_fn(controller: PolicyController, dt: float) -> ActFn:
@@ -123,7 +158,7 @@ def policy_act_fn(controller: PolicyController, dt: float) -> ActFn:
     nan = np.full(controller.contract.act_dim, np.nan)
 
     def act(obs, t, msgs):
-        cmd = controller.step(obs, t * dt).command
+        cmd = controller.step(obs, t * dt, images=msgs.get(IMAGES)).command
         return nan.copy() if cmd is None else cmd   # None: no measured position in obs
     return act
 
@@ -185,7 +220,8 @@ def _expert_job(job: Dict[str, Any]) -> List[RolloutResult]:
     from ..sim.env import load_contract
 
     c = Contract.from_dict(job["contract"]) if job["contract"] else load_contract(job["robot"], job["task"])
-    env = make_env(job["robot"], job["task"], control_rate_hz=c.control_rate_hz, disturbance=job["disturbance"])
+    env = make_env(job["robot"], job["task"], control_rate_hz=c.control_rate_hz, disturbance=job["disturbance"],
+                   cameras=c.images)
     fn = expert_act_fn(env, c)
     return [rollout(env, c, fn, s, variant=job["variant"]) for s in job["seeds"]]
 
@@ -195,20 +231,23 @@ def _rollouts(policy: OnnxPolicy, robot: str, task: str, seeds: Sequence[int], e
               progress=None) -> Tuple[List[RolloutResult], List[RolloutResult]]:
     """The policy's (and the expert's) rollouts at `seeds`, one env each, in seed order."""
     contract = policy.contract
-    env = make_env(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
+    env = make_env(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance,
+                   cameras=contract.images)
     controller = make_controller(policy, contract, execution_mode, mode_select=mode_select, **exec_params)
     act = policy_act_fn(controller, contract.dt)
     expert_env = (make_env(robot, task, control_rate_hz=contract.control_rate_hz, disturbance=disturbance)
                   if with_expert else None)
-    expert_fn = expert_act_fn(expert_env, contract) if with_expert else None
+    # the reference expert needs no camera: it reads the robot/task's state contract
+    expert_contract = _state_contract(expert_env) if with_expert and contract.images else contract
+    expert_fn = expert_act_fn(expert_env, expert_contract) if with_expert else None
     results: List[RolloutResult] = []
     experts: List[RolloutResult] = []
     it = progress(seeds) if progress else seeds
     for s in it:
         controller.reset(seed=s)
-        results.append(rollout(env, contract, act, s))
+        results.append(rollout(env, contract, act, s, keep_images=False))
         if with_expert:
-            experts.append(rollout(expert_env, contract, expert_fn, s))
+            experts.append(rollout(expert_env, expert_contract, expert_fn, s))
     return results, experts
 
 

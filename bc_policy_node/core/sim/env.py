@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .disturbance import Pushes
 from .experts import ScriptedExpert, make_expert
 from .sim import ArmSim, SimDiverged, SimError
 from .tasks import Task, make_task
-from ..types import STATUS_DIVERGED, JointStateData, TaskStateData
+from ..types import STATUS_DIVERGED, CompressedImageData, ImageData, JointStateData, TaskStateData
 
 JOINT_STATES_TOPIC = "/joint_states"
 TASK_STATE_TOPIC = "/task_state"
@@ -81,17 +81,71 @@ def resolve_contract(value: str) -> Contract:
 
 
 def make_env(robot: str, task: str, control_rate_hz: Optional[float] = None, disturbance=None,
-             mjcf: Optional[str] = None):
+             mjcf: Optional[str] = None, cameras: Sequence[Any] = ()):
     """The environment of robot/task: `SimEnv` for the package's own tasks, a
-    `metaworld_task.MetaWorldSimEnv` (same interface) for ``metaworld/<name>``."""
+    `metaworld_task.MetaWorldSimEnv` (same interface) for ``metaworld/<name>``; `cameras` the
+    contract's camera terms to render into every step's messages."""
     from .metaworld_task import MetaWorldSimEnv, is_metaworld
 
     if is_metaworld(task):
         if mjcf:
             raise ValueError("Meta-World tasks bring their own scene; mjcf is not used")
+        if cameras:
+            raise ValueError("cameras are rendered for the package's own scenes only (not yet Meta-World's)")
         return MetaWorldSimEnv(robot, task, control_rate_hz=control_rate_hz, disturbance=disturbance)
-    return SimEnv(robot, task, mjcf=mjcf, control_rate_hz=50.0 if control_rate_hz is None else control_rate_hz,
-                  disturbance=disturbance)
+    env = SimEnv(robot, task, mjcf=mjcf, control_rate_hz=50.0 if control_rate_hz is None else control_rate_hz,
+                 disturbance=disturbance)
+    env.set_cameras(cameras)
+    return env
+
+
+class SimCameras:
+    """The contract's camera terms rendered from an `ArmSim` as the bridge publishes them: a
+    term on ``/camera/<name>/image_raw`` gets an rgb8 `ImageData`, one on ``.../compressed`` a
+    JPEG `CompressedImageData` of the same quality (the same encoder as the bridge), stamped
+    with the sim time. One render per camera per call, shared by its raw and JPEG terms."""
+
+    def __init__(self, sim: ArmSim, terms: Sequence[Any], jpeg_quality: int = 90):
+        from .camera import CameraRenderer, camera_of_topic
+
+        self._terms = []
+        self._renderers: Dict[str, Any] = {}
+        self.quality = int(jpeg_quality)
+        try:
+            for t in terms:
+                try:
+                    name, compressed = camera_of_topic(t.topic)
+                except ValueError as e:
+                    raise SimError(f"camera term {t.name!r}: {e}; in simulation a camera term reads the "
+                                   f"bridge's topic of an MJCF camera") from None
+                if name not in self._renderers:
+                    self._renderers[name] = CameraRenderer(sim.model, name, t.width, t.height, source=str(sim.path))
+                r = self._renderers[name]
+                if (r.width, r.height) != (t.width, t.height):
+                    raise SimError(f"camera {name!r} is used at {r.width}x{r.height} and {t.width}x{t.height}")
+                self._terms.append((t.topic, name, compressed))
+        except Exception:
+            self.close()
+            raise
+
+    def frames(self, sim: ArmSim) -> Dict[str, Any]:
+        from .camera import encode_jpeg
+
+        rgb = {n: r.capture(sim.data) for n, r in self._renderers.items()}
+        out: Dict[str, Any] = {}
+        for topic, name, compressed in self._terms:
+            img = rgb[name]
+            if compressed:
+                out[topic] = CompressedImageData(sim.time, "jpeg", encode_jpeg(img, self.quality))
+            else:
+                h, w = img.shape[:2]
+                out[topic] = ImageData(sim.time, h, w, "rgb8", 3 * w, img.tobytes())
+        return out
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        self._renderers = {}
 
 
 def contract_max_step(robot: str, task: str, joint_names, default: float = 0.05):
@@ -144,6 +198,7 @@ class SimEnv:
         self._last_command = self.sim.home_q.copy()
         self._phase = 0                   # advance(): physics substeps since the last boundary
         self._period_contacts: list = []  # advance(): obstacle contacts of the current period
+        self._cameras: Optional[SimCameras] = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -189,7 +244,17 @@ class SimEnv:
                               velocity=s.qvel, effort=s.effort)
 
     def messages(self) -> Dict[str, Any]:
-        return {JOINT_STATES_TOPIC: self.joint_state, TASK_STATE_TOPIC: self.task_state}
+        out: Dict[str, Any] = {JOINT_STATES_TOPIC: self.joint_state, TASK_STATE_TOPIC: self.task_state}
+        if self._cameras:
+            out.update(self._cameras.frames(self.sim))
+        return out
+
+    def set_cameras(self, terms: Sequence[Any], jpeg_quality: int = 90) -> None:
+        """Render the contract's camera terms (`core.contract.ImageTerm`) into every `messages()`,
+        as the bridge publishes them at every tick (`SimCameras`); () stops rendering."""
+        if self._cameras is not None:
+            self._cameras.close()
+        self._cameras = SimCameras(self.sim, terms, jpeg_quality) if terms else None
 
     def robot_contract_limits(self) -> Tuple[np.ndarray, np.ndarray]:
         """(lower, upper) joint limits from the MJCF, in `joint_names` order."""
