@@ -148,7 +148,7 @@ GOOD_META = {"format": META_FORMAT, "kind": "chunk_mlp", "chunk_length": K, "obs
     ("meta_kind", "kind 'diffusion' not supported"),
     ("meta_obs_dim", "obs_dim=9 but the embedded contract says 5"),
     ("meta_rate", "control_rate_hz=100.0 but the embedded contract says 50.0"),
-    ("input_name", "expected one input 'obs'"),
+    ("input_name", "expected inputs \\['obs'\\]"),
     ("input_dim", "input 'obs' must be float32"),
     ("output_name", "must have outputs \\['actions'\\]"),
     ("gmm_outputs", "must have outputs \\['logits', 'means'\\]"),

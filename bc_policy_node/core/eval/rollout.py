@@ -158,7 +158,7 @@ def policy_act_fn(controller: PolicyController, dt: float) -> ActFn:
     nan = np.full(controller.contract.act_dim, np.nan)
 
     def act(obs, t, msgs):
-        cmd = controller.step(obs, t * dt, images=msgs.get(IMAGES)).command
+        cmd = controller.step(obs, t * dt, images=msgs.get(IMAGES) if msgs else None).command
         return nan.copy() if cmd is None else cmd   # None: no measured position in obs
     return act
 
