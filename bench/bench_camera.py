@@ -3,8 +3,8 @@
 
     python bench/bench_camera.py [--frames 60] [--sizes 64 96 224] [--quality 90]
 
-Per square size: `CameraRenderer.update` (scene, CPU) and `render` (GL, MUJOCO_GL=egl when
-unset; here Mesa's software renderer) p50/p99 per frame, over the planar3 overhead camera
+Per square size, without shadows (the default) and with them: `CameraRenderer.update` (scene,
+CPU) and `render` (GL, MUJOCO_GL=egl when unset; here Mesa's software renderer) p50/p99 per frame, over the planar3 overhead camera
 along an expert episode (the arm moves, so every frame differs); `encode_jpeg` p50/p99 and
 bytes per frame; raw bytes per frame. The machine's load average is recorded (a long experiment
 may be running on the same 2 cores). Prints a table and writes bench/results/camera.json.
@@ -33,10 +33,10 @@ def pct(xs, q):
     return float(np.percentile(np.asarray(xs) * 1e3, q))
 
 
-def bench_size(size: int, frames: int, quality: int) -> dict:
+def bench_size(size: int, frames: int, quality: int, shadows: bool = False) -> dict:
     env = SimEnv("planar3", "curved_reach")
     expert = env.make_expert()
-    r = CameraRenderer(env.sim.model, "overhead", size, size, source=str(env.sim.path))
+    r = CameraRenderer(env.sim.model, "overhead", size, size, source=str(env.sim.path), shadows=shadows)
     upd, ren, enc, nbytes = [], [], [], []
     try:
         msgs = env.reset(0)
@@ -62,7 +62,7 @@ def bench_size(size: int, frames: int, quality: int) -> dict:
             nbytes.append(len(jpg))
     finally:
         r.close()
-    return {"size": size, "frames": frames,
+    return {"size": size, "shadows": shadows, "frames": frames,
             "update_ms_p50": pct(upd, 50), "update_ms_p99": pct(upd, 99),
             "render_ms_p50": pct(ren, 50), "render_ms_p99": pct(ren, 99),
             "jpeg_ms_p50": pct(enc, 50), "jpeg_ms_p99": pct(enc, 99),
@@ -78,13 +78,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "camera.json"))
     a = ap.parse_args()
     load0 = os.getloadavg()
-    rows = [bench_size(s, a.frames, a.quality) for s in a.sizes]
+    rows = [bench_size(s, a.frames, a.quality, shadows) for s in a.sizes for shadows in (False, True)]
     load1 = os.getloadavg()
     print(f"MUJOCO_GL={gl_backend()}  load average {load0[0]:.2f} -> {load1[0]:.2f}  ({a.frames} frames per size)")
-    print(f"{'size':>5} {'render p50/p99 ms':>18} {'update p50 ms':>14} {'jpeg p50/p99 ms':>16} "
+    print(f"{'size':>5} {'shadows':>7} {'render p50/p99 ms':>18} {'update p50 ms':>14} {'jpeg p50/p99 ms':>16} "
           f"{'jpeg B':>8} {'raw B':>7} {'max fps':>8}")
     for r in rows:
-        print(f"{r['size']:>5} {r['render_ms_p50']:>8.1f} / {r['render_ms_p99']:<7.1f} {r['update_ms_p50']:>14.3f} "
+        print(f"{r['size']:>5} {'on' if r['shadows'] else 'off':>7} {r['render_ms_p50']:>8.1f} / {r['render_ms_p99']:<7.1f} {r['update_ms_p50']:>14.3f} "
               f"{r['jpeg_ms_p50']:>7.2f} / {r['jpeg_ms_p99']:<6.2f} {r['jpeg_bytes_mean']:>8.0f} "
               f"{r['raw_bytes']:>7} {r['max_fps_render_plus_jpeg']:>8.1f}")
     out = {"bench": "camera", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -33,10 +33,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core.contract import Contract
-from ..core.sim.env import SimEnv, load_contract
+from ..core.sim.env import SimEnv, load_contract, make_env
 from ..core.data.episodes import Dataset
 from ..core.eval.metrics import mean_ci, success_summary, t_quantile, time_deviation_matrix
-from ..core.eval.rollout import RolloutResult, make_controller, policy_act_fn, rollout
+from ..core.eval.rollout import RolloutResult, expert_act_fn, make_controller, policy_act_fn, rollout
 from ..core.eval.rollout import expert_rollouts as core_expert_rollouts
 from ..core.control.runtime import OnnxPolicy
 from ..core.types import STATUS_COLLISION
@@ -265,21 +265,21 @@ def evaluate_policy(policy: Union[OnnxPolicy, str, Path, Trained], task: str, se
         policy = policy.onnx
     pol = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
     contract = pol.contract
-    env = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz)
+    env = make_env(robot, task, control_rate_hz=contract.control_rate_hz, cameras=contract.images)
     runner = make_controller(pol, contract, execution_mode, mode_select=mode_select, **exec_params)
     act = policy_act_fn(runner, contract.dt)
     label_fn = None
-    if label:
-        expert = SimEnv(robot, task, control_rate_hz=contract.control_rate_hz).make_expert()
+    if label:   # the expert reads the state (for a camera contract: the shipped state contract)
+        expert_fn = expert_act_fn(SimEnv(robot, task, control_rate_hz=contract.control_rate_hz), contract)
 
         def label_fn(obs, msgs):
-            return expert.act_obs(obs, contract, mode=int(msgs["/task_state"].mode))
+            return expert_fn(obs, 0, msgs)
     out = EvalResult([], [], [], [], [], [], [], [] if label else None, [],
                      {"task": task, "execution_mode": execution_mode, "mode_select": mode_select,
                       "exec_params": runner.params.executor_kwargs(), "model_id": pol.model_id, "variant": variant})
     for s in seeds:
         runner.reset(seed=int(s))
-        r = rollout(env, contract, act, int(s), variant=variant, label_fn=label_fn)
+        r = rollout(env, contract, act, int(s), variant=variant, label_fn=label_fn, keep_images=False)
         out.seeds.append(int(s))
         out.status.append(r.status)
         out.steps.append(int(r.steps))

@@ -18,6 +18,7 @@ EXPERIMENTS = {
     "observation": "bc_policy_node.experiments.exp_observation",
     "dagger": "bc_policy_node.experiments.exp_dagger",
     "metaworld": "bc_policy_node.experiments.exp_metaworld",
+    "vision": "bc_policy_node.experiments.exp_vision",
 }
 
 
