@@ -8,6 +8,7 @@ A run directory holds::
     history.json         one record per epoch (losses, lr, timing)
     loss_curve.png       train / validation loss per epoch
     holdout_obs.npy      held-out observations for the export parity check
+    holdout_images.npz   camera policies: uint8 frames of the first held-out observations
 
 Checkpoints are plain dicts of tensors and numbers written with ``torch.save`` and read back
 with ``torch.load(..., weights_only=True)``: no pickled classes.
@@ -32,6 +33,7 @@ BEST_WEIGHTS = "model_best.pt"
 HISTORY_FILE = "history.json"
 CURVE_FILE = "loss_curve.png"
 HOLDOUT_FILE = "holdout_obs.npy"
+HOLDOUT_IMAGES_FILE = "holdout_images.npz"
 
 
 class RunError(RuntimeError):
@@ -93,7 +95,7 @@ def load_policy(run_dir, which: str = "best") -> Tuple[ChunkPolicy, Dict[str, An
     else:
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     model = build_model(model_cfg, run_cfg["obs_dim"], run_cfg["act_dim"], stats, loss=train_cfg.loss,
-                        ref_index=reference_index(model_cfg, contract))
+                        ref_index=reference_index(model_cfg, contract), cameras=contract.images)
     model.load_state_dict(state)
     return model.eval(), run_cfg
 

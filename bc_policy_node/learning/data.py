@@ -10,6 +10,10 @@ Episodes with per-frame chunk labels (`Episode.chunk_labels`, (T, K', act_dim), 
 expert's planned chunk from each state, DAgger with chunk labels) use them instead: frame t's
 target is ``chunk_labels[t, :K]`` with mask 1 for all K (labelled frames only). Episodes
 without them keep the rule above, so both kinds can be mixed in one dataset.
+
+Camera frames stay where the dataset keeps them (memory-mapped uint8 for a loaded dataset):
+`ChunkData.images` (`learning.vision.ImageRows`) only records which episode frame each sample
+sees, and every batch copies its own frames out (optionally randomly shifted).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 
 from ..core.contract import Contract, ContractError
 from ..core.data.episodes import Dataset, DatasetError
+from .vision import ImageRows
 
 
 @dataclass
@@ -32,12 +37,14 @@ class ChunkData:
         target: (N, K, act_dim) float32 raw action targets.
         mask: (N, K) float32, 1 where the target enters the loss.
         episode: (N,) int64 index of the episode each sample comes from.
+        images: the camera frames of each sample (None for a contract without cameras).
     """
 
     obs: torch.Tensor
     target: torch.Tensor
     mask: torch.Tensor
     episode: torch.Tensor
+    images: Optional[ImageRows] = None
 
     def __len__(self) -> int:
         return int(self.obs.shape[0])
@@ -47,15 +54,22 @@ class ChunkData:
         return int(self.target.shape[1])
 
     def batches(self, batch_size: int, generator: Optional[torch.Generator] = None,
-                shuffle: bool = True, drop_last: bool = False
-                ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (obs, target, mask) minibatches by index arrays (no per-sample Python)."""
+                shuffle: bool = True, drop_last: bool = False, image_shift: int = 0
+                ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Tuple[torch.Tensor, ...]]]:
+        """Yield (obs, target, mask, frames) minibatches by index arrays; ``frames`` holds one
+        uint8 (B, h, w, 3) tensor per camera (empty without cameras), shifted by up to
+        ``image_shift`` pixels (random offsets drawn from ``generator``'s stream)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if (drop_last and n >= batch_size) else n
+        rng = None
+        if self.images is not None and image_shift > 0:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
+            rng = np.random.default_rng(seed)
         for i in range(0, stop, batch_size):
             idx = order[i:i + batch_size]
-            yield self.obs[idx], self.target[idx], self.mask[idx]
+            frames = self.images.gather(idx.numpy(), image_shift, rng) if self.images is not None else ()
+            yield self.obs[idx], self.target[idx], self.mask[idx], frames
 
 
 def episode_chunks(act: np.ndarray, labelled: np.ndarray, k: int, segment: Optional[np.ndarray] = None
@@ -145,7 +159,7 @@ def build_chunks(ds: Dataset, chunk_length: int, episode_offset: int = 0,
     if len(ds) == 0:
         raise DatasetError("cannot build training samples from an empty dataset")
     sl = ds.contract.slices().get(segment_on) if segment_on else None
-    obs, tgt, msk, epi = [], [], [], []
+    obs, tgt, msk, epi, rows = [], [], [], [], []
     for i, ep in enumerate(ds.episodes):
         if ep.chunk_labels is not None:
             frames, target, mask = episode_chunk_labels(ep.chunk_labels, ep.labelled, chunk_length)
@@ -156,10 +170,16 @@ def build_chunks(ds: Dataset, chunk_length: int, episode_offset: int = 0,
         tgt.append(target)
         msk.append(mask)
         epi.append(np.full(len(frames), i + episode_offset, dtype=np.int64))
+        rows.append(np.stack([np.full(len(frames), i), frames], axis=1))
+    images = None
+    if ds.contract.images:
+        names = [t.name for t in ds.contract.images]
+        images = ImageRows(names, {n: [ep.images[n] for ep in ds.episodes] for n in names},  # type: ignore[index]
+                           np.concatenate(rows))
     return ChunkData(obs=torch.from_numpy(np.concatenate(obs).astype(np.float32)),
                      target=torch.from_numpy(np.concatenate(tgt).astype(np.float32)),
                      mask=torch.from_numpy(np.concatenate(msk).astype(np.float32)),
-                     episode=torch.from_numpy(np.concatenate(epi)))
+                     episode=torch.from_numpy(np.concatenate(epi)), images=images)
 
 
 def load_dataset(source) -> Dataset:

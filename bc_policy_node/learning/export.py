@@ -1,6 +1,7 @@
 """Export a trained run to one self-contained ONNX policy file, with metadata and a parity check.
 
-The graph takes ``obs`` float32 (B, obs_dim) in raw units (normalization is inside) and
+The graph takes ``obs`` float32 (B, obs_dim) in raw units (normalization is inside), plus
+``image_<name>`` uint8 (B, h, w, 3) per camera term of the contract (pixel scaling inside), and
 returns ``actions`` (B, K, act_dim) for deterministic kinds, or ``means`` (B, M, K, act_dim)
 and ``logits`` (B, M) (log mixing weights) for ``gmm``. The batch dimension is dynamic.
 ``metadata_props`` carries ``bc_policy.contract`` (the contract JSON) and ``bc_policy.meta``
@@ -96,13 +97,18 @@ def build_metadata(run_cfg: Dict[str, Any], model: ChunkPolicy, opset: int,
 
 def to_onnx_bytes(model: ChunkPolicy, opset: int) -> bytes:
     names = list(model.output_names)
-    dyn = {"obs": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    inputs = ["obs"] + [t.input_name for t in model.cameras]
+    dyn = {**{n: {0: "batch"} for n in inputs}, **{n: {0: "batch"} for n in names}}
+    example = (torch.zeros(2, model.obs_dim),) + tuple(torch.zeros((2,) + t.shape, dtype=torch.uint8)
+                                                        for t in model.cameras)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo; the brief pins dynamo=False.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(model, (torch.zeros(2, model.obs_dim),), buf, input_names=["obs"],
+        # GroupNorm's trace-time size check (camera encoders); the batch axis stays dynamic.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, example, buf, input_names=inputs,
                           output_names=names, dynamic_axes=dyn, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
     return buf.getvalue()
@@ -120,27 +126,46 @@ def read_metadata(onnx_path) -> Tuple[Contract, Dict[str, Any]]:
     return Contract.from_json(props[CONTRACT_KEY]), json.loads(props[META_KEY])
 
 
-def _torch_outputs(model: ChunkPolicy, obs: np.ndarray) -> Dict[str, np.ndarray]:
+def _torch_outputs(model: ChunkPolicy, obs: np.ndarray, frames: Tuple[np.ndarray, ...] = ()
+                   ) -> Dict[str, np.ndarray]:
     with torch.no_grad():
-        out = model(torch.from_numpy(obs))
+        out = model(torch.from_numpy(obs), *(torch.from_numpy(f) for f in frames))
     out = out if isinstance(out, tuple) else (out,)
     return {n: o.numpy() for n, o in zip(model.output_names, out)}
 
 
+def _holdout_frames(run_dir: Path, model: ChunkPolicy) -> Tuple[np.ndarray, ...]:
+    """The run's held-out camera frames, in contract order (empty without cameras)."""
+    if not model.cameras:
+        return ()
+    path = run_dir / ckpt.HOLDOUT_IMAGES_FILE
+    if not path.is_file():
+        raise ExportError(f"{run_dir}: camera policy without held-out frames ({path.name} is missing)")
+    with np.load(path) as z:
+        return tuple(np.ascontiguousarray(z[t.name], dtype=np.uint8) for t in model.cameras)
+
+
 def check_parity(onnx_path, run_dir, which: str = "best", tolerance: float = PARITY_TOLERANCE,
-                 obs: Optional[np.ndarray] = None) -> ParityReport:
-    """Compare onnxruntime (1 thread) with the torch model on the run's held-out observations."""
+                 obs: Optional[np.ndarray] = None, frames: Optional[Tuple[np.ndarray, ...]] = None
+                 ) -> ParityReport:
+    """Compare onnxruntime (1 thread) with the torch model on the run's held-out observations
+    (camera policies: on the held-out frames and their observations)."""
     import onnxruntime as ort
 
     model, _ = ckpt.load_policy(run_dir, which)
     if obs is None:
         obs = np.load(Path(run_dir) / ckpt.HOLDOUT_FILE)
+    if frames is None:
+        frames = _holdout_frames(Path(run_dir), model)
+    if frames:
+        obs = obs[:len(frames[0])]
     obs = np.ascontiguousarray(obs, dtype=np.float32)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"obs": obs})))
-    want = _torch_outputs(model, obs)
+    feeds = {"obs": obs, **{t.input_name: f for t, f in zip(model.cameras, frames)}}
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    want = _torch_outputs(model, obs, tuple(frames))
     if set(got) != set(want):
         raise ExportError(f"{onnx_path}: outputs {sorted(got)} != expected {sorted(want)}")
     per = {}

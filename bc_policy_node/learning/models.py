@@ -9,6 +9,11 @@ statistics live in registered buffers, so the exported ONNX graph needs no side 
   only (sampling / mode selection happens in numpy at run time).
 - `ChunkTransformer` (kind ``transformer``): small ACT-like model, observation features as
   tokens plus K learned query tokens, pre-LN self-attention, one action per query token.
+
+With camera terms in the contract, every kind reads the same features: the normalized state
+followed by `learning.vision.VisionEncoder`'s keypoints of each camera. ``forward(obs, *frames)``
+takes one uint8 (B, h, w, 3) tensor per camera in contract order (the ONNX ``image_<name>``
+inputs); ``loss(obs, target, mask, images)`` takes them as a tuple.
 """
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core.contract import ImageTerm
 from ..core.data.episodes import NormStats
 from .config import ModelConfig
+from .vision import VisionEncoder
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -100,17 +107,22 @@ def make_trunk(in_dim: int, cfg: ModelConfig) -> nn.Module:
 class ChunkPolicy(nn.Module):
     """Base class: normalization buffers, sizes and the loss interface.
 
-    Subclasses implement ``forward(obs_raw)`` (the exported graph) and
-    ``loss(obs_raw, target_raw, mask) -> scalar``.
+    Subclasses implement ``forward(obs_raw, *frames)`` (the exported graph) and
+    ``loss(obs_raw, target_raw, mask, images) -> scalar``; they read `features`, whose width is
+    ``feature_dim``.
     """
 
     output_names: Tuple[str, ...] = ("actions",)
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None,
+                 cameras: Sequence[ImageTerm] = ()):
         super().__init__()
         self.cfg = cfg
         self.obs_dim, self.act_dim, self.chunk_length = obs_dim, act_dim, cfg.chunk_length
         self.norm = Normalizer(obs_dim, act_dim, stats)
+        self.cameras = tuple(cameras)
+        self.vision = VisionEncoder(self.cameras, cfg.vision_channels, cfg.vision_keypoints) if self.cameras else None
+        self.feature_dim = obs_dim + (self.vision.out_dim if self.vision is not None else 0)
         self.relative = cfg.action_frame == "relative"
         if self.relative:   # set by build_model from the contract
             self.register_buffer("ref_index", torch.arange(act_dim))
@@ -127,21 +139,29 @@ class ChunkPolicy(nn.Module):
     def from_frame(self, actions: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         return actions + self.reference(obs, actions.ndim) if self.relative else actions
 
+    def features(self, obs: torch.Tensor, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """(B, feature_dim): the normalized state, then the camera keypoints (if any)."""
+        x = self.norm.obs(obs)
+        if self.vision is None:
+            return x
+        return torch.cat([x, self.vision(images)], dim=-1)
+
 
 class _Deterministic(ChunkPolicy):
     """Shared loss of the kinds that output one chunk."""
 
     loss_kind = "l1"
 
-    def predict_normalized(self, obs: torch.Tensor) -> torch.Tensor:
+    def predict_normalized(self, obs: torch.Tensor, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, obs_dim) raw -> (B, K, A) raw actions."""
-        return self.from_frame(self.norm.unact(self.predict_normalized(obs)), obs)
+    def forward(self, obs: torch.Tensor, *images: torch.Tensor) -> torch.Tensor:
+        """(B, obs_dim) raw (+ one uint8 frame batch per camera) -> (B, K, A) raw actions."""
+        return self.from_frame(self.norm.unact(self.predict_normalized(obs, images)), obs)
 
-    def loss(self, obs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pred = self.predict_normalized(obs)
+    def loss(self, obs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+             images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        pred = self.predict_normalized(obs, images)
         tgt = self.norm.act(self.to_frame(target, obs))
         if self.loss_kind == "l1":
             err = (pred - tgt).abs()
@@ -156,13 +176,14 @@ class _Deterministic(ChunkPolicy):
 class ChunkMLP(_Deterministic):
     """MLP from the normalized observation to K normalized actions (K=1: single-step policy)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None):
-        super().__init__(obs_dim, act_dim, cfg, stats)
-        self.trunk = make_trunk(obs_dim, cfg)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None,
+                 cameras: Sequence[ImageTerm] = ()):
+        super().__init__(obs_dim, act_dim, cfg, stats, cameras)
+        self.trunk = make_trunk(self.feature_dim, cfg)
         self.head = nn.Linear(cfg.width, cfg.chunk_length * act_dim)
 
-    def predict_normalized(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(self.norm.obs(obs))).view(-1, self.chunk_length, self.act_dim)
+    def predict_normalized(self, obs: torch.Tensor, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        return self.head(self.trunk(self.features(obs, images))).view(-1, self.chunk_length, self.act_dim)
 
 
 class ChunkGMM(ChunkPolicy):
@@ -173,32 +194,34 @@ class ChunkGMM(ChunkPolicy):
 
     output_names = ("means", "logits")
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None):
-        super().__init__(obs_dim, act_dim, cfg, stats)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None,
+                 cameras: Sequence[ImageTerm] = ()):
+        super().__init__(obs_dim, act_dim, cfg, stats, cameras)
         self.num_modes = cfg.num_modes
         n = cfg.num_modes * cfg.chunk_length * act_dim
-        self.trunk = make_trunk(obs_dim, cfg)
+        self.trunk = make_trunk(self.feature_dim, cfg)
         self.mean_head = nn.Linear(cfg.width, n)
         self.std_head = nn.Linear(cfg.width, n)
         self.logit_head = nn.Linear(cfg.width, cfg.num_modes)
         # Spread the initial means so the components do not start identical.
         nn.init.normal_(self.mean_head.bias, std=0.5)
 
-    def _heads(self, obs: torch.Tensor):
-        h = self.trunk(self.norm.obs(obs))
+    def _heads(self, obs: torch.Tensor, images: Sequence[torch.Tensor] = ()):
+        h = self.trunk(self.features(obs, images))
         shape = (-1, self.num_modes, self.chunk_length, self.act_dim)
         mean = self.mean_head(h).view(shape)
         std = F.softplus(self.std_head(h).view(shape)) + self.cfg.min_std
         logits = torch.log_softmax(self.logit_head(h), dim=-1)
         return mean, std, logits
 
-    def forward(self, obs: torch.Tensor):
-        mean, _, logits = self._heads(obs)
+    def forward(self, obs: torch.Tensor, *images: torch.Tensor):
+        mean, _, logits = self._heads(obs, images)
         return self.from_frame(self.norm.unact(mean), obs), logits
 
-    def loss(self, obs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def loss(self, obs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+             images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """Negative log-likelihood per valid action dimension (masked targets are marginalized out)."""
-        mean, std, logits = self._heads(obs)
+        mean, std, logits = self._heads(obs, images)
         y = self.norm.act(self.to_frame(target, obs)).unsqueeze(1)                                 # (B, 1, K, A)
         logp = -0.5 * (((y - mean) / std) ** 2 + 2.0 * torch.log(std) + _LOG_2PI)
         logp = (logp * mask[:, None, :, None]).sum(dim=(2, 3))                 # (B, M)
@@ -238,38 +261,42 @@ class _TransformerLayer(nn.Module):
 
 
 class ChunkTransformer(_Deterministic):
-    """Small ACT-like chunk policy (no CVAE): each normalized observation feature becomes a
-    token (value * w_i + b_i), K learned query tokens follow, ``depth`` pre-LN layers of
-    self-attention mix them, and query token k is read out as action k."""
+    """Small ACT-like chunk policy (no CVAE): each feature (normalized observation value or
+    camera keypoint coordinate) becomes a token (value * w_i + b_i), K learned query tokens
+    follow, ``depth`` pre-LN layers of self-attention mix them, and query token k is read out
+    as action k."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None):
-        super().__init__(obs_dim, act_dim, cfg, stats)
-        d = cfg.width
-        self.feat_w = nn.Parameter(torch.randn(obs_dim, d) * 0.02)
-        self.feat_b = nn.Parameter(torch.randn(obs_dim, d) * 0.02)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, stats: NormStats | None = None,
+                 cameras: Sequence[ImageTerm] = ()):
+        super().__init__(obs_dim, act_dim, cfg, stats, cameras)
+        d, n = cfg.width, self.feature_dim
+        self.feat_w = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.feat_b = nn.Parameter(torch.randn(n, d) * 0.02)
         self.queries = nn.Parameter(torch.randn(cfg.chunk_length, d) * 0.02)
         self.layers = nn.ModuleList(_TransformerLayer(d, cfg.num_heads, cfg.dropout) for _ in range(cfg.depth))
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, act_dim)
 
-    def predict_normalized(self, obs: torch.Tensor) -> torch.Tensor:
-        x = self.norm.obs(obs)
+    def predict_normalized(self, obs: torch.Tensor, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        x = self.features(obs, images)
         tokens = x.unsqueeze(-1) * self.feat_w + self.feat_b                  # (B, obs_dim, d)
         q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
         h = torch.cat([tokens, q], dim=1)
         for layer in self.layers:
             h = layer(h)
-        return self.head(self.ln(h[:, self.obs_dim:]))
+        return self.head(self.ln(h[:, self.feature_dim:]))
 
 
 _KINDS = {"mlp": ChunkMLP, "chunk_mlp": ChunkMLP, "gmm": ChunkGMM, "transformer": ChunkTransformer}
 
 
 def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int, stats: NormStats | None = None,
-                loss: str = "l1", ref_index: Sequence[int] | None = None) -> ChunkPolicy:
+                loss: str = "l1", ref_index: Sequence[int] | None = None,
+                cameras: Sequence[ImageTerm] = ()) -> ChunkPolicy:
     """The policy module for ``cfg.kind``; ``loss`` selects the regression loss of deterministic
-    kinds; ``ref_index`` (`Contract.action_reference_index`) is required for a relative action frame."""
-    model = _KINDS[cfg.kind](obs_dim, act_dim, cfg, stats)
+    kinds; ``ref_index`` (`Contract.action_reference_index`) is required for a relative action frame;
+    ``cameras`` (`Contract.images`) adds a camera encoder in front of the head."""
+    model = _KINDS[cfg.kind](obs_dim, act_dim, cfg, stats, cameras)
     if model.relative:
         if ref_index is None or len(ref_index) != act_dim:
             raise ValueError(f"action_frame 'relative' needs the observation index of each of the "

@@ -7,6 +7,8 @@ so the expert is a function of the observation and chunks are learnable from it.
 3 to +0.8 or -0.8 at random (the goal observation does not say which): a unimodal regressor
 averages the two solutions at the start, a GMM separates them.
 The observation is ``[joint_pos (3), goal (2)]`` and ``act[t]`` is the next joint target.
+`synthetic_camera_dataset` hides the goal from the state: the observation is the joint positions
+and a small camera frame in which the goal is a bright square (so only an image policy can reach).
 """
 from __future__ import annotations
 
@@ -33,6 +35,26 @@ def synthetic_contract(chunk_length: int = 20, rate_hz: float = 50.0) -> Contrac
                    "type": "std_msgs/msg/Float64MultiArray", "joints": list(JOINTS),
                    "lower": [-3.0, -2.6, -2.6], "upper": [3.0, 2.6, 2.6], "max_step": [0.08, 0.08, 0.08]},
     })
+
+
+def synthetic_camera_contract(chunk_length: int = 20, rate_hz: float = 50.0, height: int = 24,
+                               width: int = 32) -> Contract:
+    """`synthetic_contract` without the goal term, plus a raw rgb8 camera ``cam`` of height x width."""
+    d = synthetic_contract(chunk_length, rate_hz).to_dict()
+    d["name"] = "synthetic_reach_camera"
+    d["observation"] = [t for t in d["observation"] if t["name"] != "goal"] + [
+        {"name": "cam", "kind": "image", "topic": "/camera/cam/image_raw", "type": "sensor_msgs/msg/Image",
+         "encoding": "rgb8", "height": height, "width": width}]
+    return Contract.from_dict(d)
+
+
+def goal_frame(goal: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (h, w, 3): dark background, a 4x4 white square centred at the goal (x, y in [-1, 1])."""
+    img = np.full((height, width, 3), 30, dtype=np.uint8)
+    r = int(round((goal[1] + 1) / 2 * (height - 4)))
+    c = int(round((goal[0] + 1) / 2 * (width - 4)))
+    img[r:r + 4, c:c + 4] = 255
+    return img
 
 
 def synthetic_episode(rng: np.random.Generator, length: int, rate_hz: float = 50.0,
@@ -66,3 +88,15 @@ def synthetic_dataset(num_episodes: int = 50, length: int = 200, seed: int = 0,
         ep.meta["episode_id"] = i
         eps.append(ep)
     return Dataset(synthetic_contract(chunk_length), eps)
+
+
+def synthetic_camera_dataset(num_episodes: int = 20, length: int = 40, seed: int = 0,
+                             chunk_length: int = 20, height: int = 24, width: int = 32) -> Dataset:
+    """`synthetic_dataset`'s demonstrations seen through `synthetic_camera_contract`: the goal is
+    only in the frames (`goal_frame`, one per step), the state is the joint positions."""
+    contract = synthetic_camera_contract(chunk_length, height=height, width=width)
+    eps = []
+    for ep in synthetic_dataset(num_episodes, length, seed, chunk_length=chunk_length).episodes:
+        frames = np.repeat(goal_frame(ep.obs[0, 3:5], height, width)[None], len(ep), axis=0)
+        eps.append(Episode(obs=ep.obs[:, :3], act=ep.act, t=ep.t, meta=ep.meta, images={"cam": frames}))
+    return Dataset(contract, eps)

@@ -28,6 +28,7 @@ from .data import ChunkData, build_chunks, check_dataset, load_dataset
 from .models import ChunkPolicy, build_model, num_parameters, reference_index
 
 HOLDOUT_ROWS = 1024
+HOLDOUT_IMAGE_ROWS = 64   # frames kept for the parity check of a camera policy (uint8, small)
 STD_FLOOR = 1e-3  # raw units; smaller normalization stds are replaced by 1
 PLOT_EVERY = 10  # epochs between loss-curve refreshes (always drawn at the end)
 # Train-config fields that may change when resuming (they do not change what was learned so far).
@@ -149,8 +150,8 @@ def evaluate(model: ChunkPolicy, data: ChunkData, batch_size: int = 1024) -> flo
     """Mean loss of ``model`` over ``data`` (eval mode, no dropout)."""
     model.eval()
     total, n = 0.0, 0
-    for obs, tgt, mask in data.batches(batch_size, shuffle=False):
-        total += float(model.loss(obs, tgt, mask)) * len(obs)
+    for obs, tgt, mask, frames in data.batches(batch_size, shuffle=False):
+        total += float(model.loss(obs, tgt, mask, frames)) * len(obs)
         n += len(obs)
     return total / max(n, 1)
 
@@ -160,12 +161,12 @@ def _train_epoch(model: ChunkPolicy, opt: torch.optim.Optimizer, data: ChunkData
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
     total, n, t0 = 0.0, 0, time.perf_counter()
-    for obs, tgt, mask in data.batches(cfg.batch_size, generator=gen):
+    for obs, tgt, mask, frames in data.batches(cfg.batch_size, generator=gen, image_shift=cfg.image_shift):
         if cfg.max_steps is not None and state.step >= cfg.max_steps:
             break
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(state.step, cfg, total_steps)
-        loss = model.loss(obs, tgt, mask)
+        loss = model.loss(obs, tgt, mask, frames)
         if not torch.isfinite(loss):
             raise TrainError(f"loss became {float(loss)} at epoch {state.epoch}, step {state.step}; "
                              f"lower train.lr or check the data")
@@ -250,11 +251,17 @@ def _restore(run_dir: Path, model: ChunkPolicy, opt, cfg: TrainConfig) -> _LoopS
                       history=list(c["history"]))
 
 
-def _holdout_obs(split: _Split, seed: int) -> np.ndarray:
-    obs = (split.val if split.val is not None else split.train).obs.numpy()
-    if len(obs) > HOLDOUT_ROWS:
-        obs = obs[np.sort(np.random.default_rng(seed).choice(len(obs), HOLDOUT_ROWS, replace=False))]
-    return obs
+def _save_holdout(run_dir: Path, split: _Split, seed: int) -> None:
+    """Held-out observations for the export parity check (and, with cameras, the frames of the
+    first `HOLDOUT_IMAGE_ROWS` of them)."""
+    data = split.val if split.val is not None else split.train
+    rows = np.arange(len(data))
+    if len(rows) > HOLDOUT_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), HOLDOUT_ROWS, replace=False))
+    np.save(run_dir / ckpt.HOLDOUT_FILE, data.obs.numpy()[rows])
+    if data.images is not None:
+        frames = data.images.gather(rows[:HOLDOUT_IMAGE_ROWS])
+        np.savez(run_dir / ckpt.HOLDOUT_IMAGES_FILE, **{n: f.numpy() for n, f in zip(data.images.names, frames)})
 
 
 @contextmanager
@@ -300,7 +307,8 @@ def train(data, model_cfg: Optional[ModelConfig], train_cfg: Optional[TrainConfi
     with _torch_settings(train_cfg):
         split = _split(ds, model_cfg, train_cfg)
         model = build_model(model_cfg, ds.contract.obs_dim, ds.contract.act_dim, split.stats,
-                            loss=train_cfg.loss, ref_index=reference_index(model_cfg, ds.contract))
+                            loss=train_cfg.loss, ref_index=reference_index(model_cfg, ds.contract),
+                            cameras=ds.contract.images)
         opt = _make_optimizer(model, train_cfg)
         run_cfg = _run_config(ds, model_cfg, train_cfg, split, model)
         if has_run:
@@ -309,7 +317,7 @@ def train(data, model_cfg: Optional[ModelConfig], train_cfg: Optional[TrainConfi
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             state = _LoopState()
-            np.save(run_dir / ckpt.HOLDOUT_FILE, _holdout_obs(split, train_cfg.seed))
+            _save_holdout(run_dir, split, train_cfg.seed)
         ckpt.write_json(run_dir / ckpt.CONFIG_FILE, run_cfg)
 
         steps_per_epoch = math.ceil(len(split.train) / train_cfg.batch_size)
