@@ -130,10 +130,12 @@ def expert_act_fn(env: SimEnv, contract: Contract, expert=None,
     """The scripted expert as an act_fn (labels at any state, from the observation only + mode).
 
     The expert reads the observation of `expert_contract` (default `contract`; for a contract
-    with cameras, whose state terms may hide the goal: the robot/task's shipped state contract),
-    built from the same messages: a privileged teacher for a policy that must see the goal."""
+    with cameras, or one whose state terms hide what the expert needs (`reads`, e.g. the goal):
+    the robot/task's shipped state contract), built from the same messages: a privileged teacher
+    for a policy that must find the goal in the image, or cannot see it at all."""
     expert = expert or env.make_expert()
-    own = expert_contract or (_state_contract(env) if contract.images else contract)
+    reads = getattr(expert, "reads", lambda c: True)
+    own = expert_contract or (_state_contract(env) if contract.images or not reads(contract) else contract)
     if own is contract:
         def act(obs, t, msgs):
             return expert.act_obs(obs, contract, mode=int(msgs["/task_state"].mode))

@@ -159,6 +159,14 @@ class ScriptedExpert:
         self._decoders[id(contract)] = entry
         return entry
 
+    def reads(self, contract: Contract) -> bool:
+        """Whether observations of `contract` hold what the expert needs (joint positions, goal)."""
+        try:
+            self._decoder(contract)
+        except ValueError:
+            return False
+        return True
+
     def act_obs(self, obs: Sequence[float], contract: Contract, mode: int = -1) -> np.ndarray:
         """Expert label for an observation vector (contract order in, action order out)."""
         _, q_idx, out_idx, g_sl, o_sl = self._decoder(contract)
