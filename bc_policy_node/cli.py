@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", default=None,
                    help="e.g. 0,3,5-7: dataset episode indices (plot, delete) or bag episode ids (delete)")
     p.add_argument("--gap-tolerance", type=float, default=None, help="s; longer holes flag an episode")
+    p.add_argument("--image-alignment", choices=("asof", "nearest"), default="asof",
+                   help="build, cameras: a frame's image is the newest one at or before it (asof) or the "
+                        "closest in time (nearest); never interpolated")
+    p.add_argument("--image-max-age", type=float, default=None, metavar="S",
+                   help="build, cameras: s; a frame whose image is further away is unlabelled (not a "
+                        "sample) and counted (default: the term's max_age_s, else stale_after_s)")
     p.add_argument("--keep-flagged", action="store_true", help="build: keep episodes with gaps / rate flags")
     p.add_argument("--include-incomplete", action="store_true",
                    help="build: keep interrupted / recovered episodes")

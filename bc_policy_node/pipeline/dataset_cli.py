@@ -5,6 +5,8 @@
                   recorder stored in the bags (all must agree). --split-by RULE cuts long bags
                   into episodes (none | topic:/NAME[:FIELD] | service:/NAME | gap:SECONDS,
                   core/data/segment.py) and prints each episode's boundaries and cut reasons.
+                  Cameras: --image-alignment asof|nearest, --image-max-age S (core/data/
+                  alignment.py); frames aligned / outside the tolerance per camera are printed.
                   Nothing is written when no episode is included.
   info            bags -> per-episode rates/gaps/success table; dataset folder -> summary
   plot            dataset folder -> one PNG per episode (--episodes, default 0) into --out
@@ -123,9 +125,13 @@ def do_build(args) -> int:
         if not have:
             raise CliError(f"--split-by {rule}: topic {rule.topic} is not in any of the {len(bags)} bag(s) "
                            f"(e.g. {bags[0].name} has {sorted(topic_types(bags[0]))})")
+    cams = {}
+    if contract.images:
+        cams = {"image_alignment": getattr(args, "image_alignment", None) or "asof",
+                "image_max_age_s": getattr(args, "image_max_age", None), "scratch_dir": out.parent}
     ds, rep = build_dataset(bags, contract, None, args.gap_tolerance, split_by=rule,
                             keep_flagged=bool(getattr(args, "keep_flagged", False)),
-                            include_incomplete=bool(getattr(args, "include_incomplete", False)))
+                            include_incomplete=bool(getattr(args, "include_incomplete", False)), **cams)
     inc = [e for e in rep["episodes"] if e["status"] == "included"]
     exc = [e for e in rep["episodes"] if e["status"] != "included"]
     if inc:   # a build without episodes writes nothing (an existing dataset in --out stays)
@@ -140,6 +146,10 @@ def do_build(args) -> int:
           f"({ds.num_frames * contract.dt:.1f} s at {contract.control_rate_hz:g} Hz)")
     if inc:
         print("  alignment/time base: " + ", ".join(f"{k} x{v}" for k, v in sorted(align.items())))
+        for name, r in rep.get("cameras", {}).items():
+            seen = "-" if r["max_age_seen_s"] is None else f"{r['max_age_seen_s'] * 1e3:.0f} ms"
+            print(f"  camera {name} ({r['rule']}, max age {r['max_age_s'] * 1e3:.0f} ms): {r['frames_aligned']} frames "
+                  f"aligned, {r['frames_outside']} outside the tolerance (unlabelled), max age seen {seen}")
         known = [e.get("success") for e in inc if e.get("success") is not None]
         if known:
             print(f"  success {sum(map(bool, known))}/{len(known)} of the included episodes")

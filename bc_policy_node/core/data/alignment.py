@@ -55,9 +55,31 @@ Alignment rules (the report says which one each episode used):
 * ``auto`` (default) - ``command`` when the command stream's median period is within
   `rate_tolerance` of the contract's dt (a controller running at the control rate), else
   ``grid`` (e.g. teleop devices publishing at their own rate).
+
+Camera frames (the contract's image terms) are matched to the frames once these are fixed,
+one camera at a time, on the frame clock (header stamps = the time the image shows when
+`frame_clock` is "header", else the stream's time base), by `image_alignment`:
+
+* ``asof`` (default) - the newest image with stamp <= the frame's time (what the policy node
+  would have had: it never sees a future frame);
+* ``nearest`` - the image whose stamp is closest to the frame's time (ties: the earlier one),
+  for cameras whose stamps lag or lead the state (e.g. exposure-centre stamps);
+
+and a tolerance: |frame time - image stamp| <= `image_max_age_s` (default: the term's
+`max_age_s`, else the contract's `stale_after_s`). Images are never interpolated or blended:
+the stored frame is the one the rule picked, decoded by `core.image` (uint8, cropped). A frame
+whose image is outside the tolerance (or that has no image: as-of before the camera's first
+frame) keeps the picked (or a black) image but gets ``labelled=False``: it stays in the
+episode, so the time axis and the chunk targets of its neighbours are intact, but it is never
+a training sample (`learning.data`). The report says per camera: frames aligned, frames
+outside the tolerance, frames without an image, and the largest |age| seen; an episode with no
+frame inside the tolerance of some camera is flagged. Image topics take no part in the state
+ZOH, the `ready` time or the gap flags (their tolerance is per frame). A camera topic missing
+from the bag, or without messages, is a BuildError naming it (FrameTags carry no images).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -68,6 +90,7 @@ from .rostypes import HEADER_TYPE, header_stamp_ns
 
 FRAME_TAG_TYPE = "bc_msgs/msg/FrameTag"
 ALIGNMENTS = ("auto", "command", "grid")
+IMAGE_ALIGNMENTS = ("asof", "nearest")
 _META_KEYS = ("episode_id", "task", "seed", "source", "success", "outcome", "complete",
               "recovered", "notes")
 
@@ -105,6 +128,11 @@ class _Stream:
         if m is None:
             m = self._cache[i] = self._store.deserialize_cdr(self._raw[i], self.msgtype)
         return m
+
+    def load(self, i: int) -> Any:
+        """Message i deserialized without caching it (camera frames: decoded once, then dropped)."""
+        m = self._cache.get(i)
+        return m if m is not None else self._store.deserialize_cdr(self._raw[i], self.msgtype)
 
     @property
     def msgs(self) -> List[Any]:
@@ -198,8 +226,9 @@ def _max_gap(times: np.ndarray, t0: int, t1: int) -> float:
 
 
 def _zoh_obs(contract: Contract, streams: Dict[str, _Stream], samples: np.ndarray) -> np.ndarray:
-    """obs[k] = ObservationAssembler fed with the newest message of every topic at samples[k]."""
-    asm = ObservationAssembler(contract)
+    """obs[k] = ObservationAssembler fed with the newest message of every topic at samples[k]
+    (the state terms; cameras are matched by `align_images`)."""
+    asm = ObservationAssembler(dataclasses.replace(contract, images=()) if contract.images else contract)
     idx = {t: np.searchsorted(s.times, samples, side="right") - 1 for t, s in streams.items()}
     fed = {t: -1 for t in streams}
     out = np.empty((len(samples), contract.obs_dim))
@@ -215,6 +244,62 @@ def _zoh_obs(contract: Contract, streams: Dict[str, _Stream], samples: np.ndarra
     return out
 
 
+def align_images(contract: Contract, streams: Dict[str, _Stream], frame_t: np.ndarray, frame_clock: str,
+                 rule: str = "asof", max_age_s: Optional[float] = None
+                 ) -> Tuple[Dict[str, np.ndarray], np.ndarray, Dict[str, Dict[str, Any]]]:
+    """Every camera's image at each frame time (module docstring, "Camera frames").
+
+    frame_t: (T,) ns on `frame_clock` ("header": image header stamps, else the streams' time
+    base). Returns ({camera: uint8 (T, h, w, 3)}, (T,) bool: every camera within its
+    tolerance, {camera: report}). Raises BuildError (no messages) / ImageError (a frame that
+    does not fit its term)."""
+    from ..image import decode
+
+    if rule not in IMAGE_ALIGNMENTS:
+        raise ValueError(f"image_alignment must be one of {IMAGE_ALIGNMENTS}, got {rule!r}")
+    if max_age_s is not None and not max_age_s >= 0:
+        raise ValueError(f"image_max_age_s must be >= 0, got {max_age_s!r}")
+    n = len(frame_t)
+    ok_all = np.ones(n, dtype=bool)
+    images: Dict[str, np.ndarray] = {}
+    report: Dict[str, Dict[str, Any]] = {}
+    for term in contract.images:
+        s = streams.get(term.topic)
+        if s is None or not len(s):
+            raise BuildError(f"camera {term.name!r}: no messages on {term.topic} ({term.msg_type}) in the episode")
+        stamps = s.header if frame_clock == "header" else s.times
+        order = np.argsort(stamps, kind="stable")
+        ts = stamps[order]
+        after = np.searchsorted(ts, frame_t, side="right")      # first image later than the frame
+        if rule == "asof":
+            pick = after - 1
+        else:
+            lo = np.maximum(after - 1, 0)
+            hi = np.minimum(after, len(ts) - 1)
+            pick = np.where(np.abs(ts[hi] - frame_t) < np.abs(frame_t - ts[lo]), hi, lo)
+        has = pick >= 0
+        pick = np.maximum(pick, 0)
+        age_ns = np.where(has, frame_t - ts[pick], 0)            # > 0: the image is older than the frame
+        tol = max_age_s if max_age_s is not None else (term.max_age_s if term.max_age_s is not None
+                                                        else contract.stale_after_s)
+        ok = has & (np.abs(age_ns) <= int(round(tol * 1e9)))
+        out = np.zeros((n,) + term.shape, dtype=np.uint8)
+        last, frame = -1, None
+        for k in np.flatnonzero(has):
+            i = int(order[pick[k]])
+            if i != last:      # consecutive frames often share an image: decode it once
+                frame, last = decode(term, s.load(i)), i
+            out[k] = frame
+        images[term.name] = out
+        ok_all &= ok
+        ages = np.abs(age_ns[has]) * 1e-9
+        report[term.name] = {"topic": term.topic, "rule": rule, "clock": frame_clock, "max_age_s": tol,
+                             "images": len(s), "frames_aligned": int(ok.sum()), "frames_outside": int((~ok).sum()),
+                             "frames_without_image": int((~has).sum()),
+                             "max_age_seen_s": float(ages.max()) if ages.size else None}
+    return images, ok_all, report
+
+
 def has_source_times(em: Dict[str, Any]) -> bool:
     """The recorder node stored DDS source timestamps in MCAP publish_time (episode.yaml)."""
     stamps = ((em.get("recorder") or {}).get("timestamps") or {})
@@ -226,17 +311,22 @@ def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[st
                   gap_tolerance_s: Optional[float] = None, *, alignment: str = "auto",
                   time_base: str = "auto", max_clock_skew_s: float = 0.5,
                   rate_tolerance: float = 0.1,
-                  frame_topic: Optional[str] = None) -> Tuple[Episode, Dict[str, Any]]:
+                  frame_topic: Optional[str] = None, image_alignment: str = "asof",
+                  image_max_age_s: Optional[float] = None) -> Tuple[Episode, Dict[str, Any]]:
     """Messages of one episode -> (Episode, report entry). Raises BuildError/ContractError.
 
     raw: {topic: (msgtype, [(receive ns, CDR bytes[, publish ns])])} (`bagread.read_raw`) of
     the contract's topics and FrameTag topics; types: every topic of the bag; em: the bag's
     episode metadata (`bagread.read_episode_meta`); bag: the name in the report and meta.
+    image_alignment / image_max_age_s: how camera frames are matched (module docstring).
     """
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if image_alignment not in IMAGE_ALIGNMENTS:
+        raise ValueError(f"image_alignment must be one of {IMAGE_ALIGNMENTS}, got {image_alignment!r}")
     tol = contract.stale_after_s if gap_tolerance_s is None else float(gap_tolerance_s)
-    obs_topics = contract.observation_topics()
+    obs_topics = {t.topic: t.msg_type for t in contract.observation}   # the state vector's topics
+    image_topics = contract.image_topics()
     act_topic = contract.action.topic
     has_source = has_source_times(em)
     candidates = [t for t, ty in types.items() if ty == FRAME_TAG_TYPE]
@@ -249,9 +339,13 @@ def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[st
     if missing and not frame_topic:   # with FrameTag (it carries the observation) raw topics are optional
         what = "none of the contract's topics" if len(missing) == len(needed) else "contract topics"
         raise BuildError(f"{what} {', '.join(missing)} not in the bag (bag has {sorted(types)})")
-    for t, ty in needed:
+    for t, ty in list(needed) + list(image_topics.items()):
         if t in types and types[t] != ty:
             raise BuildError(f"topic {t} has type {types[t]} in the bag, contract says {ty}")
+    lost = [f"{t} ({ty}) of camera {term.name!r}" for term in contract.images
+            for t, ty in [(term.topic, term.msg_type)] if t not in types]
+    if lost:   # FrameTags carry no images: a camera topic is needed either way
+        raise BuildError(f"camera topic(s) {', '.join(lost)} not in the bag (bag has {sorted(types)})")
     if frame_topic and frame_topic not in raw:
         raise BuildError(f"FrameTag topic {frame_topic} is not in the bag")
 
@@ -476,6 +570,16 @@ def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[st
     for t, g in gaps.items():
         if g > tol:
             rep["flags"].append(f"gap of {g:.3f} s on {t} (tolerance {tol:.3f} s)")
+    images = None
+    if contract.images:
+        images, in_tol, rep["images"] = align_images(contract, streams, np.asarray(frame_t, dtype=np.int64),
+                                                     rep["frame_clock"], image_alignment, image_max_age_s)
+        rep["image_frames_outside"] = int((~in_tol).sum())
+        labelled = in_tol if labelled is None else labelled & in_tol
+        for name, r in rep["images"].items():
+            if not r["frames_aligned"]:
+                rep["flags"].append(f"camera {name!r}: no frame has an image within {r['max_age_s']:.3f} s "
+                                    f"({r['rule']}; {r['images']} images on {r['topic']})")
     meta = {k: em.get(k) for k in _META_KEYS}
     meta.update(bag=bag, alignment=rep["alignment"], time_base=time_base,
                 frame_clock=rep["frame_clock"],
@@ -484,7 +588,10 @@ def align_episode(raw: Dict[str, Tuple[str, List[Tuple]]], store, types: Dict[st
     chunk_labels = chunks
     if chunk_labels is not None:
         meta["chunk_labels"] = int(chunk_labels.shape[1])
+    if images is not None:
+        meta["images"] = {k: {f: r[f] for f in ("rule", "max_age_s", "frames_outside", "max_age_seen_s")}
+                          for k, r in rep["images"].items()}
     ep = Episode(obs=obs, act=act, t=(frame_t - t0) * 1e-9, meta=meta, labelled=labelled,
-                 chunk_labels=chunk_labels)
+                 chunk_labels=chunk_labels, images=images)
     rep.update(frames=len(ep), duration_s=meta["duration_s"], labelled=int(ep.labelled.sum()))
     return ep, rep

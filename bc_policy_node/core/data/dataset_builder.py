@@ -18,11 +18,21 @@ Sources (`bagread` module docstring):
   window of the rule; each window is a report entry (name '<bag>#<i>') with its boundaries
   (`segment`: receive-time start/end ns, s from the bag's first message), the reasons of
   both cuts, and the frames it produced - or why it was excluded.
+
+Cameras (contracts with image terms): `alignment` matches each camera's images to the frames
+(`image_alignment` asof | nearest, `image_max_age_s`; frames outside the tolerance are
+unlabelled, never samples) and decodes them to uint8. Memory stays about one episode: each
+included episode's frames are written at once to an unlinked scratch .npy (in `scratch_dir`
+or `out_dir`, else the temp folder) and memory-mapped from it, and `Dataset.save` copies them block by
+block into `images/<camera>.npy`. The report adds per camera, over the included episodes:
+frames aligned, frames outside the tolerance, the largest age seen (`cameras`).
 """
 from __future__ import annotations
 
 import difflib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -31,6 +41,8 @@ from .alignment import (ALIGNMENTS, FRAME_TAG_TYPE, BuildError, align_episode,  
                         command_vector, has_source_times)
 from .bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta, read_raw,
                       recover_bag, topic_types)
+import numpy as np
+
 from .episodes import Dataset, Episode
 from .rosbag_reader import SETBOOL_EVENT, is_service_event, service_event_info, setbool_request
 from .segment import (SplitError, SplitRule, Window, bag_span, gap_windows, marker_windows,
@@ -127,10 +139,55 @@ def episodes_from_bag(bag_dir, contract: Contract, split_by: Union[str, SplitRul
     return out
 
 
+class _ImageSpill:
+    """Moves an episode's decoded frames out of memory: one .npy per camera in a scratch folder,
+    memory-mapped back and unlinked at once (the mapping keeps the data; the disk space is
+    freed when the last mapping goes)."""
+
+    def __init__(self, near=None):
+        base = Path(near) if near is not None else None
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".images_build_", dir=base))
+        self.count = 0
+
+    def spill(self, ep: Episode) -> None:
+        for name, frames in list((ep.images or {}).items()):
+            if isinstance(frames, np.memmap):
+                continue
+            path = self.folder / f"{self.count:06d}_{name}.npy"
+            self.count += 1
+            np.save(path, frames)
+            ep.images[name] = np.load(path, mmap_mode="r")   # type: ignore[index]
+            os.unlink(path)
+
+    def close(self) -> None:
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+
+
+def _camera_totals(entries: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    out: Dict[str, Dict[str, Any]] = {}
+    for e in entries:
+        if e.get("status") != "included":
+            continue
+        for name, r in (e.get("images") or {}).items():
+            t = out.setdefault(name, {"topic": r["topic"], "rule": r["rule"], "max_age_s": r["max_age_s"],
+                                      "frames_aligned": 0, "frames_outside": 0, "frames_without_image": 0,
+                                      "max_age_seen_s": None})
+            for k in ("frames_aligned", "frames_outside", "frames_without_image"):
+                t[k] += r[k]
+            if r["max_age_seen_s"] is not None:
+                t["max_age_seen_s"] = max(t["max_age_seen_s"] or 0.0, r["max_age_seen_s"])
+    return out
+
+
 def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
                   gap_tolerance_s: Optional[float] = None, *, keep_flagged: bool = False,
                   include_incomplete: bool = False, recover: bool = False,
-                  split_by: Union[str, SplitRule, None] = None,
+                  split_by: Union[str, SplitRule, None] = None, scratch_dir=None,
                   **episode_opts: Any) -> Tuple[Dataset, Dict[str, Any]]:
     """Bags (episode dirs, or folders of them) -> (Dataset, report).
 
@@ -139,12 +196,39 @@ def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
     mismatch) unless keep_flagged; bags that fail to parse or do not match the contract (or
     the split rule). Truncated bags are recovered first when `recover=True`, else excluded
     with 'needs recovery'. Foreign bags are included (module docstring). With `out_dir`, the
-    dataset is saved there with `build_report.json` (`save_build`).
+    dataset is saved there with `build_report.json` (`save_build`). Camera frames of the
+    included episodes are memory-mapped from unlinked scratch files in `scratch_dir` (default
+    `out_dir`, else the system's temp folder; module docstring).
     """
     rule = split_by if isinstance(split_by, SplitRule) else SplitRule.parse(split_by)
     bags = find_bags(bag_dirs)
     episodes: List[Episode] = []
     entries: List[Dict[str, Any]] = []
+    spill = _ImageSpill(scratch_dir if scratch_dir is not None else out_dir) if contract.images else None
+    try:
+        _build_entries(bags, contract, rule, gap_tolerance_s, keep_flagged, include_incomplete, recover,
+                       episode_opts, episodes, entries, spill)
+    finally:
+        if spill is not None:
+            spill.close()
+    ds = Dataset(contract, episodes)
+    report = {"contract": contract.name, "contract_fingerprint": contract.fingerprint(),
+              "gap_tolerance_s": contract.stale_after_s if gap_tolerance_s is None else gap_tolerance_s,
+              "split_by": str(rule), "bags": len(bags), "included": len(episodes),
+              "excluded": sum(e["status"] == "excluded" for e in entries),
+              "frames": ds.num_frames, "hash": ds.content_hash(), "episodes": entries}
+    if contract.images:
+        report["image_alignment"] = episode_opts.get("image_alignment", "asof")
+        report["cameras"] = _camera_totals(entries)
+    if out_dir is not None:
+        save_build(ds, report, out_dir)
+    return ds, report
+
+
+def _build_entries(bags, contract: Contract, rule: SplitRule, gap_tolerance_s, keep_flagged: bool,
+                   include_incomplete: bool, recover: bool, episode_opts: Dict[str, Any],
+                   episodes: List[Episode], entries: List[Dict[str, Any]],
+                   spill: Optional[_ImageSpill]) -> None:
     for bag in bags:
         entry: Dict[str, Any] = {"path": str(bag)}
         try:
@@ -174,17 +258,10 @@ def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
                 row.update(status="excluded", reasons=list(rep["flags"]))
             else:
                 row["status"] = "included"
+                if spill is not None:
+                    spill.spill(ep)
                 episodes.append(ep)
             entries.append(row)
-    ds = Dataset(contract, episodes)
-    report = {"contract": contract.name, "contract_fingerprint": contract.fingerprint(),
-              "gap_tolerance_s": contract.stale_after_s if gap_tolerance_s is None else gap_tolerance_s,
-              "split_by": str(rule), "bags": len(bags), "included": len(episodes),
-              "excluded": sum(e["status"] == "excluded" for e in entries),
-              "frames": ds.num_frames, "hash": ds.content_hash(), "episodes": entries}
-    if out_dir is not None:
-        save_build(ds, report, out_dir)
-    return ds, report
 
 
 def save_build(ds: Dataset, report: Dict[str, Any], out_dir) -> Path:

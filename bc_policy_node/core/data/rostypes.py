@@ -187,6 +187,8 @@ def _convert(store, nodetype: int, desc: Any, val: Any, where: str) -> Any:
                 out = [str(v) for v in (val if val is not None else [])]
                 return out + [""] * (length - len(out)) if nodetype == 3 else out
             dtype = _NUMERIC[sub_desc[0]]
+            if isinstance(val, (bytes, bytearray, memoryview)):   # image data, CompressedImage bytes
+                val = np.frombuffer(val, dtype=np.uint8)
             arr = np.asarray(val if val is not None else [], dtype=dtype).reshape(-1)
             if nodetype == 3 and arr.shape[0] != length:
                 arr = np.zeros(length, dtype=dtype) if val is None else arr
