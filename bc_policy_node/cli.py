@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (then seed+1, ...)")
     p.add_argument("--out", default="data/bags", help="folder for the episode bags")
+    p.add_argument("--contract", default=None,
+                   help="contract YAML whose topics are recorded (default: the robot/task's shipped one); "
+                        "its camera terms make the bridge publish those cameras, e.g. "
+                        "config/contracts/camera/planar3_curved_reach.yaml")
 
     p = add("dataset", "bc_policy_node.pipeline.dataset_cli:main",
             "build / inspect / edit datasets (details: bc_policy_node/pipeline/dataset_cli.py)")

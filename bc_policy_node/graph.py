@@ -99,10 +99,14 @@ def _bool(v) -> bool:
 
 
 def sim_nodes(robot="planar3", task="curved_reach", mode="free", real_time_factor=1.0, seed=0,
-              controller="forward_position_controller", drive=True, push_magnitude=0.0, **_) -> List[NodeSpec]:
+              controller="forward_position_controller", drive=True, push_magnitude=0.0, cameras=(),
+              **_) -> List[NodeSpec]:
+    """Bridge + expert; `cameras`: the bridge's camera specs (`bridge_cameras` of a contract)."""
     bridge = NodeSpec("mujoco_bridge", "mujoco_bridge", param_file="mujoco_bridge.yaml", parameters={
         "robot": robot, "task": task, "mode": mode, "real_time_factor": float(real_time_factor),
         "seed": int(seed), "controller": controller, "push_magnitude": float(push_magnitude)})
+    if cameras:
+        bridge.parameters["cameras"] = list(cameras)
     expert = NodeSpec("expert_node", "expert", param_file="expert.yaml", parameters={
         "robot": robot, "task": task, "drive": _bool(drive), "controller": controller})
     return [bridge, expert]
@@ -116,6 +120,14 @@ def contract_param(robot: str, task: str) -> str:
     return task if is_metaworld(task) else str(contract_path(robot, task))
 
 
+def bridge_cameras(contract) -> List[str]:
+    """The bridge's ``cameras`` parameter that publishes what `contract`'s image terms read:
+    ``<name>:<W>x<H>`` per camera, a frame every tick (ValueError for a non-sim camera topic)."""
+    from .core.sim.camera import camera_of_topic   # numpy only
+
+    return [f"{camera_of_topic(t.topic)[0]}:{t.width}x{t.height}" for t in contract.images]
+
+
 def record_nodes(robot="planar3", task="curved_reach", output_dir="bags", contract="", **_) -> List[NodeSpec]:
     return [NodeSpec("recorder_node", "recorder", param_file="recorder.yaml", parameters={
         "contract": contract or contract_param(robot, task), "output_dir": output_dir})]
@@ -123,13 +135,14 @@ def record_nodes(robot="planar3", task="curved_reach", output_dir="bags", contra
 
 def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode="temporal_ensembling",
                  autostart=True, controller="forward_position_controller", lockstep=False,
-                 command_topic="", use_sim_time=False, **_) -> List[NodeSpec]:
+                 command_topic="", use_sim_time=False, contract="", **_) -> List[NodeSpec]:
     """The policy node. lockstep: tick per observation stamp; command_topic: remap its command
     output (``/<controller>/commands``) there, e.g. to the dagger node's input; use_sim_time:
     required against the sim bridge, which stamps observations in sim time (on the wall clock
-    every observation would look stale and the policy would hold)."""
+    every observation would look stale and the policy would hold); contract: a contract YAML
+    (default: the robot/task's shipped one)."""
     params = {"model_path": model or str(model_path("policies", f"{robot}_{task}.onnx")),
-              "contract": contract_param(robot, task), "execution_mode": execution_mode,
+              "contract": contract or contract_param(robot, task), "execution_mode": execution_mode,
               "autostart": _bool(autostart), "controller": controller}
     if _bool(lockstep):
         params["lockstep"] = True

@@ -33,23 +33,33 @@ def status_dict(msg: PolicyStatus) -> Dict:
     return d
 
 
+def _contract(robot: str, task: str, contract_file=None):
+    from ..core.contract import Contract
+
+    return Contract.load(contract_file) if contract_file else load_contract(robot, task)
+
+
 def policy_graph(robot: str, task: str, model: str, lockstep: bool, rtf: float = 1.0,
-                 execution_mode: str = "temporal_ensembling"):
+                 execution_mode: str = "temporal_ensembling", contract_file=None):
+    """Bridge (no expert) + policy node; `contract_file` (default: the shipped contract) is the
+    node's contract, and its camera terms make the bridge publish those cameras."""
     specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep" if lockstep else "free",
-                            real_time_factor=rtf, drive=False)
+                            real_time_factor=rtf, drive=False,
+                            cameras=graph.bridge_cameras(_contract(robot, task, contract_file)))
     specs = [s for s in specs if s.executable != "expert_node"]
     specs[0].parameters["auto_reset"] = False   # episodes start only when we reset them
     specs[0].parameters["diagnostics_rate_hz"] = 20.0   # its counters gate our resets (below)
     specs += graph.policy_nodes(robot=robot, task=task, model=str(model), execution_mode=execution_mode,
-                                autostart=True, lockstep=lockstep, use_sim_time=True)
+                                autostart=True, lockstep=lockstep, use_sim_time=True,
+                                contract=str(Path(contract_file).resolve()) if contract_file else "")
     return specs
 
 
 def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_dir: Path,
                         lockstep: bool = True, progress=None, timeout_per_episode: float = 120.0,
-                        execution_mode: str = "temporal_ensembling") -> Dict:
+                        execution_mode: str = "temporal_ensembling", contract_file=None) -> Dict:
     """Episodes driven by the policy node; returns outcomes per seed and the final policy status."""
-    specs = policy_graph(robot, task, model, lockstep, execution_mode=execution_mode)
+    specs = policy_graph(robot, task, model, lockstep, execution_mode=execution_mode, contract_file=contract_file)
     status: Dict[str, Optional[PolicyStatus]] = {"last": None}
     outcomes = []
     bridge: Dict[str, str] = {}
@@ -66,7 +76,7 @@ def run_policy_episodes(model, robot: str, task: str, seeds: Sequence[int], log_
         client.wait_for_services([RESET], timeout=60.0)
         client.wait_until(lambda: status["last"] is not None and status["last"].lifecycle_state == "active",
                           60.0, "the policy node to become active")
-        contract = load_contract(robot, task)
+        contract = _contract(robot, task, contract_file)
         obs, cmds = list(contract.observation_topics()), [p.topic for p in contract.action.parts]
         node = client.node
         client.wait_until(lambda: (all(node.count_subscribers(t) >= 1 for t in obs)

@@ -95,8 +95,12 @@ def _log_tails(g, n: int = 1500) -> str:
 
 
 def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progress: bool = True,
-            variant: str = "", episode_timeout_s: float = EPISODE_TIMEOUT_S) -> Dict[str, Any]:
+            variant: str = "", episode_timeout_s: float = EPISODE_TIMEOUT_S,
+            contract_file=None) -> Dict[str, Any]:
     """Record `episodes` expert episodes (seeds seed, seed+1, ...) into `out`.
+
+    `contract_file`: the contract YAML whose topics are recorded (default: the robot/task's
+    shipped one); its camera terms make the bridge render and publish those cameras.
 
     Returns a summary: episodes, successes, success_rate, frames (control ticks = commands),
     messages, bag_dir, bags, wall_s, per-episode rows (recorder_short: what the recorder still
@@ -111,9 +115,13 @@ def collect(robot: str, task: str, episodes: int, seed: int, out, log_dir, progr
     first_id = next_episode_id(out)
     from ..core.sim.env import load_contract
 
-    contract = load_contract(robot, task)
-    specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep", seed=seed, drive=True) + \
-        graph.record_nodes(robot=robot, task=task, output_dir=str(out))
+    from ..core.contract import Contract
+
+    contract = Contract.load(contract_file) if contract_file else load_contract(robot, task)
+    specs = graph.sim_nodes(robot=robot, task=task, mode="lockstep", seed=seed, drive=True,
+                            cameras=graph.bridge_cameras(contract)) + \
+        graph.record_nodes(robot=robot, task=task, output_dir=str(out),
+                           contract=str(Path(contract_file).resolve()) if contract_file else "")
     extra = {"mujoco_bridge": {"auto_reset": False}, "recorder": {"status_period_s": 0.1}}
     t0 = time.monotonic()
     rows: List[Dict[str, Any]] = []
@@ -191,7 +199,8 @@ def main(args) -> int:
     out = Path(args.out)
     log_dir = out.parent / "logs" / f"collect_{out.name}"
     try:
-        summary = collect(args.robot, args.task, args.episodes, args.seed, out, log_dir, progress=True)
+        summary = collect(args.robot, args.task, args.episodes, args.seed, out, log_dir, progress=True,
+                          contract_file=args.contract)
     except CollectError as e:
         print(f"collect failed: {e}", file=sys.stderr)
         return 1
