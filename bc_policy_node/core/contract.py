@@ -304,7 +304,7 @@ class Contract:
                 a = mine[i] if i < len(mine) else None
                 b = theirs[i] if i < len(theirs) else None
                 if a != b:
-                    out.append(f"observation[{i}]: model {a} vs robot {b}")
+                    out.append(f"observation[{i}]{_term_diff(a, b)}: model {a} vs robot {b}")
         a, b = self.action, other.action
         for key in ("kind", "joints"):
             if getattr(a, key) != getattr(b, key):
@@ -323,6 +323,22 @@ class Contract:
         if missing:
             raise ContractError(f"contract {self.name!r} needs joints {missing} that the robot "
                                 f"does not have (robot joints: {list(joint_names)})")
+
+
+def _term_diff(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> str:
+    """What differs between the model's entry `a` and the robot's `b`, e.g. `` (camera
+    'overhead': height model 64, robot 96; ...)``; '' when they are unrelated entries."""
+    one = a if a is not None else b
+    what = "camera" if one is not None and one.get("kind") == "image" else "term"
+    if a is None or b is None:
+        side = "model" if a is None else "robot contract"
+        return f" (the {side} has no {what} {one.get('name')!r} here)" if one is not None else ""
+    if a.get("name") != b.get("name") and a.get("kind") != b.get("kind"):
+        return ""
+    keys = [k for k in dict.fromkeys(list(a) + list(b)) if a.get(k) != b.get(k)]
+    label = f"{what} {a.get('name')!r}" if a.get("name") == b.get("name") else what
+    return f" ({label}: " + "; ".join(f"{k} model {a.get(k)!r}, robot {b.get(k)!r}"
+                                                      for k in keys) + ")"
 
 
 def _parse_term(t: Mapping[str, Any]) -> ObsTerm:
@@ -504,6 +520,16 @@ class ObservationAssembler:
         ``max_age_s`` counts as ``stamp + max_age_s - stale_after_s``, so its frame is stale
         once it is older than its own max age."""
         return float((self._stamps + self._allow).min())
+
+    def stalest(self) -> Tuple[str, float]:
+        """``(term name, stamp)`` of the term that decides `oldest_stamp()` (the one to name when
+        the observation is stale), with that term's own stamp (a camera's frame stamp)."""
+        i = int(np.argmin(self._stamps + self._allow))
+        terms = self.contract.observation + self.contract.images   # type: ignore[operator]
+        return terms[i].name, float(self._stamps[i])
+
+    def is_image_topic(self, topic: str) -> bool:
+        return topic in self._image_by_topic
 
     def images(self) -> Dict[str, np.ndarray]:
         """The newest frame of every camera term (uint8 (h, w, 3), cropped), by term name.

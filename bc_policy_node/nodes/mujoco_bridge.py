@@ -13,7 +13,6 @@ from typing import Dict, List, Optional
 import numpy as np
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
@@ -41,9 +40,6 @@ from .metaworld_backend import MetaWorldBackend, check_robot_task
 from .common import ERROR, OK, WARN, Diagnostics, ThrottledLog, run_node
 from .params import declare_and_load
 
-# Camera topics: reliable, a short history (a 224x224 frame is 150 kB; lock-step sends one per command).
-CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
 
 
 def _stamp(ns: int) -> Time:
@@ -57,9 +53,12 @@ class _Camera:
         self.spec, self.renderer, self.quality = spec, renderer, quality
         base = f"/camera/{spec.name}"
         self.frame_id = f"{spec.name}_camera"
-        self.raw = node.create_publisher(Image, f"{base}/image_raw", CAMERA_QOS)
-        self.jpeg = node.create_publisher(CompressedImage, f"{base}/image_raw/compressed", CAMERA_QOS)
-        self.info = node.create_publisher(CameraInfo, f"{base}/camera_info", CAMERA_QOS)
+        # reliable writers: best-effort readers (qos.CAMERA_QOS: the policy node in free-run,
+        # viewers) and reliable ones (lock-step control, the recorder) both match
+        q = qos.CAMERA_RELIABLE_QOS
+        self.raw = node.create_publisher(Image, f"{base}/image_raw", q)
+        self.jpeg = node.create_publisher(CompressedImage, f"{base}/image_raw/compressed", q)
+        self.info = node.create_publisher(CameraInfo, f"{base}/camera_info", q)
         r = renderer
         self.info_msg = camera_info_msg(r.width, r.height, r.fx, r.fy, r.cx, r.cy, self.frame_id)
         self.schedule = FrameSchedule(spec.period_ns)

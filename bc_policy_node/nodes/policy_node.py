@@ -9,6 +9,12 @@ lifecycle, observation intake, tick scheduling, hot swap, status. Ticks are trig
 In free-run the observation subscriptions are *polled* by the tick (newest sample, best-effort
 depth 1) instead of dispatched by the executor: an rclpy dispatch costs ~100-200 us of
 CPU, which a 1 kHz loop cannot pay twice per tick.
+
+Cameras (the contract's image terms) are observations like the others: their frames go to the
+same `ObservationAssembler` (one decoder, `core.image`), the tick hands `assembler.images()` to
+`PolicyController.step`, and a camera whose newest frame is too old makes the tick hold (stale)
+exactly like a silent state topic. A frame that cannot be decoded (size, encoding, corrupt data)
+is counted (``bad_frames`` on /diagnostics) and logged throttled; the previous frame stays current.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from .fastlane import NeverExecutedGroup
 from .params import declare_and_load
 from .policy_io import ChunkOut, CommandOut, PartsOut, command_out, diagnostics_msg, status_msg
 from ..core.control.controller import RESTART_JUMP, PolicyController, TickResult, load_policy
+from ..core.control.safety import EVENT_STALE
 from ..core.control.loader import PolicyLoader
 from ..core.control.params import PolicyParams
 from ..core.control.stats import LoopStats
@@ -80,6 +87,11 @@ class PolicyNode(LifecycleNode):
         the contract's observation topics, types from the contract (e.g. ``/joint_states``
         sensor_msgs/JointState, ``/task_state`` bc_msgs/TaskState); best-effort depth 1 (the
         newest sample, polled by the tick) in free-run, STATE QoS (reliable, deep) in lock-step.
+        Camera terms (sensor_msgs/Image or CompressedImage, as the term says): ``qos.CAMERA_QOS``
+        (best effort, newest frame, polled) in free-run; in lock-step ``qos.CAMERA_RELIABLE_QOS``,
+        and a camera without ``max_age_s`` is paired per stamp like the state topics (the bridge
+        renders a frame every lock-step tick), one with ``max_age_s`` (slower than the control
+        rate) is taken as it arrives.
     Publishes:
         ``/<controller>/commands`` std_msgs/Float64MultiArray (``command_interface: forward``)
         or ``/<controller>/joint_trajectory`` trajectory_msgs/JointTrajectory (``trajectory``);
@@ -130,7 +142,9 @@ class PolicyNode(LifecycleNode):
         self._tick_done = threading.Event()
         self._obs_ready = False
         self._newest_stamp = -math.inf
-        self._counters = {"bad_observations": 0, "tick_errors": 0}
+        self._counters = {"bad_observations": 0, "tick_errors": 0, "bad_frames": 0}
+        self._cameras: Dict[str, str] = {}         # camera topic -> term name
+        self._frames: Dict[str, List[int]] = {}    # camera term -> [frames taken, frames refused]
         # reset_on_change: the observation topic whose field is watched, and the field's path
         self._marker_topic: Optional[str] = None
         self._marker_path: tuple = ()
@@ -169,6 +183,7 @@ class PolicyNode(LifecycleNode):
                 raise ValueError("parameter 'contract' is empty: give the robot's contract YAML")
             contract = resolve_contract(p.contract)
             types = {topic: message_class(t) for topic, t in contract.observation_topics().items()}
+            cameras = {t.topic: t for t in contract.images}
             policy = load_policy(self._model_path, contract, p)
             loop = PolicyController(contract, policy, p)
             if p.lockstep and not any(has_header(c) for c in types.values()):
@@ -182,16 +197,23 @@ class PolicyNode(LifecycleNode):
         self._assembler = ObservationAssembler(contract)
         self._stats = LoopStats(contract.dt, p.missed_tick_factor, p.stats_window, count_missed=not p.lockstep)
         self._obs_ready, self._newest_stamp = False, -math.inf
-        self._sync = StampSync([t for t, c in types.items() if has_header(c)]) if p.lockstep else None
+        self._cameras = {topic: t.name for topic, t in cameras.items()}
+        self._frames = {t.name: [0, 0] for t in contract.images}
+        # lock-step pairs every stamped topic, except cameras slower than the tick (max_age_s)
+        paired = [t for t, c in types.items()
+                  if has_header(c) and (t not in cameras or cameras[t].max_age_s is None)]
+        self._sync = StampSync(paired) if p.lockstep else None
         self._unticked = False
         self._subs, self._polled = [], []
         polled = None if p.lockstep else NeverExecutedGroup()  # the control tick takes these itself
         for topic, cls in types.items():
             if polled is None:
                 self._subs.append(self.create_subscription(
-                    cls, topic, self._make_obs_callback(topic, has_header(cls)), qos.STATE))
+                    cls, topic, self._make_obs_callback(topic, has_header(cls)),
+                    qos.CAMERA_RELIABLE_QOS if topic in cameras else qos.STATE))
             else:
-                sub = self.create_subscription(cls, topic, lambda _msg: None, LATEST, callback_group=polled)
+                sub = self.create_subscription(cls, topic, lambda _msg: None,
+                                               qos.CAMERA_QOS if topic in cameras else LATEST, callback_group=polled)
                 self._subs.append(sub)
                 self._polled.append((topic, sub, has_header(cls)))
         self._out = command_out(self, p, contract)
@@ -308,6 +330,7 @@ class PolicyNode(LifecycleNode):
                 self.destroy_publisher(out.pub)
         self._out = self._chunks = None
         self._loop = self._contract = self._assembler = None
+        self._cameras, self._frames = {}, {}
 
     def _clock_source(self, sim_time: bool):
         if sim_time:
@@ -339,10 +362,17 @@ class PolicyNode(LifecycleNode):
     def _observe(self, topic: str, msg, stamp: float) -> None:
         try:
             self._assembler.update(topic, msg, stamp)
-        except ContractError as e:
+        except Exception as e:
+            if topic in self._cameras:     # whatever a decoder raises: never the node's end
+                self._bad_frame(topic, e)
+                return
+            if not isinstance(e, ContractError):
+                raise
             self._counters["bad_observations"] += 1
             self._warn.warning("bad_observation", f"observation refused: {e}")
             return
+        if self._cameras and topic in self._cameras:
+            self._frames[self._cameras[topic]][0] += 1
         if stamp > self._newest_stamp:
             self._newest_stamp = stamp
         if topic == self._marker_topic:
@@ -350,6 +380,17 @@ class PolicyNode(LifecycleNode):
             for part in self._marker_path:
                 value = getattr(value, part)
             self._loop.watch(value)
+
+    def _bad_frame(self, topic: str, e: Exception) -> None:
+        """A camera frame the decoder refused: counted, logged (throttled per camera); the
+        assembler kept the previous frame and its stamp, so only bad frames -> stale -> hold."""
+        name = self._cameras[topic]
+        counts = self._frames[name]
+        counts[1] += 1
+        self._counters["bad_frames"] += 1
+        why = str(e) if isinstance(e, ContractError) else f"{type(e).__name__}: {e}"
+        self._warn.warning(f"bad_frame:{topic}", f"camera {name!r}: frame refused ({counts[1]} so far), the "
+                           f"previous frame stays current: {why}")
 
     def _poll_observations(self) -> None:
         """Free-run: take the newest sample of every observation topic (depth 1: one take)."""
@@ -412,7 +453,7 @@ class PolicyNode(LifecycleNode):
             self._obs_ready = True
         loop, obs = self._loop, self._assembler
         try:
-            r = loop.step(obs.vector(), obs.oldest_stamp(), now)
+            r = loop.step(obs.vector(), obs.oldest_stamp(), now, obs.images() if self._cameras else None)
         except Exception as e:  # never let one bad tick kill the node: hold and report
             self._counters["tick_errors"] += 1
             self._last_event = f"tick {loop.tick - 1}: error {type(e).__name__}: {e}"
@@ -426,11 +467,23 @@ class PolicyNode(LifecycleNode):
         self._stats.record(now, time.perf_counter() - start, pub_time - self._newest_stamp,
                            now - r.stamp, r.inference_s)
         if r.events:
-            self._last_event = f"tick {r.tick}: {'+'.join(r.events)}"
-            self._warn.warning(r.events[0], f"safety at tick {r.tick}: {', '.join(r.events)} "
+            why = self._stale_reason(now) if EVENT_STALE in r.events else ""
+            self._last_event = f"tick {r.tick}: {'+'.join(r.events)}{why}"
+            self._warn.warning(r.events[0], f"safety at tick {r.tick}: {', '.join(r.events)}{why} "
                                f"(totals {loop.safety.stats()})")
         if r.restart:
             self._report_restart(loop, r)
+
+    def _stale_reason(self, now: float) -> str:
+        """`` (camera 'overhead' 0.512 s old > 0.1 s)``: the term that made the tick stale."""
+        name, stamp = self._assembler.stalest()
+        limit = self._loop.stale_after_s
+        if name in self._frames:
+            what, age = "camera", self._contract.image_term(name).max_age_s
+            limit = limit if age is None else age
+        else:
+            what = "term"
+        return f" ({what} {name!r} {now - stamp:.3f} s old > {limit:g} s)"
 
     def _report_restart(self, loop: PolicyController, r: TickResult) -> None:
         """A tick started a new plan (rare: once per episode / per disturbance)."""
@@ -538,6 +591,8 @@ class PolicyNode(LifecycleNode):
                         loop, self._contract, summary)
         self._status_pub.publish(st)
         extra = {"model_path": self._model_path, **self._counters, **summary}
+        for name, (taken, refused) in self._frames.items():
+            extra[f"camera_{name}_frames"], extra[f"camera_{name}_bad_frames"] = taken, refused
         if loop is not None:
             extra.update(loop.safety.stats())
             extra.update({f"new_plan_{k}": v for k, v in loop.restarts.items()})

@@ -19,3 +19,13 @@ STATUS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Reliab
 # /clock: like rosgraph's default.
 CLOCK = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                    durability=DurabilityPolicy.VOLATILE)
+# Camera frames (sensor_msgs/Image, CompressedImage, CameraInfo). A consumer that acts on the
+# newest frame (the policy node in free-run, viewers) subscribes best effort, depth 1: a late
+# frame is worth nothing, and a reliable reader would make the writer re-send ~27 kB raw frames.
+CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                        durability=DurabilityPolicy.VOLATILE)
+# The bridge's camera publishers, and readers that must not lose a frame (lock-step control,
+# the recorder): reliable, a short history (a 224x224 frame is 150 kB; lock-step sends one per
+# command). A reliable writer also serves best-effort readers (CAMERA_QOS), not the reverse.
+CAMERA_RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.VOLATILE)

@@ -27,7 +27,6 @@ from bc_policy_node.core.sim.env import SimEnv  # noqa: E402
 from bc_policy_node.graph import sim_nodes  # noqa: E402
 from bc_policy_node.nodes import qos  # noqa: E402
 from bc_policy_node.nodes.conversions import command_msg, image_array  # noqa: E402
-from bc_policy_node.nodes.mujoco_bridge import CAMERA_QOS  # noqa: E402
 from bc_policy_node.procs import Graph, NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -61,9 +60,10 @@ class Client:
         self.got = {k: [] for k in ("raw", "jpeg", "info", "ts", "js")}
         self.order = []        # (topic kind, stamp) in the order this process took them
         sub = self.node.create_subscription
-        for kind, typ, topic, q in (("raw", Image, f"{BASE}/image_raw", CAMERA_QOS),
-                                    ("jpeg", CompressedImage, f"{BASE}/image_raw/compressed", CAMERA_QOS),
-                                    ("info", CameraInfo, f"{BASE}/camera_info", CAMERA_QOS),
+        cam = qos.CAMERA_RELIABLE_QOS       # counts every frame: a reliable reader
+        for kind, typ, topic, q in (("raw", Image, f"{BASE}/image_raw", cam),
+                                    ("jpeg", CompressedImage, f"{BASE}/image_raw/compressed", cam),
+                                    ("info", CameraInfo, f"{BASE}/camera_info", cam),
                                     ("ts", TaskState, "/task_state", qos.STATE),
                                     ("js", JointState, "/joint_states", qos.STATE)):
             sub(typ, topic, lambda m, k=kind: self._on(k, m), q)
