@@ -23,7 +23,7 @@ from ..core.data import rostypes
 from ..core.data.bagio import BagWriteError, EpisodeBagWriter
 from ..core.data.bagread import BagReadError, recover_all, recover_bag
 from ..core.sim.env import resolve_contract
-from ..core.contract import COMMAND_TYPES, Contract, ContractError
+from ..core.contract import COMMAND_TYPES, IMAGE_TYPES, Contract, ContractError
 from ..core.data.alignment import part_command
 from . import qos
 from .common import ERROR, OK, WARN, Diagnostics, JsonStatus, ThrottledLog, message_class, normalize_type, run_node
@@ -52,6 +52,8 @@ class RecorderParams:
     flush_interval_s: float = doc("s; data reaches the OS at least this often (kill -9 loses at "
                                   "most this)", 0.2)
     queue_depth: int = doc("reliable keep-last depth of every subscription (messages)", 1000)
+    image_queue_depth: int = doc("keep-last depth of camera topics (sensor_msgs/Image, CompressedImage): "
+                                 "frames; 100 = 2 s at 50 Hz, a 224x224 raw frame is 150 kB", 100)
     recover_on_start: bool = doc("recover bags left open by a crash at start-up (marked incomplete)", True)
     compression: str = doc("MCAP chunk compression: zstd | lz4 | none", "zstd")
     fsync: bool = doc("fsync at every flush (survives power loss; one disk sync per flush)", False)
@@ -68,6 +70,8 @@ class RecorderParams:
             raise ValueError(f"flush_interval_s must be > 0, got {self.flush_interval_s}")
         if self.queue_depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {self.queue_depth}")
+        if self.image_queue_depth < 1:
+            raise ValueError(f"image_queue_depth must be >= 1, got {self.image_queue_depth}")
         if self.compression not in ("zstd", "lz4", "none"):
             raise ValueError(f"compression must be zstd | lz4 | none, got {self.compression!r}")
         if not self.status_period_s > 0:
@@ -198,10 +202,11 @@ class _Subscription:
 
 
 class _TopicStats:
-    __slots__ = ("received", "written", "idle", "rejected", "lost", "ep_rejected")
+    __slots__ = ("received", "written", "idle", "rejected", "lost", "ep_rejected", "bytes")
 
     def __init__(self):
         self.received = self.written = self.idle = self.rejected = self.lost = self.ep_rejected = 0
+        self.bytes = 0      # CDR bytes written (all episodes)
 
 
 # ------------------------------------------------------------------------------- node
@@ -218,12 +223,20 @@ class RecorderNode(Node):
     reliable one would never match it -; only reliable publishers switch it back to reliable
     between episodes. Status `qos` says which one each topic has.
 
+    Cameras: the contract's image terms are observation topics like the others, so their
+    topic is recorded as the contract names it - `sensor_msgs/CompressedImage` (the JPEG bytes
+    as published, nothing re-encoded) or raw `sensor_msgs/Image` - with keep-last
+    `image_queue_depth` (frames are large; a reliable publisher such as the bridge's loses none,
+    a best-effort camera driver switches the subscription to best effort as above). Frames are
+    decoded only by the dataset builder (`core.data.alignment`, per-frame as-of / nearest
+    matching with a max age). Cost: bench/bench_recorder_images.py.
+
     Publishes:
       `~/status` (std_msgs/String, JSON, transient local, every `status_period_s` and on every
       start/stop): state (idle | recording | error), pid, open episode (path, id, written/rejected
       per topic), per-topic totals (received, written, idle = received with no episode open,
-      rejected, lost = received but not written because the bag failed), matched publishers,
-      qos (reliable | best_effort per topic),
+      rejected, lost = received but not written because the bag failed), bytes (CDR bytes
+      written per topic), matched publishers, qos (reliable | best_effort per topic),
       episodes finished/discarded/failed, last_error.
       `/diagnostics` (diagnostic_msgs/DiagnosticArray): the same counters; WARN on rejected
       commands, ERROR after a write failure.
@@ -239,7 +252,7 @@ class RecorderNode(Node):
       if no episode is open or the bag failed (it is then recovered as incomplete).
 
     Parameters: contract, extra_topics, output_dir, flush_interval_s, queue_depth,
-    recover_on_start, compression, fsync, status_period_s, stop_settle_s (config/recorder.yaml).
+    image_queue_depth, recover_on_start, compression, fsync, status_period_s, stop_settle_s (config/recorder.yaml).
 
     Time stamps: MCAP log_time = DDS reception time (wall clock, in arrival order) or, with
     use_sim_time, the node clock (sim time) at the callback (reception time while no /clock
@@ -276,8 +289,9 @@ class RecorderNode(Node):
         for topic, typ in self.topics.items():
             cls = message_class(typ)
             is_cmd = topic in cmd_topics or typ in COMMAND_TYPES
+            depth = self.params.image_queue_depth if typ in IMAGE_TYPES else self.params.queue_depth
             profile = QoSProfile(history=(qos.COMMAND if is_cmd else qos.STATE).history,
-                                 depth=self.params.queue_depth,
+                                 depth=depth,
                                  reliability=(qos.COMMAND if is_cmd else qos.STATE).reliability,
                                  durability=(qos.COMMAND if is_cmd else qos.STATE).durability)
             check = self._command_check(topic, cls) if topic in cmd_topics else None
@@ -390,6 +404,7 @@ class RecorderNode(Node):
             try:
                 w.write(topic, raw, recv, src)
                 stats.written += 1
+                stats.bytes += len(raw)
             except (BagWriteError, OSError, KeyError) as e:
                 stats.lost += 1
                 self._on_write_error(e)
@@ -474,7 +489,8 @@ class RecorderNode(Node):
                 "source": source or "expert", "notes": notes,
                 "recorder": {"node": self.get_fully_qualified_name(),
                              "timestamps": TIMESTAMPS_SIM if self._sim_time else TIMESTAMPS,
-                             "queue_depth": self.params.queue_depth}}
+                             "queue_depth": self.params.queue_depth,
+                             "image_queue_depth": self.params.image_queue_depth}}
         if self.contract is not None:
             meta["contract"] = {"name": self.contract.name, "fingerprint": self.contract.fingerprint(),
                                 "path": str(self.params.contract), "spec": self.contract.to_dict()}
@@ -601,6 +617,7 @@ class RecorderNode(Node):
             "idle": {t: s.idle for t, s in self.stats.items()},
             "rejected": {t: s.rejected for t, s in self.stats.items()},
             "lost": {t: s.lost for t, s in self.stats.items()},
+            "bytes": {t: s.bytes for t, s in self.stats.items()},
             "publishers": pubs,
             "qos": {t: _reliability_name(e.profile.reliability) for t, e in self._subs.items()},
             "episodes": dict(self.episodes),
