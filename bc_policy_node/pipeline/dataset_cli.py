@@ -14,10 +14,12 @@
   delete          dataset folder + --episodes -> the dataset without them (--out, default in
                   place); bag dirs/folders (+ --episodes = episode ids) -> moved to --out
                   (default <folder>/.trash), never destroyed here
-  export-lerobot  dataset folder -> LeRobot v2.1 layout in --out
+  export-lerobot  dataset folder -> LeRobot v3.0 layout in --out (cameras: one MP4 per camera,
+                  core/data/lerobot_export.py)
   import-lerobot  LeRobot dataset folder (v3.0; v2.x as export-lerobot writes) -> dataset folder
                   (--out); the contract is the one export-lerobot stored, else --contract (state
-                  dim, action dim and fps must fit it). Image/video features are skipped.
+                  dim, action dim and fps must fit it); the contract's cameras are decoded from
+                  their videos (PyAV), other video features are skipped.
   recover         bags left open by a crash -> valid bags marked incomplete
 Every action prints a one-screen summary; errors print one line and return 1.
 """
@@ -255,9 +257,13 @@ def do_export(args) -> int:
     ds = Dataset.load(d)
     export_lerobot(ds, out)
     n_files = sum(1 for _ in (out / "data").rglob("*.parquet"))
-    print(f"LeRobot v2.1 dataset {out}: {len(ds)} episodes, {ds.num_frames} frames at "
-          f"{ds.contract.control_rate_hz:g} fps, {n_files} parquet files, "
-          f"state dim {ds.contract.obs_dim}, action dim {ds.contract.act_dim}")
+    videos = sorted((out / "videos").rglob("*.mp4")) if (out / "videos").is_dir() else []
+    cams = ", ".join(f"{t.name} {t.shape[1]}x{t.shape[0]}" for t in ds.contract.images)
+    print(f"LeRobot v3.0 dataset {out}: {len(ds)} episodes, {ds.num_frames} frames at "
+          f"{ds.contract.control_rate_hz:g} fps, {n_files} parquet data file(s), "
+          f"state dim {ds.contract.obs_dim}, action dim {ds.contract.act_dim}"
+          + (f"; cameras {cams}: {len(videos)} MP4 file(s), {sum(v.stat().st_size for v in videos) / 1e6:.1f} MB"
+             if videos else ""))
     return 0
 
 
@@ -269,7 +275,7 @@ def do_import(args) -> int:
     if len(args.paths) != 1:
         raise CliError(f"`dataset import-lerobot` takes one LeRobot dataset folder, got {args.paths}")
     out = Path(_need(args, "out"))
-    ds, rep = import_lerobot(args.paths[0], args.contract)
+    ds, rep = import_lerobot(args.paths[0], args.contract, scratch_dir=out.parent)
     ds.save(out)     # the same folder `dataset build` writes; import_report.json beside it
     (out / "import_report.json").write_text(json.dumps(rep, indent=1, default=str))
     print(format_import_summary(rep, out))

@@ -48,7 +48,8 @@ def test_every_action_through_the_cli(tmp_path, capsys):
     assert cli(["dataset", "plot", str(tmp_path / "m"), "--episodes", "1-2", "--out", str(tmp_path / "png")]) == 0
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["episode_0001.png", "episode_0002.png"]
     assert cli(["dataset", "export-lerobot", str(tmp_path / "m"), "--out", str(tmp_path / "lr")]) == 0
-    assert len(list((tmp_path / "lr" / "data").rglob("*.parquet"))) == 4
+    assert len(list((tmp_path / "lr" / "data").rglob("*.parquet"))) == 1     # v3.0: episodes share a file
+    assert (tmp_path / "lr" / "meta" / "episodes" / "chunk-000" / "file-000.parquet").is_file()
     capsys.readouterr()
 
     # bags are moved aside, never destroyed by the CLI

@@ -163,7 +163,7 @@ def test_build_report_counts_and_memory_mapped_frames(tmp_path):
     excluded = [e for e in rep["episodes"] if e["status"] == "excluded"]
     assert len(excluded) == 1 and "no messages on " + CAM in excluded[0]["reasons"][0]
     assert all(isinstance(e.images["cam"], np.memmap) for e in ds.episodes)   # spilled, not in memory
-    assert not list((tmp_path / "ds").glob(".images_build_*"))                 # scratch gone
+    assert not list((tmp_path / "ds").glob(".frames_scratch_*"))                 # scratch gone
     back = Dataset.load(tmp_path / "ds")
     assert back.content_hash() == ds.content_hash() == rep["hash"]
     np.testing.assert_array_equal(back.episodes[1].images["cam"][12], pixels(9))
@@ -203,4 +203,4 @@ def test_cli_build_with_camera_options(tmp_path, capsys):
                 str(tmp_path / "ds2"), "--image-max-age", "0.05", "--image-alignment", "nearest"]) == 0
     assert "38 frames aligned, 2 outside" in capsys.readouterr().out
     assert Dataset.load(tmp_path / "ds2").episodes[0].labelled.sum() == 38
-    assert not list(tmp_path.glob(".images_build_*"))
+    assert not list(tmp_path.glob(".frames_scratch_*"))

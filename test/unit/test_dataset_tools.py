@@ -33,7 +33,7 @@ def small_dataset(n_eps=3):
 
 def test_lerobot_layout_and_values(tmp_path):
     ds = small_dataset()
-    out = export_lerobot(ds, tmp_path / "lr")
+    out = export_lerobot(ds, tmp_path / "lr", version="v2.1")     # v3.0 (the default): test_lerobot_video.py
     info = json.loads((out / "meta" / "info.json").read_text())
     assert info["codebase_version"] == "v2.1" and info["fps"] == 50
     assert info["total_episodes"] == 3 and info["total_frames"] == 33 and info["total_tasks"] == 2

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -41,9 +39,7 @@ from .alignment import (ALIGNMENTS, FRAME_TAG_TYPE, BuildError, align_episode,  
                         command_vector, has_source_times)
 from .bagread import (BagReadError, find_bags, needs_recovery, read_episode_meta, read_raw,
                       recover_bag, topic_types)
-import numpy as np
-
-from .episodes import Dataset, Episode
+from .episodes import Dataset, Episode, FrameScratch
 from .rosbag_reader import SETBOOL_EVENT, is_service_event, service_event_info, setbool_request
 from .segment import (SplitError, SplitRule, Window, bag_span, gap_windows, marker_windows,
                       service_windows, slice_raw)
@@ -139,35 +135,6 @@ def episodes_from_bag(bag_dir, contract: Contract, split_by: Union[str, SplitRul
     return out
 
 
-class _ImageSpill:
-    """Moves an episode's decoded frames out of memory: one .npy per camera in a scratch folder,
-    memory-mapped back and unlinked at once (the mapping keeps the data; the disk space is
-    freed when the last mapping goes)."""
-
-    def __init__(self, near=None):
-        base = Path(near) if near is not None else None
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=".images_build_", dir=base))
-        self.count = 0
-
-    def spill(self, ep: Episode) -> None:
-        for name, frames in list((ep.images or {}).items()):
-            if isinstance(frames, np.memmap):
-                continue
-            path = self.folder / f"{self.count:06d}_{name}.npy"
-            self.count += 1
-            np.save(path, frames)
-            ep.images[name] = np.load(path, mmap_mode="r")   # type: ignore[index]
-            os.unlink(path)
-
-    def close(self) -> None:
-        try:
-            os.rmdir(self.folder)
-        except OSError:
-            pass
-
-
 def _camera_totals(entries: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     out: Dict[str, Dict[str, Any]] = {}
     for e in entries:
@@ -204,7 +171,7 @@ def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
     bags = find_bags(bag_dirs)
     episodes: List[Episode] = []
     entries: List[Dict[str, Any]] = []
-    spill = _ImageSpill(scratch_dir if scratch_dir is not None else out_dir) if contract.images else None
+    spill = FrameScratch(scratch_dir if scratch_dir is not None else out_dir) if contract.images else None
     try:
         _build_entries(bags, contract, rule, gap_tolerance_s, keep_flagged, include_incomplete, recover,
                        episode_opts, episodes, entries, spill)
@@ -228,7 +195,7 @@ def build_dataset(bag_dirs: Sequence, contract: Contract, out_dir=None,
 def _build_entries(bags, contract: Contract, rule: SplitRule, gap_tolerance_s, keep_flagged: bool,
                    include_incomplete: bool, recover: bool, episode_opts: Dict[str, Any],
                    episodes: List[Episode], entries: List[Dict[str, Any]],
-                   spill: Optional[_ImageSpill]) -> None:
+                   spill: Optional[FrameScratch]) -> None:
     for bag in bags:
         entry: Dict[str, Any] = {"path": str(bag)}
         try:
@@ -258,8 +225,8 @@ def _build_entries(bags, contract: Contract, rule: SplitRule, gap_tolerance_s, k
                 row.update(status="excluded", reasons=list(rep["flags"]))
             else:
                 row["status"] = "included"
-                if spill is not None:
-                    spill.spill(ep)
+                if spill is not None and ep.images:
+                    ep.images = {k: spill.keep(v) for k, v in ep.images.items()}
                 episodes.append(ep)
             entries.append(row)
 

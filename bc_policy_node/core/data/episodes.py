@@ -27,6 +27,47 @@ class DatasetError(ValueError):
     """A dataset is missing, empty, malformed or does not match its contract."""
 
 
+class FrameScratch:
+    """Camera frames out of memory while a dataset is assembled (the builder, the LeRobot
+    import): each array is a .npy in a scratch folder, memory-mapped and unlinked at once - the
+    mapping keeps the data (the page cache, not the process, holds it) and the disk space is
+    freed when the last mapping goes. `close()` removes the (empty) folder."""
+
+    def __init__(self, near=None):
+        import tempfile
+
+        base = Path(near) if near is not None else None
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".frames_scratch_", dir=base))
+        self.count = 0
+
+    def new(self, shape: Tuple[int, ...]) -> np.ndarray:
+        """A zeroed uint8 array of `shape`, writable, backed by an unlinked scratch file."""
+        path = self.folder / f"{self.count:06d}.npy"
+        self.count += 1
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(shape))
+        path.unlink()
+        return arr
+
+    def keep(self, frames: np.ndarray) -> np.ndarray:
+        """`frames` (uint8) moved to a scratch file; memory-mapped arrays are returned as they are."""
+        if isinstance(frames, np.memmap):
+            return frames
+        out = self.new(frames.shape)
+        for a in range(0, len(frames), 256):
+            out[a:a + 256] = frames[a:a + 256]
+        return out
+
+    def close(self) -> None:
+        import os
+
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+
+
 @dataclass
 class Episode:
     """One episode at the contract's control rate: obs[t] was seen, act[t] was commanded."""

@@ -18,13 +18,26 @@ caller's (`--contract FILE`); either way the features must fit it: observation.s
 obs dim, action dim == action dim, fps == control rate (one error lists every mismatch).
 Frames are ordered by frame_index (which must be 0..n-1); timestamps that are not
 frame_index / fps (within `tolerance_s`) are reported, not fatal; NaN/inf in the state or a
-labelled action is refused with the episode named. Image/video features are skipped (noted
-in the report; cameras are a later issue). For our own exports the float64 values come back
-exactly from `meta/bc_policy_exact.npz` once verified against the float32 parquet columns,
+labelled action is refused with the episode named. For our own exports the float64 values come
+back exactly from `meta/bc_policy_exact.npz` once verified against the float32 parquet columns,
 and the content hash is compared with the exported one.
+
+Cameras: every image term of the contract needs a feature `observation.images.<name>` of dtype
+"video" and shape [h, w, 3] = the term's (cropped) shape. Its MP4 files are decoded with PyAV
+(imported only then), each file once, front to back: v3.0 (`video_path` with {video_key},
+{chunk_index}, {file_index}; an episode is the frames of its file with time in
+[videos/<key>/from_timestamp, to_timestamp), frame k at from_timestamp + k / fps within
+`tolerance_s`) and v2.x (one file per episode, {episode_chunk}, {episode_index}). Each episode
+must get exactly its length in frames (else an error naming episode, camera and file). The
+frames are the decoded video - lossy, close to what was encoded, not equal - so for a camera
+dataset the export's content hash is compared without the images (`hash_without_images`).
+Frames go to memory-mapped scratch files (`scratch_dir`, `episodes.FrameScratch`), not into
+memory. Video features of cameras the contract does not have are skipped (report
+`skipped_features`); image (PNG-in-parquet) camera features are refused.
 """
 from __future__ import annotations
 
+import bisect
 import json
 from collections import Counter
 from pathlib import Path
@@ -33,14 +46,16 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..contract import Contract, ContractError
-from .episodes import Dataset, DatasetError, Episode
-from .lerobot_export import EXACT_PATH, state_names
+from .episodes import Dataset, DatasetError, Episode, FrameScratch
+from .lerobot_export import EXACT_PATH, hash_without_images, image_key, state_names
 
 SUPPORTED_VERSIONS = ("v3.0", "v2.1", "v2.0")
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V3_EPISODE_COLUMNS = ("episode_index", "data/chunk_index", "data/file_index",
                       "dataset_from_index", "dataset_to_index")
+VIDEO_COLUMNS = ("chunk_index", "file_index", "from_timestamp", "to_timestamp")   # videos/<key>/...
+V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 FRAME_COLUMNS = ("observation.state", "action", "timestamp", "frame_index", "episode_index")
 OPTIONAL_COLUMNS = ("index", "task_index", "labelled", "t_measured")   # the last two: ours
 KNOWN_FEATURES = set(FRAME_COLUMNS) | set(OPTIONAL_COLUMNS)
@@ -53,8 +68,9 @@ class LeRobotImportError(DatasetError):
 
 
 def import_lerobot(root, contract: Union[None, str, Path, Contract] = None,
-                   tolerance_s: float = TIMESTAMP_TOLERANCE_S) -> Tuple[Dataset, Dict[str, Any]]:
-    """LeRobot dataset at `root` -> (Dataset, report). `contract`: a Contract or a YAML path."""
+                   tolerance_s: float = TIMESTAMP_TOLERANCE_S, scratch_dir=None) -> Tuple[Dataset, Dict[str, Any]]:
+    """LeRobot dataset at `root` -> (Dataset, report). `contract`: a Contract or a YAML path.
+    scratch_dir: where decoded camera frames are memory-mapped from (default: the temp folder)."""
     root = Path(root)
     info = _read_info(root)
     version = str(info.get("codebase_version"))
@@ -74,8 +90,9 @@ def import_lerobot(root, contract: Union[None, str, Path, Contract] = None,
     c, source = _resolve_contract(root, info, contract, ours, notes)
     _check_fit(root, feats, fps, c, source, notes)
 
+    cameras = _check_cameras(root, feats, c, source)
     skipped = {k: str(f.get("dtype")) for k, f in feats.items()
-               if k not in KNOWN_FEATURES and isinstance(f, dict)}
+               if k not in KNOWN_FEATURES and k not in cameras and isinstance(f, dict)}
     raw = (_episodes_v3 if version.startswith("v3") else _episodes_v2)(root, info, c)
     if not raw:
         raise LeRobotImportError(f"{root}: no episodes (meta lists none)")
@@ -97,9 +114,15 @@ def import_lerobot(root, contract: Union[None, str, Path, Contract] = None,
                      f"generic episode metadata used")
     for ep, r in zip(episodes, raw):
         _check_finite(ep, r)
+    images: Dict[str, Any] = {}
+    if c.images:
+        images = _read_videos(root, info, version, fps, tolerance_s, c, raw, episodes, scratch_dir)
 
     ds = Dataset(c, episodes)
     stored_hash = ours.get("dataset_hash")
+    own_hash = ds.content_hash()
+    if c.images:     # decoded video is lossy: compare what the export kept exactly
+        stored_hash, own_hash = ours.get("hash_without_images"), hash_without_images(ds)
     report = {
         "root": str(root), "codebase_version": version, "fps": fps,
         "robot_type": info.get("robot_type"),
@@ -107,8 +130,8 @@ def import_lerobot(root, contract: Union[None, str, Path, Contract] = None,
         "episodes": len(ds), "frames": ds.num_frames,
         "unlabelled_frames": int(sum((~e.labelled).sum() for e in ds.episodes)),
         "values": exact, "hash": ds.content_hash(),
-        "hash_matches_export": (None if stored_hash is None else ds.content_hash() == stored_hash),
-        "skipped_features": skipped,
+        "hash_matches_export": (None if stored_hash is None else own_hash == stored_hash),
+        "images": images, "skipped_features": skipped,
         "timestamp_tolerance_s": tolerance_s, "timestamp_violations": ts_bad,
         "episode_lengths": [len(e) for e in ds.episodes],
         "lerobot_episode_index": [int(r["episode_index"]) for r in raw],
@@ -128,20 +151,24 @@ def format_import_summary(report: Dict[str, Any], out) -> str:
              f"at {r['fps']:g} fps ({r['frames'] / r['fps']:.1f} s)"
              + (f", robot_type {r['robot_type']}" if r.get("robot_type") else "")]
     if r["values"] == "exact":
+        what = "content hash (without the lossy video frames)" if r.get("images") else "content hash"
         lines.append(f"  values: float64 exact ({EXACT_PATH} verified against the parquet columns)"
-                     + {True: "; content hash matches the export", False: "; content hash DIFFERS from the export",
+                     + {True: f"; {what} matches the export", False: f"; {what} DIFFERS from the export",
                         None: ""}[r["hash_matches_export"]])
     else:
         lines.append("  values: the parquet columns (float32 widened to float64)"
                      + ("; content hash differs from the export" if r["hash_matches_export"] is False else ""))
+    for name, im in (r.get("images") or {}).items():
+        lines.append(f"  camera {name}: {im['frames']} frames {im['shape'][1]}x{im['shape'][0]} decoded from "
+                     f"{len(im['files'])} {im['codec']} video file(s) ({im['feature']})")
     if r["unlabelled_frames"]:
         lines.append(f"  unlabelled frames: {r['unlabelled_frames']} (excluded from the loss)")
     if r["skipped_features"]:
         sk = ", ".join(f"{k} ({v})" for k, v in list(r["skipped_features"].items())[:8])
         more = len(r["skipped_features"]) - 8
         lines.append(f"  skipped features: {sk}" + (f" ... {more} more" if more > 0 else "")
-                     + ("; cameras are not imported yet" if any(v in ("image", "video")
-                                                               for v in r["skipped_features"].values()) else ""))
+                     + ("; cameras the contract does not have" if any(v in ("image", "video")
+                                                                    for v in r["skipped_features"].values()) else ""))
     bad = r["timestamp_violations"]
     if bad:
         desc = "; ".join(f"episode {b['episode']}: {b['frames']} frame(s), max {b['max_dev_s']:.2g} s"
@@ -240,6 +267,113 @@ def _check_fit(root: Path, feats, fps: float, c: Contract, source: str, notes: L
         raise LeRobotImportError(f"{root} does not fit contract {c.name!r} ({source}): " + "; ".join(bad))
 
 
+def _check_cameras(root: Path, feats, c: Contract, source: str) -> Dict[str, str]:
+    """{feature key: camera name} for the contract's image terms; every one must be a video
+    feature of the term's shape (one error lists every problem)."""
+    out, bad = {}, []
+    videos = sorted(k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video")
+    for term in c.images:
+        key = image_key(term.name)
+        f = feats.get(key)
+        if not isinstance(f, dict):
+            bad.append(f"camera {term.name!r}: no feature {key} (video features: {videos})")
+            continue
+        if f.get("dtype") != "video":
+            bad.append(f"camera {term.name!r}: {key} has dtype {f.get('dtype')!r}; only video features are read")
+            continue
+        shape = [int(x) for x in (f.get("shape") or [])]
+        if shape != list(term.shape):
+            bad.append(f"camera {term.name!r}: {key} shape {shape} != the contract's {list(term.shape)} "
+                       f"(height, width, channels after the crop)")
+            continue
+        out[key] = term.name
+    if bad:
+        raise LeRobotImportError(f"{root} does not fit contract {c.name!r} ({source}): " + "; ".join(bad))
+    return out
+
+
+def _read_videos(root: Path, info, version: str, fps: float, tol: float, c: Contract, raw, episodes,
+                 scratch_dir) -> Dict[str, Any]:
+    """Every camera's frames into `episodes[i].images` (module docstring); report per camera."""
+    import av   # lazy: only datasets with cameras need PyAV
+
+    template = info.get("video_path")
+    if not template:
+        raise LeRobotImportError(f"{root / 'meta/info.json'}: video features but no video_path template")
+    v3 = version.startswith("v3")
+    chunks = int(info.get("chunks_size") or 1000)
+    scratch = FrameScratch(scratch_dir)
+    report: Dict[str, Any] = {}
+    try:
+        for ep in episodes:
+            ep.images = {}
+        for term in c.images:
+            key = image_key(term.name)
+            # file -> [(episode position, from_timestamp, length)]
+            files: Dict[Path, List[Tuple[int, float, int]]] = {}
+            for i, r in enumerate(raw):
+                e = int(r["episode_index"])
+                if v3:
+                    v = r.get("videos") or {}
+                    need = [f"videos/{key}/{k}" for k in VIDEO_COLUMNS]
+                    if any(v.get(k) is None for k in need):
+                        raise LeRobotImportError(f"episode {e}: the episode metadata lacks {need} (camera {term.name!r})")
+                    path = root / str(template).format(video_key=key, chunk_index=int(v[need[0]]),
+                                                       file_index=int(v[need[1]]))
+                    start = float(v[need[2]])
+                else:
+                    path = root / str(template).format(video_key=key, episode_chunk=e // chunks, episode_index=e)
+                    start = 0.0
+                files.setdefault(path, []).append((i, start, len(episodes[i])))
+            codec, total, outside = "", 0, 0
+            for path, eps in files.items():
+                if not path.is_file():
+                    raise LeRobotImportError(f"camera {term.name!r}: video file missing: {path} (episodes "
+                                             f"{[int(raw[i]['episode_index']) for i, _, _ in eps]})")
+                eps.sort(key=lambda x: x[1])
+                starts = [st for _, st, _ in eps]
+                frames = {i: scratch.new((n,) + term.shape) for i, _, n in eps}
+                got = {i: np.zeros(n, dtype=bool) for i, _, n in eps}
+                try:
+                    with av.open(str(path)) as f:
+                        stream = f.streams.video[0]
+                        codec = stream.codec_context.codec.canonical_name
+                        for fr in f.decode(stream):
+                            t = float(fr.pts * stream.time_base) if fr.pts is not None else float(fr.time or 0.0)
+                            hit = None
+                            j = bisect.bisect_right(starts, t + tol) - 1     # the episode starting last before t
+                            if j >= 0:
+                                i, start, n = eps[j]
+                                k = int(round((t - start) * fps))
+                                if 0 <= k < n and abs(t - (start + k / fps)) <= tol:
+                                    hit = (i, k)
+                            if hit is None:
+                                outside += 1
+                                continue
+                            img = fr.to_ndarray(format="rgb24")
+                            if img.shape != term.shape:
+                                raise LeRobotImportError(f"camera {term.name!r}: {path} has {img.shape[1]}x{img.shape[0]} "
+                                                         f"frames, the contract expects {term.shape[1]}x{term.shape[0]}")
+                            frames[hit[0]][hit[1]] = img
+                            got[hit[0]][hit[1]] = True
+                except (av.error.FFmpegError, IndexError) as e:
+                    raise LeRobotImportError(f"camera {term.name!r}: cannot decode {path}: {e}") from None
+                for i, start, n in eps:
+                    if not got[i].all():
+                        miss = np.flatnonzero(~got[i])
+                        raise LeRobotImportError(
+                            f"episode {int(raw[i]['episode_index'])}, camera {term.name!r}: {path} has no frame at "
+                            f"{len(miss)} of its {n} timestamps (from {start:g} s + k / {fps:g} within {tol:g} s; "
+                            f"first missing k = {int(miss[0])})")
+                    episodes[i].images[term.name] = frames[i]
+                    total += n
+            report[term.name] = {"feature": key, "files": [str(p.relative_to(root)) for p in files], "codec": codec,
+                                 "frames": total, "shape": list(term.shape), "frames_outside_episodes": outside}
+    finally:
+        scratch.close()
+    return report
+
+
 def _tasks_v3(root: Path) -> Dict[int, str]:
     import pyarrow.parquet as pq
 
@@ -268,7 +402,8 @@ def _episodes_v3(root: Path, info, c: Contract) -> List[Dict[str, Any]]:
         missing = [k for k in V3_EPISODE_COLUMNS if k not in names]
         if missing:
             raise LeRobotImportError(f"{f}: episode metadata lacks columns {missing}")
-        wanted = list(V3_EPISODE_COLUMNS) + [k for k in ("tasks", "length") if k in names]
+        wanted = list(V3_EPISODE_COLUMNS) + [k for k in names if k in ("tasks", "length") or
+                                             (k.startswith("videos/") and k.split("/")[-1] in VIDEO_COLUMNS)]
         rows += pq.read_table(f, columns=wanted).to_pylist()
     rows.sort(key=lambda r: r["episode_index"])
     dup = sorted(k for k, v in Counter(r["episode_index"] for r in rows).items() if v > 1)
@@ -298,7 +433,8 @@ def _episodes_v3(root: Path, info, c: Contract) -> List[Dict[str, Any]]:
         ep_tasks = [str(t) for t in (r.get("tasks") or [])]
         if not ep_tasks and "task_index" in part and n:
             ep_tasks = [tasks[i] for i in dict.fromkeys(part["task_index"].tolist()) if i in tasks]
-        out.append({"episode_index": e, "path": path, "cols": part, "tasks": ep_tasks})
+        out.append({"episode_index": e, "path": path, "cols": part, "tasks": ep_tasks,
+                    "videos": {k: v for k, v in r.items() if k.startswith("videos/")}})
     return out
 
 
