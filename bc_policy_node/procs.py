@@ -32,13 +32,23 @@ def executable_path(name: str) -> List[str]:
     return [sys.executable, "-m", f"bc_policy_node.nodes.{name}"]
 
 
-def _param_arg(value) -> str:
+_FLOW_SPECIAL = set(':,[]{}#&*!|>%@`"\'')
+
+
+def _param_arg(value, in_list: bool = False) -> str:
+    """A `-p name:=value` value (rcl parses it as YAML). Strings inside a list are quoted when
+    they hold a YAML flow indicator (e.g. the bridge's cameras 'overhead:96x96': unquoted, rcl
+    refuses the whole command line); strings already quoted are passed as they are."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_param_arg(v) for v in value) + "]"
+        return "[" + ",".join(_param_arg(v, True) for v in value) + "]"
     if isinstance(value, str):
-        return value if value else "''"
+        if not value:
+            return "''"
+        if in_list and value[0] not in "\"'" and _FLOW_SPECIAL & set(value):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return value
     return repr(value)
 
 

@@ -54,7 +54,10 @@ def _wait_ready(client, contract, timeout: float) -> None:
     client.wait_for_services([RESET, STEP, START_EPISODE, STOP_EPISODE], timeout)
     node = client.node
     obs, cmds = list(contract.observation_topics()), [p.topic for p in contract.action.parts]
-    client.wait_until(lambda: all(node.count_subscribers(t) >= 2 for t in obs)   # expert + recorder
+    state, cams = [t.topic for t in contract.observation], list(contract.image_topics())
+    client.wait_until(lambda: all(node.count_subscribers(t) >= 2 for t in state)   # expert + recorder
+                      and all(node.count_subscribers(t) >= 1 and node.count_publishers(t) >= 1
+                              for t in cams)                                     # recorder; the bridge
                       and node.count_subscribers("/task_state") >= 3            # + this client
                       and all(node.count_publishers(t) >= 1 and node.count_subscribers(t) >= 2 for t in cmds),
                       timeout, "the bridge, expert and recorder topics to connect")
