@@ -101,7 +101,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     x = np.arange(len(ORDER))
     ax.bar(x, 100 * r, 0.6, color=[C.CYCLE[i] for i in range(len(ORDER))],
            yerr=100 * np.vstack([r - lo, hi - r]), capsize=4)
-    ax.set_xticks(x, [f"{n}\n({SEES[n]})" for n in ORDER], fontsize=7)
+    ax.set_xticks(x, [n + "\n(" + SEES[n].replace(", ", ",\n") + ")" for n in ORDER], fontsize=7)
     ax.set(ylabel="success (%, 95% Wilson)", ylim=(0, 100),
            title=f"{TASK}: goal hidden from the state, {cfg['eval']} held-out seeds")
     ax = axes[1]
