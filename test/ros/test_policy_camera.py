@@ -28,6 +28,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lockstep_episodes import run_episodes  # noqa: E402
 from onnx_policies import camera_policy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -119,16 +120,7 @@ def test_camera_policy_node_in_lockstep_commands_exactly_the_in_process_rollout(
                           and node.count_publishers(COMMANDS) >= 1 and node.count_subscribers(COMMANDS) >= 2,
                           WAIT, "the bridge, the policy node (cameras included) and this client to connect")
         client.spin(0.5)
-        episodes = []
-        for i, seed in enumerate(SEEDS):
-            n0 = len(cmds)
-            resp = client.reset(seed=seed, task=TASK, timeout=WAIT)
-            final = client.wait_task_done(resp.episode_id, timeout=600.0, stall_timeout=WAIT, kick_after_s=20.0)
-            # the answer to the final pair must be in (and ignored) before the next reset
-            client.wait_until(lambda: len(cmds) >= n0 + final.step + 1
-                              and int(bridge.get("ignored_not_running", -1)) >= i + 1, WAIT,
-                              "the answer to the final pair, ignored by the bridge")
-            episodes.append((final, n0))
+        episodes = [(f, n0) for f, _, n0 in run_episodes(client, cmds, bridge, SEEDS, TASK, WAIT)]
         client.wait_until(lambda: diag.get("camera_overhead_frames") == str(sum(int(f.step) + 1 for f, _ in episodes)),
                           WAIT, f"/diagnostics to count every frame (last: {diag})")
         assert len(cmds) == sum(int(f.step) + 1 for f, _ in episodes), "one command per observation"

@@ -27,6 +27,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lockstep_episodes import run_episodes  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
@@ -148,18 +149,9 @@ def test_policy_node_in_lockstep_commands_exactly_the_in_process_rollout(tmp_pat
                           and node.count_publishers(COMMANDS) >= 1 and node.count_subscribers(COMMANDS) >= 2,
                           WAIT, "the bridge, the policy node and this client to connect")
         client.spin(0.5)
-        episodes = []
-        for i, seed in enumerate(SEEDS):
-            n0 = len(cmds)
-            resp = client.reset(seed=seed, task=TASK, timeout=WAIT)
-            final = client.wait_task_done(resp.episode_id, timeout=600.0, stall_timeout=WAIT, kick_after_s=20.0)
-            # The node also answers the episode's final pair; the bridge ignores that command, but
-            # only if it arrives before the next reset (else it would be the next episode's first
-            # tick): wait until we have it and the bridge has counted it as ignored.
-            client.wait_until(lambda: len(cmds) >= n0 + final.step + 1
-                              and int(bridge.get("ignored_not_running", -1)) >= i + 1, WAIT,
-                              "the answer to the final pair, ignored by the bridge")
-            episodes.append((final, stamp_ns(resp.state.header.stamp), n0))
+        # the node also answers each episode's final pair; run_episodes waits until the bridge ignored it
+        episodes = [(f, stamp_ns(r.state.header.stamp), n0)
+                    for f, r, n0 in run_episodes(client, cmds, bridge, SEEDS, TASK, WAIT)]
         client.spin(0.5)
         client.wait_until(lambda: diag.get("new_plan_episode") == str(len(SEEDS) - 1), WAIT,
                           f"/diagnostics to count {len(SEEDS) - 1} new plans (last: {diag})")
