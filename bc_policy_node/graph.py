@@ -155,13 +155,15 @@ def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
 def dagger_nodes(robot="planar3", task="curved_reach", model="", execution_mode="temporal_ensembling",
                  controller="forward_position_controller", variant="classic", beta=0.5,
                  ensemble_models="", seed=0, sim_time=True, **_) -> List[NodeSpec]:
-    """Policy (lock-step, commands remapped to DAGGER_POLICY_COMMAND) + the dagger node, which
-    sends the executed commands to /<controller>/commands. Run with sim_nodes(mode="lockstep",
+    """Policy (lock-step, its whole action vector remapped to DAGGER_POLICY_COMMAND) + the dagger
+    node, which sends the executed commands to /<controller>/commands (or, for a Cartesian +
+    gripper contract, to the contract's part topics). Run with sim_nodes(mode="lockstep",
     drive=False) and record_nodes (the recorder takes /dagger/frame_tag by default).
     sim_time: the policy node judges observation age on /clock (the bridge stamps in sim time;
     on the wall clock every lock-step observation would look stale and the policy would hold)."""
     policy = policy_nodes(robot, task, model, execution_mode, autostart=True, controller=controller,
                           lockstep=True, command_topic=DAGGER_POLICY_COMMAND, use_sim_time=sim_time)[0]
+    policy.parameters["command_interface"] = "vector"      # one message per tick, every action part
     params = {"contract": contract_param(robot, task), "variant": variant, "beta": float(beta),
               "controller": controller, "seed": int(seed),
               "policy_command_topic": DAGGER_POLICY_COMMAND}

@@ -7,8 +7,9 @@ that observation, asks the expert for its label at the same observation, lets a
 decision logic is `core.dagger.arbiter.DaggerArbiter` and the waiting rules (deadlines, absent parties)
 `core.dagger.frames.FramePairing` (no rclpy); `DaggerNode` is the ROS shell around them.
 
-Pairing (lock-step): the policy node runs with ``lockstep:=true`` and its command topic
-remapped to ``/dagger/policy_command`` (`graph.dagger_nodes`). It ticks exactly once per
+Pairing (lock-step): the policy node runs with ``lockstep:=true``, ``command_interface:
+vector`` (the whole action in one message, every part of a Cartesian + gripper contract too)
+and its command topic remapped to ``/dagger/policy_command`` (`graph.dagger_nodes`). It ticks exactly once per
 observation stamp and the bridge advances only on *this* node's command, so the n-th policy
 command answers the n-th observation stamp: commands are paired in order (FIFO). The final
 observation of an episode (``/task_state.done``) consumes the policy's answer to it and
@@ -47,6 +48,7 @@ from .common import ERROR, OK, WARN, Diagnostics, JsonStatus, ThrottledLog, mess
     refuse_static_parameters, run_node
 from .conversions import command_msg, has_header, to_time
 from .params import declare_and_load
+from .policy_io import PartsOut
 
 LOG_EVERY_S = 2.0
 PENDING_STAMPS = 64
@@ -61,7 +63,7 @@ class DaggerNode(Node):
         the contract's observation topics (e.g. ``/joint_states`` sensor_msgs/JointState,
         ``/task_state`` bc_msgs/TaskState) and ``task_state_topic`` (episode id, step, done,
         latent mode), STATE QoS; ``policy_command_topic`` (``/dagger/policy_command``,
-        std_msgs/Float64MultiArray: the policy node's command, remapped); ``policy_chunk_topic``
+        std_msgs/Float64MultiArray: the policy node's whole action vector, remapped); ``policy_chunk_topic``
         (``/policy/action_chunk`` bc_msgs/ActionChunk, robot_gated with chunk disagreement only);
         ``~/intervention`` std_msgs/Bool (human_gated: true = the human/expert takes over);
         ``~/teleop_command`` std_msgs/Float64MultiArray (human_gated: a teleoperator's joint
@@ -69,6 +71,9 @@ class DaggerNode(Node):
     Publishes:
         ``/<controller>/commands`` std_msgs/Float64MultiArray: the executed command, through
         the safety filter (joint limits, ``max_step`` per tick from the last executed command);
+        for a contract with other action parts one stream per part on the contract's topics, as
+        the policy node sends them (TwistStamped for ee_velocity: speed and workspace bounds;
+        Float64MultiArray for a gripper: its range);
         ``~/frame_tag`` bc_msgs/FrameTag for every frame that was acted on (actor, labelled,
         expert label, policy proposal, executed command, beta, uncertainty, gate reason; with
         ``label_chunk_length`` K > 1 the expert label is the expert's planned K-step chunk,
@@ -105,10 +110,6 @@ class DaggerNode(Node):
         if not p.contract:
             raise ValueError("parameter 'contract' is empty: give the robot's contract YAML")
         self.contract = resolve_contract(p.contract)
-        if self.contract.action.kind != JOINT_POSITION:
-            raise ContractError(f"the dagger node relays joint_position commands; contract {self.contract.name!r} has a "
-                                f"{self.contract.action.kind} action (DAgger on it runs in process: "
-                                f"pipeline.dagger.inprocess)")
         ensemble = None
         if p.resolved_uncertainty_source() == "ensemble":
             ensemble = load_ensemble(p.ensemble_models, self.contract, p.uncertainty_horizon)
@@ -120,7 +121,7 @@ class DaggerNode(Node):
         self._late: collections.deque = collections.deque()
         self._episode: Optional[int] = None
         # (stamp, command sent, monotonic time): the answer to re-send if that stamp comes again
-        self._last_answer: Optional[Tuple[Tuple[int, int], Float64MultiArray, float]] = None
+        self._last_answer: Optional[Tuple[Tuple[int, int], np.ndarray, float]] = None
         self._step_of_key: Dict[Tuple[int, int], int] = {}
         self._pending_chunks: Dict[Tuple[int, int], np.ndarray] = {}
         self._intervention = False
@@ -149,7 +150,7 @@ class DaggerNode(Node):
         reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Bool, "~/intervention", self._on_intervention, reliable10)
         self.create_subscription(Float64MultiArray, "~/teleop_command", self._on_teleop, qos.COMMAND)
-        self._cmd_pub = self.create_publisher(Float64MultiArray, p.command_topic(), qos.COMMAND)
+        self._send, self._command_topic = self._command_output()
         self._tag_pub = self.create_publisher(FrameTag, "~/frame_tag", qos.COMMAND)
         self._status_pub = JsonStatus(self)
         self._diag = Diagnostics(self, "dagger arbiter", hardware_id=self.contract.robot)
@@ -168,8 +169,19 @@ class DaggerNode(Node):
             + (f" beta={p.beta:g}" if p.variant == "classic" else "")
             + (f" uncertainty={self.arbiter.source}" if self.arbiter.source else "")
             + f", contract {self.contract.name!r}, policy on {p.policy_command_topic}, "
-            f"expert {p.expert_service}, commands on {p.command_topic()}")
+            f"expert {p.expert_service}, commands on {self._command_topic}")
         self._publish_status()
+
+    def _command_output(self):
+        """(send(command vector), topic names): the forward controller's Float64MultiArray for a
+        joint_position action, else one stream per action part, as the policy node sends them
+        (`policy_io.PartsOut`: TwistStamped for ee_velocity, Float64MultiArray for a gripper)."""
+        if self.contract.action.kind != JOINT_POSITION:
+            out = PartsOut(self, self.contract)
+            return out.publish, out.topic
+        pub = self.create_publisher(Float64MultiArray, self.params.command_topic(), qos.COMMAND)
+        joints = self.contract.action.joints
+        return (lambda cmd: pub.publish(command_msg(cmd, joints))), self.params.command_topic()
 
     def _log(self, level: str, text: str) -> None:
         # (rclpy ties a severity to each call site: one call per severity)
@@ -257,7 +269,7 @@ class DaggerNode(Node):
         answer = self._last_answer
         if answer is not None and answer[0] == key and time.monotonic() - answer[2] > RESEND_AFTER_S:
             self._counts["resent_commands"] += 1
-            self._cmd_pub.publish(answer[1])
+            self._send(answer[1])
 
     def _start_frame(self, f: Frame) -> None:
         p = self.params
@@ -375,8 +387,8 @@ class DaggerNode(Node):
         # builder cross-checks its observation against the raw topics at its time).
         self._tag_pub.publish(self._frame_tag(f, policy, out))
         if out.command is not None:
-            cmd = command_msg(out.command, self.contract.action.joints)
-            self._cmd_pub.publish(cmd)
+            cmd = np.asarray(out.command, dtype=float)
+            self._send(cmd)
             self._last_answer = (f.key, cmd, time.monotonic())
 
     def _frame_tag(self, f: Frame, policy, out: Outcome) -> FrameTag:

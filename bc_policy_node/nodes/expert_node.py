@@ -46,6 +46,9 @@ class ExpertParams:
     mode: str = doc("lockstep: one command per observation stamp once /joint_states and /task_state "
                     "both delivered it; free: a timer at the contract rate on the node clock "
                     "(set use_sim_time with a faster-than-real-time bridge)", "lockstep")
+    replay_topic: str = doc("Meta-World: the bc_msgs/FrameTag topic whose executed commands the expert "
+                            "replays on its copy of the simulation, for K-step plans (~/query "
+                            "chunk_length > 1) at the states they visit", "/dagger/frame_tag")
     plan_max_batch: int = doc("~/query: largest count x chunk_length (expert evaluations, ~0.1 ms "
                               "each) one request may ask for", 50000)
 
@@ -78,9 +81,10 @@ class ExpertNode(Node):
         actions count x chunk_length x act_dim in the contract's action order;
         chunk_length 0 or 1 = one action (ScriptedExpert.act_obs), K > 1 = a K-step plan
         (plan_obs). Sizes, finiteness, modes and plan_max_batch are checked: a bad request
-        gets success=false and a message saying what is wrong.
+        gets success=false and a message saying what is wrong. A Meta-World task's K-step
+        plans come from a replayed copy of the simulation (`nodes/metaworld_expert.py`).
     Parameters: see `ExpertParams` (robot, task, contract, mjcf, drive, controller, mode,
-        plan_max_batch); defaults in config/expert.yaml.
+        replay_topic, plan_max_batch); defaults in config/expert.yaml.
 
     Driving: the expert follows the task named by /task_state (so a ~/reset that changes the
     bridge's task needs no restart); the per-tick step bound is that task's contract max_step.

@@ -3,9 +3,11 @@ the same driving rules, on the task's generated contract (`core.sim.metaworld_ta
 
 Labels need only the contract observation (the scripted policies read the current frame and
 the goal; `metaworld_task.native_observation`), so ~/query answers any observation. K-step
-plans (chunk_length > 1) are refused with the reason: they need the simulation state (the
-observation does not say how the objects will move); in process they come from
-`MetaWorldExpert.plan_obs` on a copy of the state.
+plans (chunk_length > 1) need the simulation state: `metaworld_task.ReplayExpert` keeps a copy
+of the task's simulation in step with the lock-step bridge by replaying each episode from its
+seed (/task_state) with the commands the robot executed (``replay_topic``, the dagger node's
+bc_msgs/FrameTag), and plans there, only for the observation of the copy's current state
+(any other gets success=false with the reason).
 
 Driving (drive:=true): the contract's observation topics (PoseStamped ee and objects, the
 gripper's JointState, /task_state), paired per stamp with `core.sync.StampSync` in lock-step
@@ -18,29 +20,19 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from bc_msgs.msg import FrameTag, TaskState
 
 from ..core.contract import ContractError, ObservationAssembler
-from ..core.sim.metaworld_task import ROBOT, MetaWorldSimEnv
+from ..core.sim.metaworld_task import ROBOT, MetaWorldSimEnv, ReplayExpert
 from ..core.sync import StampSync
 from . import qos
 from .common import ThrottledLog, message_class
 from .policy_io import PartsOut
 
 PENDING = 64
-
-
-class ObservationExpert:
-    """`MetaWorldExpert` for observations only: act_obs as is, plan_obs refused."""
-
-    def __init__(self, env: MetaWorldSimEnv):
-        self._expert = env.make_expert()
-
-    def act_obs(self, obs, contract, mode: int = -1) -> np.ndarray:
-        return self._expert.act_obs(obs, contract, mode)
-
-    def plan_obs(self, obs, contract, K=None, mode: int = -1) -> np.ndarray:
-        raise ValueError("K-step plans of a Meta-World expert need the simulation state, not an observation: "
-                         "ask for chunk_length 1 (chunk labels come from the in-process collector)")
+REPLAY_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)   # every executed command
 
 
 class MetaWorldDriver:
@@ -53,11 +45,13 @@ class MetaWorldDriver:
         self.node, self.params = node, params
         self.env = MetaWorldSimEnv(ROBOT, params.task)
         self.contract = c = self.env.contract
-        self.expert = ObservationExpert(self.env)
+        self.expert = ReplayExpert(self.env)
         self.commands_sent = 0
         self._log = ThrottledLog(node.get_logger(), 5.0)
         self._lock = threading.Lock()
         self._done_episode = -1
+        node.create_subscription(TaskState, "/task_state", self._replay_episode, qos.STATE)
+        node.create_subscription(FrameTag, params.replay_topic, self._replay_command, REPLAY_QOS)
         if not params.drive:
             return
         self._assembler = ObservationAssembler(c)
@@ -68,6 +62,16 @@ class MetaWorldDriver:
             node.create_subscription(message_class(type_name), topic, self._callback(topic), qos.STATE)
         if params.mode == "free":
             node.create_timer(c.dt, self._on_timer)
+
+    def _replay_episode(self, ts: TaskState) -> None:
+        with self._lock:
+            if ts.episode_id != self.expert.episode:
+                self.expert.begin(ts.episode_id, ts.seed, ts.step, ts.task)
+
+    def _replay_command(self, tag: FrameTag) -> None:
+        if len(tag.executed_action) == self.contract.act_dim:
+            with self._lock:
+                self.expert.apply(tag.episode_id, tag.step, np.asarray(tag.executed_action, dtype=float))
 
     @property
     def command_topic(self) -> str:

@@ -35,8 +35,9 @@ class CommandOut:
     def __init__(self, node, params: PolicyParams, contract: Contract):
         n = contract.act_dim
         self.topic = params.command_topic()
-        if params.command_interface == "forward":
-            self.msg, self.view = _forward_msg(n, "joints")
+        if params.command_interface != "trajectory":
+            label = "joints" if contract.action.kind == JOINT_POSITION else "action"
+            self.msg, self.view = _forward_msg(n, label)
             self.pub = node.create_publisher(Float64MultiArray, self.topic, qos.COMMAND)
         else:  # one point, one control period ahead (JointTrajectoryController semantics)
             self.msg = JointTrajectory()
@@ -97,9 +98,10 @@ class PartsOut:
 
 
 def command_out(node, params: PolicyParams, contract: Contract):
-    """The command output for `contract`: the controller-named joint command stream for a
-    joint_position action (`CommandOut`), else one publisher per part (`PartsOut`)."""
-    if contract.action.kind == JOINT_POSITION:
+    """The command output for `contract`: the controller-named command stream for a
+    joint_position action or ``command_interface: vector`` (`CommandOut`), else one publisher
+    per part (`PartsOut`)."""
+    if contract.action.kind == JOINT_POSITION or params.command_interface == "vector":
         return CommandOut(node, params, contract)
     return PartsOut(node, contract)
 

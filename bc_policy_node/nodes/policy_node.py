@@ -96,7 +96,9 @@ class PolicyNode(LifecycleNode):
         ``/<controller>/commands`` std_msgs/Float64MultiArray (``command_interface: forward``)
         or ``/<controller>/joint_trajectory`` trajectory_msgs/JointTrajectory (``trajectory``);
         for a Cartesian / gripper contract one stream per action part on the contract's topics
-        (geometry_msgs/TwistStamped for ee_velocity, std_msgs/Float64MultiArray for a gripper);
+        (geometry_msgs/TwistStamped for ee_velocity, std_msgs/Float64MultiArray for a gripper),
+        or with ``command_interface: vector`` the whole action as one Float64MultiArray on
+        ``/<controller>/commands`` (what the dagger node takes as the policy's proposal);
         ``~/action_chunk`` bc_msgs/ActionChunk: every chunk the executor accepted, stamped
         with the newest observation stamp it was computed from (only while subscribed);
         ``~/status`` bc_msgs/PolicyStatus (transient local) and ``/diagnostics``

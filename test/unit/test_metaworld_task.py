@@ -64,6 +64,45 @@ def test_units_and_the_expert_plan_leave_the_episode_untouched():
     assert msgs[0]["/task_state"].step == 1
 
 
+def test_the_replay_expert_plans_at_the_remote_state_and_refuses_any_other():
+    """ReplayExpert (the expert node's K-step plans): a copy reset with the episode's seed and
+    stepped with the executed commands plans exactly what the expert plans on the simulation
+    itself; an observation that is not the copy's state, a missed command, a mid-episode join
+    or another task get the reason instead of a plan."""
+    from bc_policy_node.core.sim.metaworld_task import ReplayExpert
+
+    task = "metaworld/pick-place-v3"
+    remote, replay = MetaWorldSimEnv(ROBOT, task), ReplayExpert(MetaWorldSimEnv(ROBOT, task))
+    c, asm, expert = remote.contract, ObservationAssembler(remote.contract), remote.make_expert()
+    with pytest.raises(ValueError, match="no episode has started"):
+        replay.plan_obs(np.zeros(c.obs_dim), c, 5)
+    msgs = remote.reset(7)
+    replay.begin(episode_id=1, seed=7)
+    rng = np.random.default_rng(0)
+    for step in range(40):
+        obs = asm.assemble(msgs)
+        np.testing.assert_array_equal(replay.plan_obs(obs, c, 5), expert.plan_obs(obs, c, 5))
+        with pytest.raises(ValueError, match="not the replayed state"):
+            replay.plan_obs(obs + 1e-12, c, 5)
+        cmd = np.clip(expert.act_obs(obs, c) + rng.normal(0.0, 0.05, 4), c.action.lower, c.action.upper)
+        msgs = remote.step(cmd)                      # the policy's commands, not the expert's
+        replay.apply(1, step, cmd)
+        replay.apply(2, step, cmd)                   # another episode's command: ignored
+    assert replay.replayed == 40
+    replay.apply(1, 41, cmd)                         # step 40 never came
+    with pytest.raises(ValueError, match="one was missed"):
+        replay.plan_obs(asm.assemble(msgs), c, 5)
+    replay.begin(episode_id=3, seed=7, step=12)
+    with pytest.raises(ValueError, match="joined episode 3 at step 12"):
+        replay.plan_obs(asm.assemble(msgs), c, 5)
+    replay.begin(episode_id=4, seed=7, task="metaworld/reach-v3")
+    with pytest.raises(ValueError, match="the robot runs metaworld/reach-v3"):
+        replay.plan_obs(asm.assemble(remote.reset(7)), c, 5)
+    replay.begin(episode_id=5, seed=7)               # a new episode starts a fresh replay
+    np.testing.assert_array_equal(replay.plan_obs(asm.assemble(remote.messages()), c, 5),
+                                  expert.plan_obs(asm.assemble(remote.messages()), c, 5))
+
+
 @pytest.mark.parametrize("task", ("pick-place-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3"))
 def test_a_label_needs_only_the_contract_observation(task):
     """The scripted policy on the observation rebuilt from the contract's terms (no simulator)

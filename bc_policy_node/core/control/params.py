@@ -14,7 +14,7 @@ from ..params import doc
 from .ensemble import EXECUTORS
 from .runtime import MODE_SELECTIONS
 
-COMMAND_INTERFACES = ("forward", "trajectory")
+COMMAND_INTERFACES = ("forward", "trajectory", "vector")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class PolicyParams:
                           "(forward) or /<controller>/joint_trajectory (trajectory)",
                           "forward_position_controller")
     command_interface: str = doc("forward: std_msgs/Float64MultiArray | trajectory: "
-                                 "trajectory_msgs/JointTrajectory (one point, dt ahead)", "forward")
+                                 "trajectory_msgs/JointTrajectory (one point, dt ahead) | vector: the "
+                                 "whole action (every part, contract order) as one Float64MultiArray on "
+                                 "/<controller>/commands (the dagger node's policy input)", "forward")
     m: float = doc("Temporal ensembling weight exp(-m*i), i = 0 the oldest chunk (1/chunk)", 0.01)
     query_every: int = doc("temporal_ensembling / mode_consistent: ticks between policy queries", 1)
     n_execute: int = doc("receding_horizon / latency_aware: actions executed per chunk (0 = K/2)", 0)
@@ -114,7 +116,7 @@ class PolicyParams:
 
     def command_topic(self) -> str:
         base = "/" + self.controller.strip("/")
-        return base + ("/commands" if self.command_interface == "forward" else "/joint_trajectory")
+        return base + ("/joint_trajectory" if self.command_interface == "trajectory" else "/commands")
 
     @classmethod
     def for_execution(cls, execution_mode: str = "temporal_ensembling", mode_select: str = "argmax",

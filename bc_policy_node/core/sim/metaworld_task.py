@@ -23,6 +23,9 @@ imported lazily by `metaworld_env`):
   the previous-frame half zeroed), so a label needs no simulator - the expert node can serve
   any observation. `plan_obs` rolls the expert K steps ahead on a copy of the simulation state
   (the observation alone does not say how the objects will move) and restores it.
+* `ReplayExpert`: the same expert for a simulation that runs in another process (the expert
+  node beside a lock-step bridge): plans on a local copy kept in step by replaying the
+  executed commands, and only at the state whose observation is asked about.
 """
 from __future__ import annotations
 
@@ -271,3 +274,71 @@ class MetaWorldExpert:
         finally:
             mw.set_state(saved)
         return out
+
+
+class ReplayExpert:
+    """The expert of a Meta-World task whose simulation runs elsewhere (a lock-step bridge).
+
+    Labels (`act_obs`) read only the observation. K-step plans need the simulation state, which
+    an observation does not carry (object velocities, contacts, the previous frame), so this
+    keeps its own copy of the simulation in step with the remote one by replay: each episode
+    is reset with its seed (`begin`) and stepped with each command the robot executed
+    (`apply`); the same seed and commands give the same state bit for bit. `plan_obs` plans on
+    the copy (`MetaWorldExpert.plan_obs`) only when the copy's contract observation is exactly
+    the one asked about; otherwise (a command missed or out of order, the expert joined
+    mid-episode, a free-running bridge) it raises ValueError with the reason: never a plan from
+    another state.
+    """
+
+    def __init__(self, env: MetaWorldSimEnv):
+        from ..contract import ObservationAssembler
+
+        self.env, self.contract = env, env.contract
+        self._expert = MetaWorldExpert(env)
+        self._assembler = ObservationAssembler(env.contract)
+        self.episode: Optional[int] = None
+        self.replayed = 0
+        self._obs: Optional[np.ndarray] = None
+        self._why = "no episode has started since the expert came up"
+
+    def act_obs(self, obs, contract: Contract, mode: int = -1) -> np.ndarray:
+        return self._expert.act_obs(obs, contract, mode)
+
+    def begin(self, episode_id: int, seed: int, step: int = 0, task: str = "") -> None:
+        """Episode `episode_id` (seed `seed`) starts (or was first seen at `step`)."""
+        self.episode = int(episode_id)
+        if task and task != self.env.task_name:
+            self._obs, self._why = None, f"the robot runs {task}, this expert {self.env.task_name}"
+        elif step != 0:
+            self._obs, self._why = None, (f"joined episode {episode_id} at step {step}: the replay starts "
+                                          f"with the next episode")
+        else:
+            self._obs, self._why = self._observe(self.env.reset(int(seed))), ""
+
+    def apply(self, episode_id: int, step: int, command) -> None:
+        """The robot executed `command` at `step` of `episode_id`: step the copy."""
+        if int(episode_id) != self.episode or self._why or self.env.done:
+            return
+        if int(step) != self.env.step_count:
+            self._obs, self._why = None, (f"the command of step {step} came with the copy at step "
+                                          f"{self.env.step_count} (one was missed): no plans until the next episode")
+            return
+        try:
+            self._obs = self._observe(self.env.step(command))
+        except ValueError as e:
+            self._obs, self._why = None, f"the command of step {step} could not be replayed: {e}"
+            return
+        self.replayed += 1
+
+    def plan_obs(self, obs, contract: Contract, K: Optional[int] = None, mode: int = -1) -> np.ndarray:
+        if self._why or self._obs is None:
+            raise ValueError(f"no simulation state for a K-step plan: {self._why}")
+        obs = np.asarray(obs, dtype=float)
+        if obs.shape != self._obs.shape or not np.array_equal(obs, self._obs):
+            raise ValueError(f"the observation is not the replayed state (episode {self.episode}, step "
+                             f"{self.env.step_count}): K-step plans are made at the states of the lock-step "
+                             f"DAgger graph, whose executed commands (bc_msgs/FrameTag) the expert replays")
+        return self._expert.plan_obs(obs, contract, K, mode)
+
+    def _observe(self, msgs: Dict[str, Any]) -> np.ndarray:
+        return self._assembler.assemble(msgs, stamp=self.env.step_count * self.env.dt)

@@ -26,7 +26,7 @@ from bc_msgs.msg import FrameTag, PolicyStatus, TaskState
 from ... import graph
 from ...core.sim.disturbance import Pushes
 from ...core.types import ACTOR_NAMES
-from ...graph import controller_command_topic
+from ...core.sim.env import resolve_contract
 from ...nodes import qos
 from ...procs import Graph, NodeProcess
 from ..graph_client import LOAD_POLICY, QUERY_EXPERT, RESET, START_EPISODE, STOP_EPISODE, GraphClient, GraphError
@@ -62,6 +62,9 @@ class DaggerGraph:
                  + graph.dagger_nodes(robot=robot, task=task, model=str(model), variant=variant, beta=beta,
                                       execution_mode=execution_mode))
         self.specs = {s.name: s for s in specs}
+        contract = resolve_contract(graph.contract_param(robot, task))
+        self.observed = sorted(set(contract.observation_topics()) | {"/task_state"})
+        self.commanded = [part.topic for part in contract.action.parts]
         self.graph = Graph(specs, self.log_dir, extra_params={"mujoco_bridge": bridge,
                                                               "dagger": self.dagger_params})
         try:
@@ -137,7 +140,7 @@ class DaggerGraph:
                      "the dagger node's topics to connect")
         # the recorder's own subscriptions matched (reliable + volatile: a late match loses the
         # first ticks of the first episode, which the dataset builder then flags as a gap)
-        recorded = ("/joint_states", "/task_state", "/dagger/frame_tag", controller_command_topic())
+        recorded = (*self.observed, "/dagger/frame_tag", *self.commanded)
         c.wait_recorder(lambda s: all(s["publishers"].get(t, 0) >= 1 for t in recorded), timeout,
                         "the recorder to match the bridge's and the dagger node's publishers")
         self.model_id = self.policy_status.model_id
@@ -193,7 +196,7 @@ class DaggerGraph:
         """Restart the dagger node with other parameters (robot_gated: a new ensemble)."""
         self.dagger_params = {**self.dagger_params, **dict(params)}
         node = self.client.node
-        subs = {t: node.count_subscribers(t) for t in ("/joint_states", "/task_state")}
+        subs = {t: node.count_subscribers(t) for t in self.observed}
         self.graph.procs["dagger"].stop()
         self.dagger_status = None
         self.graph.procs["dagger"] = NodeProcess(self.specs["dagger"], self.log_dir, self.dagger_params)
