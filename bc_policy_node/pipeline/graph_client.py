@@ -15,6 +15,7 @@ docs/design.md "Graph interfaces"::
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
@@ -110,6 +111,21 @@ class GraphClient:
         for name in services:
             c = self._client(types[name], name)
             self.wait_until(c.service_is_ready, timeout, f"service {name}")
+        self.check_single_graph(services)
+
+    def check_single_graph(self, services: Iterable[str]) -> None:
+        """GraphError if a node serving one of `services` (``/<node>/<srv>``) exists twice: another
+        graph runs on this ROS_DOMAIN_ID (another `bc-policy` run, a launch), and its nodes would
+        answer this run's calls and commands."""
+        names = [n for n, ns in self.node.get_node_names_and_namespaces() if ns == "/"]
+        twice = sorted({srv.strip("/").split("/")[0] for srv in services
+                        if names.count(srv.strip("/").split("/")[0]) > 1})
+        if twice:
+            domain = os.environ.get("ROS_DOMAIN_ID", "0")
+            raise GraphError(f"{len(twice)} node name(s) found twice on ROS_DOMAIN_ID={domain}: "
+                             f"{', '.join('/' + n for n in twice)}. Another graph runs on this domain (another "
+                             f"bc-policy run or a launch); stop it, or run this one on a free domain "
+                             f"(ROS_DOMAIN_ID=<0-101> ./run ...)")
 
     def call(self, srv_type, name: str, request, timeout: float = 10.0, check_success: bool = True):
         """Call a service and return its response (GraphError on timeout / success=false)."""

@@ -15,7 +15,7 @@ rclpy = pytest.importorskip("rclpy")
 from rcl_interfaces.srv import ListParameters  # noqa: E402
 
 from bc_policy_node.graph import policy_nodes, sim_nodes  # noqa: E402
-from bc_policy_node.pipeline.graph_client import GraphClient  # noqa: E402
+from bc_policy_node.pipeline.graph_client import GraphClient, GraphError  # noqa: E402
 from bc_policy_node.procs import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -53,6 +53,25 @@ def test_nodes_exit_cleanly_on_a_signal(tmp_path, sig):
             assert codes[n.spec.name] == 0, f"{n.spec.name} exit {codes[n.spec.name]}:\n{log[-3000:]}"
             assert f"{sig.name}: shutting down" in log, log[-3000:]
             assert "Traceback" not in log, log[-3000:]
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_a_second_graph_on_the_same_domain_is_refused_with_the_remedy(tmp_path):
+    """Two bridges named mujoco_bridge on one ROS_DOMAIN_ID (two bc-policy runs, or a run beside
+    a launch): the client's service wait names the clash and the remedy instead of talking to
+    whichever bridge answers."""
+    bridge = sim_nodes(drive=False)[0]
+    nodes = [NodeProcess(bridge, tmp_path / f"bridge{i}") for i in range(2)]
+    try:
+        with GraphClient("node_common_clash_client") as client:
+            client.wait_until(lambda: [n for n, ns in client.node.get_node_names_and_namespaces()
+                                       if ns == "/"].count("mujoco_bridge") == 2, WAIT,
+                              "both bridges to be discovered")
+            with pytest.raises(GraphError, match=r"found twice on ROS_DOMAIN_ID=\d+: /mujoco_bridge.*"
+                                                 r"ROS_DOMAIN_ID=<0-101>"):
+                client.wait_for_services(["/mujoco_bridge/reset"], timeout=WAIT)
     finally:
         for n in nodes:
             n.stop()
