@@ -144,24 +144,115 @@ def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float)
         avg.append(f"{100 * np.mean([x['success']['rate'] for x in lasts]):.0f}% "
                    f"({np.mean([x['labels'] for x in lasts]):.0f})" if lasts else "")
     table.append(avg)
-    md = C.md_table(head, table)
     n_big = max(demos)
     chunked_avg = _mean(rows, f"chunked_{n_big}")
     dagger_avg = {v: float(np.mean([_last(r, v)["success"]["rate"] for r in rows.values() if _last(r, v)]))
                   for v in variants if any(_last(r, v) for r in rows.values())}
     bc_labels = float(np.mean([r.get(f"demo_frames_{n_big}", np.nan) for r in rows.values()]))
-    fig = _figure(out_dir, rows, order, variants)
+    rounds = {v: _round_means(rows, v) for v in dagger_avg}
+    bc = {"labels": bc_labels, "success": max(_mean(rows, f"single_{n_big}"), chunked_avg), "demos": n_big}
+    verdict = {v: _dagger_goal(rounds[v], bc) for v in rounds}
+    md = C.md_table(head, table)
+    if rounds:
+        md += "\n\n" + _rounds_table(rounds, cfg) + "\n\n" + _goal_text(chunked_avg, n_big, verdict, bc)
+    figs = [_figure(out_dir, rows, order, variants)]
+    caps = {figs[0]: "Success per MT10 task (95% intervals) for the expert, BC single-step and chunked, and "
+                     "DAgger's last round."}
+    if rounds:
+        figs.append(_figure_labels(out_dir, rows, demos, rounds))
+        caps[figs[1]] = ("Task-average success against the expert labels each policy used (BC: its demonstration "
+                         "frames; DAgger: the 10 demos plus every frame labelled in its rounds, one point per round), "
+                         f"goal {100 * GOAL_DAGGER:.0f}% dashed. BC is measured at {' and '.join(map(str, demos))} "
+                         "demos only: its dotted line just joins those points.")
+    hits = "".join(f", {v} DAgger {100 * a:.0f}%" for v, a in dagger_avg.items())
+    reached = [v for v, x in verdict.items() if x["reached"]]
     head_txt = (f"MT10 ({len(rows)} tasks, {cfg['eval']} held-out seeds each): expert {100 * _mean(rows, 'expert'):.0f}%, "
-                f"chunked BC from {n_big} demos {100 * chunked_avg:.0f}% (goal {100 * GOAL_CHUNKED:.0f}%)"
-                + "".join(f", {v} DAgger {100 * a:.0f}%" for v, a in dagger_avg.items()))
+                f"chunked BC from {n_big} demos {100 * chunked_avg:.0f}% (goal {100 * GOAL_CHUNKED:.0f}%){hits} "
+                f"at round {cfg['rounds']}" + (f"; DAgger goal reached by {', '.join(reached)} "
+                                               f"(round {verdict[reached[0]]['round']}: "
+                                               f"{100 * verdict[reached[0]]['success']:.0f}% with "
+                                               f"{verdict[reached[0]]['labels']:.0f} labels vs BC's {bc_labels:.0f})"
+                                               if reached else ("; DAgger goal not reached" if rounds else "")))
     numbers = {"rows": rows, "averages": {k: _mean(rows, k) for k in order}, "dagger_averages": dagger_avg,
+               "dagger_rounds": rounds, "dagger_goal": verdict,
                "bc_labels_mean": bc_labels, "goals": {"chunked": GOAL_CHUNKED, "dagger": GOAL_DAGGER},
                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                "chunk_length": K, "workers": WORKERS, "seconds": seconds}
     return C.experiment_result("metaworld", "Meta-World MT10: BC, chunking and DAgger on a third-party benchmark",
-                               out_dir, [fig], {fig: "Success per MT10 task (95% intervals) for the expert, BC "
-                                                "single-step and chunked, and DAgger's last round."},
-                               md, numbers, head_txt)
+                               out_dir, figs, caps, md, numbers, head_txt)
+
+
+def render(out_dir: Path) -> dict:
+    """The section again from the stored numbers.json (no rollouts): for a report change."""
+    import json
+
+    numbers = json.loads((Path(out_dir) / "numbers.json").read_text())
+    return _report(Path(out_dir), numbers["settings"], numbers["rows"], numbers["seconds"])
+
+
+def _round_means(rows, variant: str) -> List[Dict[str, float]]:
+    """Per DAgger round, the average over tasks of the success and of the cumulative labels."""
+    recs = [r[f"dagger_{variant}"] for r in rows.values() if r.get(f"dagger_{variant}")]
+    return [{"round": int(recs[0][i]["round"]), "success": float(np.mean([x[i]["success"]["rate"] for x in recs])),
+             "labels": float(np.mean([x[i]["labels"] for x in recs]))} for i in range(min(map(len, recs)))]
+
+
+def _dagger_goal(rounds: List[Dict[str, float]], bc: Dict[str, float]) -> Dict[str, Any]:
+    """The issue's DAgger goal, read off the rounds: the first round whose task average is at least
+    GOAL_DAGGER and at least the success of BC on its largest demo set, with fewer labels than those
+    demos. BC is measured at two demo counts only, so "fewer labels than BC needs" is established
+    against the larger one (BC with more labels, lower success), assuming BC does not get worse with
+    more demos."""
+    need = max(GOAL_DAGGER, bc["success"])
+    hit = next((r for r in rounds if r["success"] >= need), None)
+    best = max(rounds, key=lambda r: r["success"])
+    out = dict(hit or best)
+    out.update(needed=need, reached=bool(hit and hit["labels"] < bc["labels"]), first_hit=hit is not None)
+    return out
+
+
+def _rounds_table(rounds: Dict[str, List[Dict[str, float]]], cfg) -> str:
+    n = min(map(len, rounds.values()))
+    head = ["DAgger round"] + [f"{v}: success / labels" for v in rounds]
+    body = [[str(rounds[next(iter(rounds))][i]["round"])]
+            + [f"{100 * r[i]['success']:.1f}% / {r[i]['labels']:.0f}" for r in rounds.values()] for i in range(n)]
+    return (f"Task average per DAgger round ({cfg['episodes_per_round']} episodes per round and task; labels "
+            "cumulative, incl. the initial demos):\n\n" + C.md_table(head, body))
+
+
+def _goal_text(chunked_avg: float, n_big: int, verdict: Dict[str, Dict[str, Any]], bc) -> str:
+    lines = [f"- Goal chunked >= {100 * GOAL_CHUNKED:.0f}% from {n_big} demos: {100 * chunked_avg:.1f}%, "
+             f"{'reached' if chunked_avg >= GOAL_CHUNKED else 'not reached'}."]
+    for v, x in verdict.items():
+        bc_txt = f"BC from {bc['demos']} demos: {100 * bc['success']:.1f}% with {bc['labels']:.0f} labels"
+        if x["reached"]:
+            lines.append(f"- Goal DAgger >= {100 * GOAL_DAGGER:.0f}% with fewer labels than BC ({v}): reached at "
+                         f"round {x['round']}, {100 * x['success']:.1f}% with {x['labels']:.0f} labels ({bc_txt}, "
+                         "more labels for a lower success).")
+        else:
+            why = (f"its best round ({x['round']}) reaches {100 * x['success']:.1f}% with {x['labels']:.0f} labels"
+                   if not x["first_hit"] else f"round {x['round']} needs {x['labels']:.0f} labels")
+            lines.append(f"- Goal DAgger ({v}): not reached, {why} ({bc_txt}).")
+    return "\n".join(lines)
+
+
+def _figure_labels(out_dir: Path, rows, demos, rounds) -> str:
+    plt = C.plt()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for j, kind in enumerate(("single", "chunked")):
+        xs = [float(np.mean([r[f"demo_frames_{n}"] for r in rows.values()])) for n in demos]
+        ys = [100 * _mean(rows, f"{kind}_{n}") for n in demos]
+        ax.plot(xs, ys, marker="s", ls=":", color=C.CYCLE[2 + j], label=f"BC {kind} ({', '.join(map(str, demos))} demos)")
+    for j, (v, recs) in enumerate(rounds.items()):
+        ax.plot([r["labels"] for r in recs], [100 * r["success"] for r in recs], marker="o", color=C.CYCLE[j],
+                label=f"{v} DAgger (rounds 0-{recs[-1]['round']})")
+    ax.axhline(100 * GOAL_DAGGER, color="#999999", ls="--", lw=1)
+    ax.set_xlabel("expert labels used (task average, cumulative)")
+    ax.set_ylabel("MT10 average success (%)")
+    ax.set_title("Meta-World MT10: success vs expert labels")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return C.savefig(fig, Path(out_dir) / "metaworld_labels.png")
 
 
 def _figure(out_dir: Path, rows, order: List[str], variants: List[str]) -> str:

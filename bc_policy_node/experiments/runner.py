@@ -83,7 +83,12 @@ def main(args) -> int:
         t0 = time.time()
         try:
             mod = importlib.import_module(EXPERIMENTS[name])
-            r = mod.run(out / name, quick=args.quick)
+            if getattr(args, "render", False):
+                if not hasattr(mod, "render"):
+                    raise SystemExit(f"experiment {name!r} has no --render (rerun it without --render)")
+                r = mod.render(out / name)
+            else:
+                r = mod.run(out / name, quick=args.quick)
         except Exception:  # noqa: BLE001 - one broken experiment must not lose the others' report
             traceback.print_exc()
             failed.append(name)

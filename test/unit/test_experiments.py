@@ -111,3 +111,42 @@ def test_report_paths_relative_to_cwd(tmp_path, monkeypatch):
                           "captions": {"results/x/f.png": "CAP"}}, out)
     assert r["figures"] == ["x/f.png"] and r["captions"] == {"x/f.png": "CAP"}
     assert runner.normalize(r, out)["figures"] == ["x/f.png"]          # idempotent (section.json)
+
+
+def _mt_row(bc_single, bc_chunked, classic):
+    """A Meta-World numbers.json row: BC at 10/50 demos, classic DAgger rounds as (success, labels)."""
+    s = lambda p: C.rate([True] * p + [False] * (100 - p))       # noqa: E731
+    row = {"expert": s(100), "demo_frames_10": 800, "demo_frames_50": 4000}
+    row.update({f"single_{n}": s(p) for n, p in zip((10, 50), bc_single)})
+    row.update({f"chunked_{n}": s(p) for n, p in zip((10, 50), bc_chunked)})
+    row["dagger_classic"] = [{"round": i, "success": s(p), "labels": lab} for i, (p, lab) in enumerate(classic)]
+    return row
+
+
+def test_metaworld_dagger_goal_is_read_off_the_rounds_and_rerendered_from_numbers(tmp_path):
+    """The DAgger goal holds at the first round that reaches both 95% and BC's success with fewer labels
+    than BC's demos; `--render` rebuilds the section from numbers.json alone."""
+    from bc_policy_node.experiments import exp_metaworld as M
+
+    settings = dict(M.FULL, tasks=["a-v3", "b-v3"], dagger_tasks=["a-v3", "b-v3"], dagger_variants=["classic"])
+    good = [(70, 800), (90, 2000), (98, 3000), (99, 5000)]
+    rows = {"a-v3": _mt_row((80, 96), (75, 95), good), "b-v3": _mt_row((80, 96), (75, 95), good)}
+    r = M._report(tmp_path, settings, rows, 1.0)
+    goal = r["numbers"]["dagger_goal"]["classic"]
+    assert goal["reached"] and goal["round"] == 2 and goal["labels"] == 3000, goal
+    assert "reached at round 2" in r["table_md"] and (tmp_path / "metaworld_labels.png").is_file()
+    # the same success only with more labels than BC's 4000 frames: not reached, and said so
+    late = [(70, 800), (90, 2000), (94, 3000), (98, 4500)]
+    rows_late = {k: _mt_row((80, 96), (75, 95), late) for k in rows}
+    late_goal = M._report(tmp_path, settings, rows_late, 1.0)["numbers"]["dagger_goal"]["classic"]
+    assert not late_goal["reached"] and late_goal["round"] == 3
+    assert "not reached, round 3 needs 4500 labels" in M._report(tmp_path, settings, rows_late, 1.0)["table_md"]
+    # render: the stored numbers give the same section back
+    (tmp_path / "numbers.json").write_text(json.dumps(r["numbers"]))
+    again = M.render(tmp_path)
+    assert again["table_md"] == r["table_md"] and again["headline"] == r["headline"]
+
+
+def test_render_refuses_an_experiment_without_a_renderer(tmp_path):
+    with pytest.raises(SystemExit, match="has no --render"):
+        runner.main(SimpleNamespace(out=str(tmp_path), only="drift", quick=False, render=True))
