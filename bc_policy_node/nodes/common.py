@@ -34,11 +34,11 @@ SPIN_POLL_S = 0.1     # s; the executor wakes at least this often to see a stop 
 # ------------------------------------------------------------------------------ run_node
 def run_node(make_node: Callable[[], object], name: str,
              startup_errors: Tuple[Type[BaseException], ...] = (), args=None,
-             executor: Callable[[], Executor] = SingleThreadedExecutor) -> int:
+             executor: Callable[[object], Executor] = lambda node: SingleThreadedExecutor()) -> int:
     """The whole ``main()`` of a node. Returns the process exit code.
 
     rclpy init -> ``make_node()`` (one of `startup_errors` or a parameter type error: fatal log
-    ``cannot start: ...``, exit code 1) -> ``node.start()`` if it has one -> spin ``executor()``
+    ``cannot start: ...``, exit code 1) -> ``node.start()`` if it has one -> spin ``executor(node)``
     until SIGINT, SIGTERM or an external ``rclpy.shutdown`` -> ``node.shutdown(reason)`` if it
     has one (reason: ``SIGINT`` | ``SIGTERM`` | ``context shutdown``), with the context still up
     (it may drain subscriptions and publish a last status) -> executor shutdown, destroy, exit 0.
@@ -66,7 +66,7 @@ def run_node(make_node: Callable[[], object], name: str,
         except startup_errors + (InvalidParameterTypeException,) as e:
             rclpy.logging.get_logger(name).fatal(f"cannot start: {e}")
             return 1
-        ex = executor()
+        ex = executor(node)
         try:
             ex.add_node(node)
             start = getattr(node, "start", None)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
@@ -99,7 +100,7 @@ class ExpertNode(Node):
         self._lane: Optional[FastLane] = None
         if is_metaworld(p.task):       # Meta-World's scripted policy, on the task's generated contract
             self._metaworld = MetaWorldDriver(self, p)
-            self.contract, self.query_expert = self._metaworld.contract, self._metaworld.expert
+            self.contract, self.query_expert = self._metaworld.contract, self._metaworld
             self.create_service(QueryExpert, "~/query", self._srv_query)
             self.queries = 0
             self.get_logger().info(f"Meta-World expert for {p.task}: ~/query on contract {self.contract.name}"
@@ -289,7 +290,15 @@ class ExpertNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(ExpertNode, NODE_NAME, (SimError, ContractError, ValueError), args)
+    return run_node(ExpertNode, NODE_NAME, (SimError, ContractError, ValueError), args, executor=_executor)
+
+
+def _executor(node):
+    # Meta-World: two threads, so the replay's callback group runs while a ~/query waits for it
+    # (nodes/metaworld_expert.py); every other callback is in the default (mutually exclusive) group.
+    if getattr(node, "_metaworld", None) is not None:
+        return MultiThreadedExecutor(num_threads=2)
+    return SingleThreadedExecutor()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ plans (chunk_length > 1) need the simulation state: `metaworld_task.ReplayExpert
 of the task's simulation in step with the lock-step bridge by replaying each episode from its
 seed (/task_state) with the commands the robot executed (``replay_topic``, the dagger node's
 bc_msgs/FrameTag), and plans there, only for the observation of the copy's current state
-(any other gets success=false with the reason).
+(any other gets success=false with the reason). The replay's subscriptions have their own
+callback group, so on the node's two executor threads a query that overtook the FrameTag
+leading to its state waits for it (at most REPLAY_WAIT_PERIODS control periods) instead of
+being refused.
 
 Driving (drive:=true): the contract's observation topics (PoseStamped ee and objects, the
 gripper's JointState, /task_state), paired per stamp with `core.sync.StampSync` in lock-step
@@ -20,6 +23,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from bc_msgs.msg import FrameTag, TaskState
@@ -33,6 +37,7 @@ from .policy_io import PartsOut
 
 PENDING = 64
 REPLAY_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)   # every executed command
+REPLAY_WAIT_PERIODS = 5.0     # a K-step query waits this long for the FrameTag leading to its state
 
 
 class MetaWorldDriver:
@@ -50,8 +55,10 @@ class MetaWorldDriver:
         self._log = ThrottledLog(node.get_logger(), 5.0)
         self._lock = threading.Lock()
         self._done_episode = -1
-        node.create_subscription(TaskState, "/task_state", self._replay_episode, qos.STATE)
-        node.create_subscription(FrameTag, params.replay_topic, self._replay_command, REPLAY_QOS)
+        replay = MutuallyExclusiveCallbackGroup()          # beside ~/query (default group)
+        node.create_subscription(TaskState, "/task_state", self._replay_episode, qos.STATE, callback_group=replay)
+        node.create_subscription(FrameTag, params.replay_topic, self._replay_command, REPLAY_QOS,
+                                 callback_group=replay)
         if not params.drive:
             return
         self._assembler = ObservationAssembler(c)
@@ -64,14 +71,19 @@ class MetaWorldDriver:
             node.create_timer(c.dt, self._on_timer)
 
     def _replay_episode(self, ts: TaskState) -> None:
-        with self._lock:
-            if ts.episode_id != self.expert.episode:
-                self.expert.begin(ts.episode_id, ts.seed, ts.step, ts.task)
+        if ts.episode_id != self.expert.episode:
+            self.expert.begin(ts.episode_id, ts.seed, ts.step, ts.task)
 
     def _replay_command(self, tag: FrameTag) -> None:
         if len(tag.executed_action) == self.contract.act_dim:
-            with self._lock:
-                self.expert.apply(tag.episode_id, tag.step, np.asarray(tag.executed_action, dtype=float))
+            self.expert.apply(tag.episode_id, tag.step, np.asarray(tag.executed_action, dtype=float))
+
+    # ~/query's expert (ReplayExpert is thread-safe: the replay runs on the other executor thread)
+    def act_obs(self, obs, contract, mode: int = -1) -> np.ndarray:
+        return self.expert.act_obs(obs, contract, mode)
+
+    def plan_obs(self, obs, contract, K=None, mode: int = -1) -> np.ndarray:
+        return self.expert.plan_obs(obs, contract, K, mode, wait_s=REPLAY_WAIT_PERIODS * self.contract.dt)
 
     @property
     def command_topic(self) -> str:

@@ -619,7 +619,7 @@ class PolicyNode(LifecycleNode):
         return super().destroy_node()
 
 
-def _executor():
+def _executor(node):
     # One executor thread runs services, parameters, status and lock-step ticks; the free-run
     # control thread and the model loader are the node's own threads. (EventsExecutor.spin is
     # unusable in these wheels; BCP_POLICY_EXECUTOR=multi is kept for the bench's comparison.)

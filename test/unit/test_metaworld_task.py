@@ -103,6 +103,42 @@ def test_the_replay_expert_plans_at_the_remote_state_and_refuses_any_other():
                                   expert.plan_obs(asm.assemble(remote.messages()), c, 5))
 
 
+def test_a_plan_request_that_overtook_its_command_waits_for_it_within_the_bound():
+    """The node's two threads: a plan request for the state after step 0 arrives before the
+    command of step 0 (topic vs service, no order between them). With wait_s it is answered once
+    the command is replayed, with the plan at that state; without a command it is refused after
+    the wait, with the reason."""
+    import threading
+
+    from bc_policy_node.core.sim.metaworld_task import ReplayExpert
+
+    task = "metaworld/push-v3"
+    remote, replay = MetaWorldSimEnv(ROBOT, task), ReplayExpert(MetaWorldSimEnv(ROBOT, task))
+    c, asm, expert = remote.contract, ObservationAssembler(remote.contract), remote.make_expert()
+    obs0 = asm.assemble(remote.reset(3))
+    replay.begin(episode_id=1, seed=3)
+    cmd = expert.act_obs(obs0, c)
+    obs1 = asm.assemble(remote.step(cmd))
+    got: dict = {}
+
+    def ask():
+        try:
+            got["plan"] = replay.plan_obs(obs1, c, 5, wait_s=30.0)
+        except ValueError as e:                      # pragma: no cover - reported by the assert below
+            got["error"] = str(e)
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(timeout=0.2)
+    assert t.is_alive() and not got, f"the request did not wait for the command: {got}"
+    replay.apply(1, 0, cmd)
+    t.join(timeout=30.0)
+    assert not t.is_alive(), "the request was not answered within 30 s of its command"
+    np.testing.assert_array_equal(got.get("plan"), expert.plan_obs(obs1, c, 5), err_msg=str(got))
+    with pytest.raises(ValueError, match="not the replayed state"):
+        replay.plan_obs(obs0, c, 5, wait_s=0.05)    # a state the copy has left: refused after the wait
+
+
 @pytest.mark.parametrize("task", ("pick-place-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3"))
 def test_a_label_needs_only_the_contract_observation(task):
     """The scripted policy on the observation rebuilt from the contract's terms (no simulator)

@@ -29,6 +29,8 @@ imported lazily by `metaworld_env`):
 """
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
@@ -288,6 +290,10 @@ class ReplayExpert:
     the one asked about; otherwise (a command missed or out of order, the expert joined
     mid-episode, a free-running bridge) it raises ValueError with the reason: never a plan from
     another state.
+
+    Thread-safe: the commands arrive on one thread (a topic) and the plan requests on another (a
+    service), and a request may overtake the command that leads to its state; `plan_obs(...,
+    wait_s)` then waits up to `wait_s` for the copy to reach the observation asked about.
     """
 
     def __init__(self, env: MetaWorldSimEnv):
@@ -300,12 +306,18 @@ class ReplayExpert:
         self.replayed = 0
         self._obs: Optional[np.ndarray] = None
         self._why = "no episode has started since the expert came up"
+        self._changed = threading.Condition()
 
     def act_obs(self, obs, contract: Contract, mode: int = -1) -> np.ndarray:
         return self._expert.act_obs(obs, contract, mode)
 
     def begin(self, episode_id: int, seed: int, step: int = 0, task: str = "") -> None:
         """Episode `episode_id` (seed `seed`) starts (or was first seen at `step`)."""
+        with self._changed:
+            self._begin(episode_id, seed, step, task)
+            self._changed.notify_all()
+
+    def _begin(self, episode_id: int, seed: int, step: int, task: str) -> None:
         self.episode = int(episode_id)
         if task and task != self.env.task_name:
             self._obs, self._why = None, f"the robot runs {task}, this expert {self.env.task_name}"
@@ -317,6 +329,11 @@ class ReplayExpert:
 
     def apply(self, episode_id: int, step: int, command) -> None:
         """The robot executed `command` at `step` of `episode_id`: step the copy."""
+        with self._changed:
+            self._apply(episode_id, step, command)
+            self._changed.notify_all()
+
+    def _apply(self, episode_id: int, step: int, command) -> None:
         if int(episode_id) != self.episode or self._why or self.env.done:
             return
         if int(step) != self.env.step_count:
@@ -330,15 +347,29 @@ class ReplayExpert:
             return
         self.replayed += 1
 
-    def plan_obs(self, obs, contract: Contract, K: Optional[int] = None, mode: int = -1) -> np.ndarray:
+    def plan_obs(self, obs, contract: Contract, K: Optional[int] = None, mode: int = -1,
+                 wait_s: float = 0.0) -> np.ndarray:
+        """The expert's K-step plan from the copy's state, which must be `obs` (within `wait_s`)."""
+        obs = np.asarray(obs, dtype=float)
+        deadline = time.monotonic() + max(0.0, float(wait_s))
+        with self._changed:
+            while True:
+                try:
+                    self._check(obs)
+                    return self._expert.plan_obs(obs, contract, K, mode)
+                except ValueError:
+                    left = deadline - time.monotonic()
+                    if left <= 0.0:
+                        raise
+                    self._changed.wait(left)
+
+    def _check(self, obs: np.ndarray) -> None:
         if self._why or self._obs is None:
             raise ValueError(f"no simulation state for a K-step plan: {self._why}")
-        obs = np.asarray(obs, dtype=float)
         if obs.shape != self._obs.shape or not np.array_equal(obs, self._obs):
             raise ValueError(f"the observation is not the replayed state (episode {self.episode}, step "
                              f"{self.env.step_count}): K-step plans are made at the states of the lock-step "
                              f"DAgger graph, whose executed commands (bc_msgs/FrameTag) the expert replays")
-        return self._expert.plan_obs(obs, contract, K, mode)
 
     def _observe(self, msgs: Dict[str, Any]) -> np.ndarray:
         return self._assembler.assemble(msgs, stamp=self.env.step_count * self.env.dt)
