@@ -8,7 +8,11 @@ Needs `metaworld` (pip install metaworld==3.1.1, which pins mujoco==3.3.0). Per 
   the horizon, not stopping at success), and the split: env.step us / expert us per step;
 - `get_state` + `set_state` us (one chunk label = one copy, K expert steps, one restore);
 - expert success over seeds 0..`--seeds`-1 (an episode succeeds when any step reports
-  `info["success"]`, within metaworld's 500-step horizon), Wilson 95% interval, steps to success.
+  `info["success"]`, within metaworld's 500-step horizon), Wilson 95% interval, steps to success;
+- the same expert on the same seeds through the package (robot sawyer, task metaworld/<name>:
+  the generated contract, `core.eval.rollout` with the safety filter and workspace box, what
+  the bridge and the experiments run): success, and the seeds where it differs from the raw env.
+  `--tasks all` runs every discovered task: nothing in the package lists tasks.
 Prints a table and writes bench/results/metaworld_env.json (versions, os.getloadavg()).
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bc_policy_node.core.eval.metrics import success_summary  # noqa: E402
+from bc_policy_node.core.eval.rollout import expert_rollouts  # noqa: E402
 from bc_policy_node.core.sim.metaworld_env import MetaWorldEnv, available_tasks  # noqa: E402
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
@@ -93,6 +98,17 @@ def bench_success(env: MetaWorldEnv, seeds: int) -> dict:
     return s
 
 
+def bench_engine(task: str, seeds: int, raw_failed) -> dict:
+    """The expert through the package's contract and rollout engine on the same seeds."""
+    t0 = time.perf_counter()
+    res = expert_rollouts("sawyer", f"metaworld/{task}", range(seeds))
+    s = success_summary([r.success for r in res])
+    failed = [seed for seed, r in zip(range(seeds), res) if not r.success]
+    s.update(failed_seeds=failed, differs_at=sorted(set(failed) ^ set(raw_failed)),
+             wall_s=time.perf_counter() - t0)
+    return s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="mt10", help="mt10, all, or comma-separated task names")
@@ -115,23 +131,27 @@ def main() -> None:
         row = {"task": task, "construct_s": ctor_s, "reset_ms": reset_ms}
         row.update(bench_rate(env, args.steps))
         row["expert_success"] = bench_success(env, args.seeds)
+        row["engine_success"] = bench_engine(task, args.seeds, row["expert_success"]["failed_seeds"])
         rows.append(row)
-        s = row["expert_success"]
-        print(f"{task:30s} {s['successes']:2d}/{s['n']:<2d} steps/s {row['steps_per_s_with_expert']:6.0f}",
-              flush=True)
+        s, e = row["expert_success"], row["engine_success"]
+        print(f"{task:30s} {s['successes']:2d}/{s['n']:<2d} engine {e['successes']:2d}/{e['n']:<2d} "
+              f"steps/s {row['steps_per_s_with_expert']:6.0f}", flush=True)
     load_after = os.getloadavg()
 
-    print(f"\n{'task':30s} {'success':>8s} {'95% Wilson':>14s} {'to success':>10s} {'steps/s':>8s} "
+    print(f"\n{'task':30s} {'success':>8s} {'95% Wilson':>14s} {'engine':>7s} {'to success':>10s} {'steps/s':>8s} "
           f"{'env us':>7s} {'expert us':>9s} {'get us':>7s} {'set us':>7s} {'reset ms':>8s}  failed seeds")
     for r in rows:
-        s = r["expert_success"]
+        s, e = r["expert_success"], r["engine_success"]
         mean = f"{s['mean_steps_to_success']:.0f}" if s["mean_steps_to_success"] is not None else "-"
         print(f"{r['task']:30s} {s['successes']:4d}/{s['n']:<3d} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] "
-              f"{mean:>10s} {r['steps_per_s_with_expert']:8.0f} {r['env_step_us']:7.0f} {r['expert_us']:9.1f} "
-              f"{r['get_state_us']:7.1f} {r['set_state_us']:7.1f} {r['reset_ms']:8.1f}  {s['failed_seeds'] or '-'}")
-    total = sum(r["expert_success"]["successes"] for r in rows)
-    n = sum(r["expert_success"]["n"] for r in rows)
-    print(f"\nall: {total}/{n} expert episodes succeeded; loadavg {load_before} -> {load_after}")
+              f"{e['successes']:3d}/{e['n']:<3d} {mean:>10s} {r['steps_per_s_with_expert']:8.0f} "
+              f"{r['env_step_us']:7.0f} {r['expert_us']:9.1f} {r['get_state_us']:7.1f} {r['set_state_us']:7.1f} "
+              f"{r['reset_ms']:8.1f}  {s['failed_seeds'] or '-'}"
+              + (f"  engine differs at seeds {e['differs_at']}" if e["differs_at"] else ""))
+    for key, what in (("expert_success", "expert episodes (raw env)"), ("engine_success", "through the engine")):
+        total, n = sum(r[key]["successes"] for r in rows), sum(r[key]["n"] for r in rows)
+        print(f"all {len(rows)} tasks: {total}/{n} {what} succeeded")
+    print(f"loadavg {load_before} -> {load_after}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
