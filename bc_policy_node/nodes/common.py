@@ -206,6 +206,41 @@ class JsonStatus:
 
 
 # ------------------------------------------------------------------------------ parameters
+class LateJoinerResend:
+    """Lock-step bridge: the pair it waits on, published again for subscribers that joined late.
+
+    State topics are volatile (no history), so a subscriber matched after a lock-step pair went
+    out never gets it and, nothing answering, the loop waits forever: seen with a graph started
+    from two launches (sim.launch.py, then dagger.launch.py), where the bridge's start-up pair
+    reached only the sim launch's own expert. Every `period_s` (a node timer) this compares the
+    subscriber counts of `publishers` with the counts when the current pair was last sent
+    (`sent()`, called by the backend after each publication, its lock held): while the episode
+    waits for a command (`waiting()`) and every publisher has a subscriber, a new one gets the
+    pair again (`republish()`, the same stamp as ~/step 0). The start-up pair is the case with no
+    publication yet. Lock-step receivers drop a repeated stamp (`core.sync.StampSync`), and a
+    recording takes frames from commands, so a repeat adds none (`core.data.alignment`).
+    """
+
+    def __init__(self, node, publishers, lock, waiting: Callable[[], bool], republish: Callable[[], None],
+                 period_s: float = 0.05):
+        self._pubs, self._lock, self._waiting, self._republish = list(publishers), lock, waiting, republish
+        self._counts: Optional[list] = None          # subscriber counts at the last publication
+        self.resends = 0
+        node.create_timer(period_s, self._poll)
+
+    def sent(self) -> None:
+        self._counts = [p.get_subscription_count() for p in self._pubs]
+
+    def _poll(self) -> None:
+        with self._lock:
+            now = [p.get_subscription_count() for p in self._pubs]
+            if not all(now) or not self._waiting():
+                return
+            if self._counts is None or any(n > c for n, c in zip(now, self._counts)):
+                self.resends += self._counts is not None
+                self._republish()                    # calls sent()
+
+
 def refuse_static_parameters(params: Iterable, cls, note: str = "") -> Optional[SetParametersResult]:
     """For an ``on_set_parameters`` callback: a refusal naming the first parameter of dataclass
     `cls` not declared ``runtime=True`` (`core.params.doc`), or None if all may change now.

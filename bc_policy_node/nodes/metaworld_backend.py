@@ -66,7 +66,7 @@ from ..core.sim.bridge_params import (ACCEPTED, CLAMPED, COUNTERS, IGNORED, RATE
 from ..core.sim.metaworld_task import (EE_TOPIC, GRIPPER_TOPIC, OBJECT_TOPICS, ROBOT, TASK_STATE_TOPIC,
                                        MetaWorldSimEnv, is_metaworld)
 from . import qos
-from .common import OK, WARN, Diagnostics, ThrottledLog
+from .common import OK, WARN, Diagnostics, LateJoinerResend, ThrottledLog
 from .conversions import joint_state_msg, pose_stamped_msg, task_state_msg
 from .fastlane import FastLane
 
@@ -115,7 +115,7 @@ class MetaWorldBackend:
         self._published = False
         self._values = [np.zeros(3), np.array([-1.0])]   # latest valid twist / gripper of the episode
         self._got = [False, False]                       # lockstep: parts received for this tick
-        self._first_pair_pending = False
+        self._late: Optional[LateJoinerResend] = None
         self.counts: Dict[str, int] = {c: 0 for c in COUNTERS}
         self.counts.update(received=0, divergences=0, episodes=0, ticks=0)
         self._limiter = RateLimiter(p.max_command_rate_hz, p.max_command_rate_hz * RATE_BURST_S)
@@ -135,12 +135,12 @@ class MetaWorldBackend:
         node.create_service(StepSim, "~/step", self._srv_step)
         node.create_timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics)
 
+        if self.lockstep:   # the start-up pair once heard, any waiting pair again for a late subscriber
+            self._late = LateJoinerResend(node, [self._ee_pub, self._ts_pub], self._lock,
+                                          lambda: self._episode and not self.env.done, self._publish)
         if p.auto_reset:
             with self._lock:
                 self._reset(p.seed, publish=not self.lockstep)
-            if self.lockstep:
-                self._first_pair_pending = True
-                self._first_pair_timer = node.create_timer(0.05, self._publish_first_pair_when_heard)
 
         self._stop = threading.Event()
         self._free_thread: Optional[threading.Thread] = None
@@ -199,18 +199,9 @@ class MetaWorldBackend:
         self._ts_pub.publish(ts)
         if self._clock_pub is not None:
             self._clock_pub.publish(Clock(clock=stamp))
+        if self._late is not None:
+            self._late.sent()
         return ts
-
-    def _publish_first_pair_when_heard(self) -> None:
-        if not self._first_pair_pending:
-            self._first_pair_timer.cancel()
-            return
-        if self._ee_pub.get_subscription_count() and self._ts_pub.get_subscription_count():
-            with self._lock:
-                if self._first_pair_pending:
-                    self._first_pair_pending = False
-                    self._publish()
-            self._first_pair_timer.cancel()
 
     def _step(self) -> dict:
         """One Meta-World step with the latest valid twist + gripper. Lock held."""
@@ -238,7 +229,6 @@ class MetaWorldBackend:
             raise ValueError(f"Meta-World tasks have no variants (got {variant!r}); the seed picks the positions")
         msgs = self.env.reset(int(seed))
         self._episode = True
-        self._first_pair_pending = False
         self._offset_ns = -(-(self._last_stamp_ns + self.period_ns) // self.period_ns) * self.period_ns
         self._values = [np.zeros(3), np.array([-1.0])]
         self._got = [False, False]
@@ -276,7 +266,6 @@ class MetaWorldBackend:
                 n += 1
             self._record_ticks()
             self._got = [False, False]
-            self._first_pair_pending = False
             ts = self._publish(msgs)
             resp.step = int(ts.step)
             resp.success = not (done_before and req.ticks > 0)
@@ -340,7 +329,6 @@ class MetaWorldBackend:
         self._got[part] = True
         if all(self._got):
             self._got = [False, False]
-            self._first_pair_pending = False
             msgs = self._step()
             self._record_ticks()
             self._publish(msgs)

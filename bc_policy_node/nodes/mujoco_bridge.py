@@ -37,7 +37,7 @@ from .conversions import (camera_info_msg, compressed_image_msg, image_msg, join
                           trajectory_first_point)
 from .fastlane import FastLane
 from .metaworld_backend import MetaWorldBackend, check_robot_task
-from .common import ERROR, OK, WARN, Diagnostics, ThrottledLog, run_node
+from .common import ERROR, OK, WARN, Diagnostics, LateJoinerResend, ThrottledLog, run_node
 from .params import declare_and_load
 
 
@@ -198,7 +198,7 @@ class MujocoBridge(Node):
         self._last_finite_js: Optional[JointState] = None
         self._pending_cmd: Optional[np.ndarray] = None   # free mode: next target to apply
         self._since_pub = self._since_clock = 0
-        self._first_pair_pending = False
+        self._late: Optional[LateJoinerResend] = None
         self._diverged_logged = False
         self.counts: Dict[str, int] = {c: 0 for c in COUNTERS}
         self.counts.update(received=0, divergences=0, episodes=0, ticks=0)
@@ -225,12 +225,12 @@ class MujocoBridge(Node):
         self.create_timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics)
         self._setup_cameras()
 
+        if self.lockstep:   # the start-up pair once heard, any waiting pair again for a late subscriber
+            self._late = LateJoinerResend(self, [self._js_pub, self._ts_pub], self._lock,
+                                          lambda: self._episode and not self.env.done, self._publish_pair)
         if p.auto_reset:
             with self._lock:
                 self._reset(p.seed, "", p.variant, publish=not self.lockstep)
-            if self.lockstep:
-                self._first_pair_pending = True
-                self._first_pair_timer = self.create_timer(0.05, self._publish_first_pair_when_heard)
 
         self._stop = threading.Event()
         self._free_thread: Optional[threading.Thread] = None
@@ -344,6 +344,8 @@ class MujocoBridge(Node):
                                         f"{ts.step}: {ts.reason}; call ~/reset to continue")
         if with_clock and self._clock_pub is not None:   # after the data: a sim-time timer firing on this
             self._clock_pub.publish(Clock(clock=stamp))   # clock finds the pair already sent
+        if self._late is not None:
+            self._late.sent()
         return ts
 
     def _publish_frames(self, episode_ns: int, stamp: Time, boundary: bool) -> None:
@@ -382,17 +384,6 @@ class MujocoBridge(Node):
             return
         self._frame_done(fut.result())     # no sim lock here: shutdown holds it while waiting for the GL thread
 
-    def _publish_first_pair_when_heard(self) -> None:
-        if not self._first_pair_pending:
-            self._first_pair_timer.cancel()
-            return
-        if self._js_pub.get_subscription_count() and self._ts_pub.get_subscription_count():
-            with self._lock:
-                if self._first_pair_pending:
-                    self._first_pair_pending = False
-                    self._publish_pair()
-            self._first_pair_timer.cancel()
-
     # ------------------------------------------------------------------ episodes
     def _reset(self, seed: int, task: str, variant: str, publish: bool = True) -> Optional[TaskState]:
         """Start an episode. Lock held. Raises TaskError/ValueError (env unchanged or no episode)."""
@@ -402,7 +393,6 @@ class MujocoBridge(Node):
         self._episode = False                 # until reset() succeeds (it may fail to sample)
         msgs = env.reset(int(seed), variant)
         self._episode = True
-        self._first_pair_pending = False
         # next episode starts one period after the last stamp, on a multiple of the period (so
         # sim-time timers at the control rate tick on the control boundaries)
         self._offset_ns = -(-(self._last_stamp_ns + self.period_ns) // self.period_ns) * self.period_ns
@@ -446,7 +436,6 @@ class MujocoBridge(Node):
                 n += 1
             self.counts["ticks"] += n
             self._record_ticks(n)
-            self._first_pair_pending = False
             ts = self._publish_pair()
             resp.step = int(ts.step)
             resp.success = not (done_before and req.ticks > 0)
@@ -505,7 +494,6 @@ class MujocoBridge(Node):
             if target is not None:
                 self._pending_cmd = target
             return
-        self._first_pair_pending = False
         msgs = env.step(env.last_command if target is None else target)
         self.counts["ticks"] += 1
         self._record_ticks(1)

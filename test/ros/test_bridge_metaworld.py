@@ -347,7 +347,10 @@ def test_free_run_ticks_with_the_latest_command_and_times_out(ros, tmp_path):
     assert final.status == "timeout" and not final.success and final.step == 500, (final.status, final.step)
     assert int(diag["step"]) == 500 and diag["status"] == "timeout"
     ee = np.array([m.ee_position for m in c.episode(eid)])
-    assert np.all(away * np.diff(ee[: moved.step + 1, 0]) >= -1e-4), "the hand went one way along x"
+    # free run: the ticks before the twist arrives (more on a loaded machine) hold the hand, which
+    # settles by up to 0.5 mm per tick either way; from 5 mm on, the twist is in effect
+    start = int(np.argmax(away * (ee[:, 0] - x0) > 0.005))
+    assert np.all(away * np.diff(ee[start: moved.step + 1, 0]) >= -1e-4), "the hand went one way along x"
 
 
 # ------------------------------------------------------------------------------ start-up
