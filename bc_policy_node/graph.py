@@ -51,6 +51,17 @@ def model_path(*parts: str) -> Path:
     return share_dir() / "models" / Path(*parts)
 
 
+def default_model(robot: str, task: str) -> str:
+    """The shipped policy of robot/task, models/policies/<robot>_<task>.onnx ('/' -> '_').
+    ValueError naming the shipped ones and the remedy where none ships (e.g. any Meta-World task)."""
+    p = model_path("policies", f"{robot}_{task}".replace("/", "_") + ".onnx")
+    if p.is_file():
+        return str(p)
+    shipped = sorted(f.stem for f in p.parent.glob("*.onnx"))
+    raise ValueError(f"no shipped policy for robot {robot!r}, task {task!r} (no {p.name}; shipped: "
+                     f"{', '.join(shipped) or 'none'}): pass model:=<policy.onnx> (bc-policy train + export)")
+
+
 def contract_path(robot: str, task: str) -> Path:
     return config_path("contracts", f"{robot}_{task}.yaml")
 
@@ -76,7 +87,8 @@ RECORD_ARGS = [
     LaunchArg("contract", "", "Contract YAML naming the topics to record (default: config/contracts/<robot>_<task>.yaml)"),
 ]
 POLICY_ARGS = [
-    LaunchArg("model", "", "Exported ONNX policy (default: models/policies/<robot>_<task>.onnx)"),
+    LaunchArg("model", "", "Exported ONNX policy (default: the shipped models/policies/<robot>_<task>.onnx, "
+                           "planar3 tasks only; required for other robots and metaworld/<name>)"),
     LaunchArg("execution_mode", "temporal_ensembling",
               "temporal_ensembling | receding_horizon | latency_aware | mode_consistent"),
     LaunchArg("autostart", "true", "Configure and activate the lifecycle node at start"),
@@ -141,7 +153,7 @@ def policy_nodes(robot="planar3", task="curved_reach", model="", execution_mode=
     required against the sim bridge, which stamps observations in sim time (on the wall clock
     every observation would look stale and the policy would hold); contract: a contract YAML
     (default: the robot/task's shipped one)."""
-    params = {"model_path": model or str(model_path("policies", f"{robot}_{task}.onnx")),
+    params = {"model_path": model or default_model(robot, task),
               "contract": contract or contract_param(robot, task), "execution_mode": execution_mode,
               "autostart": _bool(autostart), "controller": controller}
     if _bool(lockstep):

@@ -49,6 +49,7 @@ class CommandOut:
             self.msg.points = [pt]
             self.view = np.frombuffer(self.msg.points[0].positions, dtype=np.float64)
             self.pub = node.create_publisher(JointTrajectory, self.topic, qos.COMMAND)
+        self.topic = self.pub.topic_name          # after remapping (e.g. to the dagger node's input)
 
     def publish(self, cmd: np.ndarray) -> None:
         self.view[:] = cmd
@@ -79,7 +80,7 @@ class PartsOut:
             else:
                 msg, view = _forward_msg(part.dim, "joints" if part.kind == JOINT_POSITION else part.kind)
                 self._out.append((sl, msg, view, node.create_publisher(Float64MultiArray, part.topic, qos.COMMAND)))
-        self.topic = ", ".join(p.topic for p in contract.action.parts)
+        self.topic = ", ".join(out[-1].topic_name for out in self._out)   # after remapping
 
     def publish(self, cmd: np.ndarray) -> None:
         stamp = None

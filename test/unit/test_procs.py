@@ -7,6 +7,7 @@ SIGINT -> SIGTERM -> SIGKILL with bounded waits. No assertion depends on a durat
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,19 @@ def test_stop_escalates_to_sigkill_when_sigint_and_sigterm_are_ignored(tmp_path,
     finally:
         node.kill9() if node.alive() else None
     assert code == -signal.SIGKILL, node.log_path.read_text()
+
+
+def test_a_policy_graph_without_a_model_takes_the_shipped_one_or_says_there_is_none():
+    """Launch files build their nodes from these specs: a task with no shipped policy (any
+    Meta-World task) fails at launch with the remedy instead of a node that never configures."""
+    from bc_policy_node.graph import dagger_nodes, policy_nodes
+
+    spec = policy_nodes(robot="planar3", task="curved_reach")[0]
+    assert Path(spec.parameters["model_path"]).is_file()
+    for build in (policy_nodes, dagger_nodes):
+        with pytest.raises(ValueError, match=r"no shipped policy for robot 'sawyer', task 'metaworld/reach-v3' "
+                                             r"\(no sawyer_metaworld_reach-v3.onnx; shipped: .*planar3_curved_reach"
+                                             r".*\): pass model:="):
+            build(robot="sawyer", task="metaworld/reach-v3")
+    assert policy_nodes(robot="sawyer", task="metaworld/reach-v3", model="/x.onnx")[0].parameters["model_path"] \
+        == "/x.onnx"
