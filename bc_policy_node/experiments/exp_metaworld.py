@@ -165,14 +165,12 @@ def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float)
                          f"goal {100 * GOAL_DAGGER:.0f}% dashed. BC is measured at {' and '.join(map(str, demos))} "
                          "demos only: its dotted line just joins those points.")
     hits = "".join(f", {v} DAgger {100 * a:.0f}%" for v, a in dagger_avg.items())
-    reached = [v for v, x in verdict.items() if x["reached"]]
+    reached = "; ".join(f"{v} at round {x['round']} ({100 * x['success']:.0f}% with {x['labels']:.0f} labels)"
+                        for v, x in verdict.items() if x["reached"])
     head_txt = (f"MT10 ({len(rows)} tasks, {cfg['eval']} held-out seeds each): expert {100 * _mean(rows, 'expert'):.0f}%, "
                 f"chunked BC from {n_big} demos {100 * chunked_avg:.0f}% (goal {100 * GOAL_CHUNKED:.0f}%){hits} "
-                f"at round {cfg['rounds']}" + (f"; DAgger goal reached by {', '.join(reached)} "
-                                               f"(round {verdict[reached[0]]['round']}: "
-                                               f"{100 * verdict[reached[0]]['success']:.0f}% with "
-                                               f"{verdict[reached[0]]['labels']:.0f} labels)"
-                                               if reached else ("; DAgger goal not reached" if rounds else "")))
+                f"at round {cfg['rounds']}" + (f"; DAgger goal reached by {reached}" if reached else
+                                               "; DAgger goal not reached" if rounds else ""))
     numbers = {"rows": rows, "averages": {k: _mean(rows, k) for k in order}, "dagger_averages": dagger_avg,
                "dagger_rounds": rounds, "dagger_goal": verdict,
                "bc_labels_mean": bc_labels, "goals": {"chunked": GOAL_CHUNKED, "dagger": GOAL_DAGGER},

@@ -128,7 +128,8 @@ def test_metaworld_dagger_goal_is_read_off_the_rounds_and_rerendered_from_number
     than BC's demos; `--render` rebuilds the section from numbers.json alone."""
     from bc_policy_node.experiments import exp_metaworld as M
 
-    settings = dict(M.FULL, tasks=["a-v3", "b-v3"], dagger_tasks=["a-v3", "b-v3"], dagger_variants=["classic"])
+    settings = dict(M.FULL, tasks=["a-v3", "b-v3"], demos=[10, 50], dagger_tasks=["a-v3", "b-v3"],
+                    dagger_variants=["classic"])
     good = [(70, 800), (90, 2000), (98, 3000), (99, 3500)]
     rows = {"a-v3": _mt_row((80, 96), (75, 95), good), "b-v3": _mt_row((80, 96), (75, 95), good)}
     r = M._report(tmp_path, settings, rows, 1.0)
