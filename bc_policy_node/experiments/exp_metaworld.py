@@ -13,7 +13,9 @@ evaluated on 100 held-out seeds per task with 95% Wilson intervals, fanned out o
 (`core.eval.parallel`; results identical to a serial run).
 
 Labels: BC's cost is its demonstration frames; DAgger's the demos plus every labelled frame
-of its rounds (`RoundRecord.labels_total`).
+of its rounds (`RoundRecord.labels_total`). The DAgger goal is read off the task-average rounds
+against BC's measured demo counts (`_dagger_goal`); `bc-policy experiments --only metaworld
+--render` rebuilds the section from numbers.json without rollouts.
 """
 from __future__ import annotations
 
@@ -161,7 +163,7 @@ def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float)
     if rounds:
         figs.append(_figure_labels(out_dir, rows, demos, rounds))
         caps[figs[1]] = ("Task-average success against the expert labels each policy used (BC: its demonstration "
-                         "frames; DAgger: the 10 demos plus every frame labelled in its rounds, one point per round), "
+                         f"frames; DAgger: the {min(demos)} demos plus every frame labelled in its rounds, one point per round), "
                          f"goal {100 * GOAL_DAGGER:.0f}% dashed. BC is measured at {' and '.join(map(str, demos))} "
                          "demos only: its dotted line just joins those points.")
     hits = "".join(f", {v} DAgger {100 * a:.0f}%" for v, a in dagger_avg.items())
