@@ -400,7 +400,8 @@ class MetaWorldBackend:
         rate = self._tick_rate()
         rate_hz = 1.0 / env.dt
         if self.lockstep:
-            out.update(ticks_per_s=rate, achieved_rtf=rate / rate_hz)
+            out.update(ticks_per_s=rate, achieved_rtf=rate / rate_hz,
+                       late_joiner_resends=self._late.resends if self._late else 0)
         else:
             out.update(target_rtf=self.params.real_time_factor, achieved_rtf=rate / rate_hz)
         return out

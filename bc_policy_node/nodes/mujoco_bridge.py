@@ -592,7 +592,8 @@ class MujocoBridge(Node):
                        camera_render_ms_p50=float(np.median(ms)) if ms.size else float("nan"))
         if self.lockstep:
             rate = self._tick_rate()
-            out.update(ticks_per_s=rate, achieved_rtf=rate / self.params.control_rate_hz)
+            out.update(ticks_per_s=rate, achieved_rtf=rate / self.params.control_rate_hz,
+                       late_joiner_resends=self._late.resends if self._late else 0)
         else:
             out.update(target_rtf=self.params.real_time_factor, achieved_rtf=self._rtf(),
                        joint_state_rate_hz=1.0 / (self.k_pub * env.sim.timestep),

@@ -348,6 +348,7 @@ def test_a_subscriber_that_joins_while_the_lockstep_pair_waits_gets_it_again(ros
             assert got["ts"][0].episode_id == first.episode_id and got["ts"][0].step == 0
             assert stamp_ns(got["ts"][0]) == stamp_ns(got["js"][0]) == stamp_ns(first)
             a.wait(lambda: sum(m.step == 0 for m in a.ts) >= 2, "the repeat at the first subscriber")
+            assert int(a.next_diag()["late_joiner_resends"]) >= 1
             js0 = a.pair(first.episode_id, 0)[0]
             a.cmd_pub.publish(command_msg(np.asarray(js0.position), JOINTS))
             _, ts1 = a.pair(first.episode_id, 1)
