@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
             "reproduce BC's known behaviours on the sim tasks (report + PNG figures)")
     p.add_argument("--only", default=None, help="comma-separated experiment names")
     p.add_argument("--quick", action="store_true", help="fewer seeds (smoke run)")
+    p.add_argument("--tasks", default="",
+                   help="metaworld: the tasks to run instead of MT10: mt10, all, or comma-separated names")
     p.add_argument("--render", action="store_true",
                    help="rebuild the sections from their stored numbers.json, no rollouts (metaworld)")
     p.add_argument("--out", default="results", help="results folder (report.md + figures)")

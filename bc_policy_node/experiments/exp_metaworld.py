@@ -61,10 +61,33 @@ def _train_cfg(epochs: int) -> Dict[str, Any]:
     return dict(max_epochs=epochs)
 
 
-def run(out_dir: Path, quick: bool = False) -> dict:
+def resolve_tasks(spec: str) -> tuple:
+    """`--tasks`: "mt10", "all" (every discovered task) or comma-separated names in any form
+    `metaworld_env.resolve_task` takes (an unknown one: its error, with the available tasks)."""
+    from ..core.sim.metaworld_env import available_tasks, resolve_task
+
+    spec = spec.strip()
+    if spec.lower() == "mt10":
+        return MT10
+    if spec.lower() == "all":
+        return tuple(available_tasks())
+    names = [resolve_task(t) for t in spec.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--tasks names no task (mt10, all, or comma-separated Meta-World task names)")
+    return tuple(dict.fromkeys(names))
+
+
+def _set_name(tasks) -> str:
+    return "MT10" if tuple(tasks) == MT10 else f"{len(tasks)} Meta-World task{'s' if len(tasks) > 1 else ''}"
+
+
+def run(out_dir: Path, quick: bool = False, tasks: str = "") -> dict:
+    """`tasks` ("" = the config's: MT10, or two for --quick): every stage runs on those, DAgger too."""
     out_dir = Path(out_dir)
     cache = out_dir / "cache"
-    cfg = QUICK if quick else FULL
+    cfg = dict(QUICK if quick else FULL)
+    if tasks:
+        cfg["tasks"] = cfg["dagger_tasks"] = resolve_tasks(tasks)
     seeds = list(range(EVAL_SEED0, EVAL_SEED0 + cfg["eval"]))
     rows: Dict[str, Dict[str, Any]] = {}
     t0 = time.time()
@@ -139,7 +162,7 @@ def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float)
             last = _last(r, v)
             cells.append(f"{C.fmt_rate(last['success'])} ({last['labels']})" if last else "")
         table.append(cells)
-    avg = ["**MT10 average**" if len(rows) == len(MT10) else f"**average ({len(rows)} tasks)**"]
+    avg = ["**MT10 average**" if tuple(rows) == MT10 else f"**average ({len(rows)} tasks)**"]
     avg += [f"{100 * _mean(rows, k):.0f}%" for k in order]
     for v in variants:
         lasts = [_last(r, v) for r in rows.values() if _last(r, v)]
@@ -158,7 +181,8 @@ def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float)
     if rounds:
         md += "\n\n" + _rounds_table(rounds, cfg) + "\n\n" + _goal_text(chunked_avg, n_big, verdict, bc)
     figs = [_figure(out_dir, rows, order, variants)]
-    caps = {figs[0]: "Success per MT10 task (95% intervals) for the expert, BC single-step and chunked, and "
+    caps = {figs[0]: f"Success per {_set_name(rows)} task (95% intervals) for the expert, BC single-step and "
+                     "chunked, and "
                      "DAgger's last round."}
     if rounds:
         figs.append(_figure_labels(out_dir, rows, demos, rounds))
@@ -169,7 +193,7 @@ def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float)
     hits = "".join(f", {v} DAgger {100 * a:.0f}%" for v, a in dagger_avg.items())
     reached = "; ".join(f"{v} at round {x['round']} ({100 * x['success']:.0f}% with {x['labels']:.0f} labels)"
                         for v, x in verdict.items() if x["reached"])
-    head_txt = (f"MT10 ({len(rows)} tasks, {cfg['eval']} held-out seeds each): expert {100 * _mean(rows, 'expert'):.0f}%, "
+    head_txt = (f"{_set_name(rows)} ({len(rows)} tasks, {cfg['eval']} held-out seeds each): expert {100 * _mean(rows, 'expert'):.0f}%, "
                 f"chunked BC from {n_big} demos {100 * chunked_avg:.0f}% (goal {100 * GOAL_CHUNKED:.0f}%){hits} "
                 f"at round {cfg['rounds']}" + (f"; DAgger goal reached by {reached}" if reached else
                                                "; DAgger goal not reached" if rounds else ""))
@@ -178,7 +202,8 @@ def _report(out_dir: Path, cfg, rows: Dict[str, Dict[str, Any]], seconds: float)
                "bc_labels_mean": bc_labels, "goals": {"chunked": GOAL_CHUNKED, "dagger": GOAL_DAGGER},
                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                "chunk_length": K, "workers": WORKERS, "seconds": seconds}
-    return C.experiment_result("metaworld", "Meta-World MT10: BC, chunking and DAgger on a third-party benchmark",
+    return C.experiment_result("metaworld", f"Meta-World {_set_name(rows)}: BC, chunking and DAgger on a "
+                               "third-party benchmark",
                                out_dir, figs, caps, md, numbers, head_txt)
 
 
@@ -252,6 +277,10 @@ def _goal_text(chunked_avg: float, n_big: int, verdict: Dict[str, Dict[str, Any]
     return "\n".join(lines)
 
 
+def _n_eval(rows) -> int:
+    return int(next(iter(rows.values()))["expert"]["n"])
+
+
 def _figure_labels(out_dir: Path, rows, demos, rounds) -> str:
     plt = C.plt()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
@@ -264,8 +293,8 @@ def _figure_labels(out_dir: Path, rows, demos, rounds) -> str:
                 label=f"{v} DAgger (rounds 0-{recs[-1]['round']})")
     ax.axhline(100 * GOAL_DAGGER, color="#999999", ls="--", lw=1)
     ax.set_xlabel("expert labels used (task average, cumulative)")
-    ax.set_ylabel("MT10 average success (%)")
-    ax.set_title("Meta-World MT10: success vs expert labels")
+    ax.set_ylabel(f"average success over {_set_name(rows)} (%)")
+    ax.set_title(f"Meta-World {_set_name(rows)}: success vs expert labels")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return C.savefig(fig, Path(out_dir) / "metaworld_labels.png")
@@ -292,6 +321,6 @@ def _figure(out_dir: Path, rows, order: List[str], variants: List[str]) -> str:
     ax.set_ylabel("success (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=7, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
-    ax.set_title("Meta-World MT10, 100 held-out seeds per task")
+    ax.set_title(f"Meta-World {_set_name(rows)}, {_n_eval(rows)} held-out seeds per task")
     fig.tight_layout()
-    return C.savefig(fig, Path(out_dir) / "metaworld_mt10.png")
+    return C.savefig(fig, Path(out_dir) / ("metaworld_mt10.png" if tuple(rows) == MT10 else "metaworld_tasks.png"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import time
@@ -70,6 +71,16 @@ def write_report(out: Path, results: list, quick: bool) -> Path:
     return path
 
 
+def _task_option(mod, name: str, tasks: str) -> dict:
+    """--tasks for the experiments whose run() takes a task list (SystemExit for the others)."""
+    if not tasks:
+        return {}
+    if "tasks" not in inspect.signature(mod.run).parameters:
+        raise SystemExit(f"experiment {name!r} has a fixed task set: --tasks is for the experiments "
+                         f"that take a task list (metaworld)")
+    return {"tasks": tasks}
+
+
 def main(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +99,7 @@ def main(args) -> int:
                     raise SystemExit(f"experiment {name!r} has no --render (rerun it without --render)")
                 r = mod.render(out / name)
             else:
-                r = mod.run(out / name, quick=args.quick)
+                r = mod.run(out / name, quick=args.quick, **_task_option(mod, name, getattr(args, "tasks", "")))
         except Exception:  # noqa: BLE001 - one broken experiment must not lose the others' report
             traceback.print_exc()
             failed.append(name)

@@ -158,3 +158,20 @@ def test_metaworld_dagger_goal_is_read_off_the_rounds_and_rerendered_from_number
 def test_render_refuses_an_experiment_without_a_renderer(tmp_path):
     with pytest.raises(SystemExit, match="has no --render"):
         runner.main(SimpleNamespace(out=str(tmp_path), only="drift", quick=False, render=True))
+
+
+def test_the_metaworld_experiment_takes_any_task_list(tmp_path):
+    """--tasks: MT10 by name, every discovered task, or names in any accepted form; an unknown
+    name gets the task list; an experiment with a fixed task set refuses the option."""
+    pytest.importorskip("metaworld")
+    from bc_policy_node.core.sim.metaworld_env import UnknownTaskError, available_tasks
+    from bc_policy_node.experiments import exp_metaworld as M
+
+    assert M.resolve_tasks("mt10") == M.MT10
+    assert M.resolve_tasks("all") == tuple(available_tasks()) and len(M.resolve_tasks("all")) > len(M.MT10)
+    assert M.resolve_tasks("basketball, metaworld/coffee-push-v3,basketball-v3") == ("basketball-v3",
+                                                                                       "coffee-push-v3")
+    with pytest.raises(UnknownTaskError, match="Available"):
+        M.resolve_tasks("basketbal-v9")
+    with pytest.raises(SystemExit, match="fixed task set"):
+        runner.main(SimpleNamespace(out=str(tmp_path), only="drift", quick=True, tasks="mt10"))
